@@ -1,0 +1,89 @@
+# relaynet: build, test and run on Debian 12.
+#
+#   make run    installs what is missing, builds, runs the chat example
+#   make test   installs what is missing, builds, runs luacheck + busted
+#
+# `make deps` installs the Debian packages below with apt-get when any is
+# missing and does nothing when all are present.
+
+LUA        ?= lua5.4
+PREFIX     ?= /usr/local
+LUA_INC    ?= $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter
+RN_CFLAGS  := $(CFLAGS) $(WARN) -fPIC -std=c99 -D_GNU_SOURCE $(LUA_INC)
+LIBS       := -lwebsockets -luv
+PORT       ?= 8080
+
+SRC        := $(wildcard csrc/*.c)
+OBJ        := $(patsubst csrc/%.c,build/obj/%.o,$(SRC))
+CORE       := build/relaynet/core.so
+
+DEB_PKGS   := lua5.4 liblua5.4-dev lua-cjson libwebsockets-dev libwebsockets-evlib-uv \
+              libuv1-dev lua-busted lua-check luarocks pkg-config gcc make \
+              python3 python3-websockets curl
+DEB_MARK   := build/.deps-ok
+
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
+export LUA_CPATH := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
+
+.PHONY: all deps build test check lint busted run echo clean install valgrind e2e
+
+all: build
+
+# Installs missing Debian packages; a no-op when everything is there.
+deps: $(DEB_MARK)
+$(DEB_MARK):
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "relaynet: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p build && touch $@
+
+build: deps $(CORE)
+
+build/obj/%.o: csrc/%.c csrc/rn.h | deps
+	@mkdir -p build/obj
+	$(CC) $(RN_CFLAGS) -c $< -o $@
+
+$(CORE): $(OBJ)
+	@mkdir -p build/relaynet
+	$(CC) -shared -o $@ $(OBJ) $(LIBS)
+
+lint: deps
+	luacheck -q lua bin spec examples
+
+busted: build
+	busted --lua=$(LUA) spec
+
+# The test command: C warnings are errors here, then luacheck, then busted.
+test: deps
+	$(MAKE) --no-print-directory -B CFLAGS="$(CFLAGS) -Werror" build
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory busted
+
+check: test
+
+run: build
+	$(LUA) examples/chat.lua $(PORT)
+
+echo: build
+	$(LUA) examples/echo.lua $(PORT)
+
+valgrind: build
+	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
+	  --suppressions=spec/valgrind.supp $(LUA) spec/tools/traffic.lua
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet/core.so
+	install -m 644 lua/relaynet/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/
+	install -m 755 bin/relaynet $(DESTDIR)$(PREFIX)/bin/relaynet
+
+clean:
+	rm -rf build/obj build/relaynet

@@ -1,0 +1,235 @@
+/*
+ * relaynet core: internal declarations shared by the C files of relaynet.core.
+ *
+ * Threading and re-entrancy contract: everything here runs on the thread that
+ * owns the Lua state. libwebsockets callbacks (rn_server.c, rn_client.c) never
+ * call into Lua: they only update C state and append events to the loop's
+ * event queue (rn__event_push). Lua sees those events when rn_loop.c drains
+ * the queue after uv_run() has returned, so a Lua error can never unwind
+ * through libuv or libwebsockets.
+ */
+#ifndef RN_H
+#define RN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <uv.h>
+#include <libwebsockets.h>
+
+#define RN_LOOP_KEY "relaynet.loop"
+#define RN_SERVER_MT "relaynet.server"
+#define RN_CONN_MT "relaynet.conn"
+#define RN_REQ_MT "relaynet.request"
+
+/* lws 4.1 keeps the close opcode (4) out of its public enum; lws_write still
+ * frames it, which is how relaynet sends close frames with its own codes. */
+#define RN_WRITE_CLOSE ((enum lws_write_protocol)4)
+
+/* Event types delivered to the Lua dispatcher (see rn_loop.c). */
+enum rn_event_type {
+  RN_EV_HTTP = 1,    /* a complete HTTP request: req */
+  RN_EV_OPEN,        /* a WebSocket is established: conn */
+  RN_EV_MESSAGE,     /* a whole message: conn, data/len, flag = binary */
+  RN_EV_CLOSE,       /* a WebSocket is gone: conn, code, data = reason */
+  RN_EV_WRITTEN,     /* a queued message with a waiter was written: conn, ticket */
+  RN_EV_DRAIN,       /* a send queue fell below its high-water mark: conn */
+  RN_EV_CONNERR,     /* an outgoing connection failed: conn, data = message */
+  RN_EV_SIGNAL,      /* SIGINT or SIGTERM: code = signal number */
+  RN_EV_RESOLVED,    /* a DNS lookup finished: ticket, data = address or error */
+  RN_EV_HTTP_DONE    /* an HTTP response was fully written or abandoned: req */
+};
+
+struct rn_conn;
+struct rn_req;
+struct rn_server;
+
+typedef struct rn_event {
+  int type;
+  int code;
+  int flag;
+  struct rn_conn *conn; /* holds a reference while queued */
+  struct rn_req *req;   /* holds a reference while queued */
+  uint64_t ticket;
+  char *data; /* malloc'd, owned by the event */
+  size_t len;
+} rn_event;
+
+/*
+ * A refcounted outgoing message. buf holds LWS_PRE bytes of headroom and then
+ * the payload. Server-side frames are never masked, so one message can sit in
+ * many server connections' queues at once (broadcast); client connections mask
+ * in place and therefore always get a private copy.
+ */
+typedef struct rn_msg {
+  int refcnt;
+  int binary;
+  size_t len;
+  unsigned char buf[];
+} rn_msg;
+
+typedef struct rn_qnode {
+  struct rn_qnode *next;
+  rn_msg *msg;
+  uint64_t ticket; /* nonzero: emit RN_EV_WRITTEN when written */
+} rn_qnode;
+
+/* Per-server limits; every field is configurable from Lua. */
+typedef struct rn_limits {
+  size_t max_message;     /* largest reassembled WS message (close 1009) */
+  size_t max_body;        /* largest HTTP request body (413) */
+  size_t send_queue;      /* bytes a connection may have queued (EQUEUEFULL) */
+  size_t send_high_water; /* ws_send_async waits above this */
+  double slow_timeout;    /* seconds above high water before close 1008 */
+  int max_connections;    /* open WebSockets per server (503 past it) */
+  int ping_interval;      /* seconds idle before lws sends a ping */
+  int pong_timeout;       /* seconds idle before lws hangs up */
+  size_t rx_buffer;       /* lws per-connection receive buffer */
+} rn_limits;
+
+/* The per-Lua-state loop context: one uv loop and one lws context. */
+typedef struct rn_loop {
+  uv_loop_t loop;
+  struct lws_context *ctx;
+  struct lws_vhost *client_vh;
+  uv_timer_t poll_timer; /* wakes uv_run for the Lua scheduler's next timer */
+  uv_timer_t sweep_timer; /* one-second sweep: slow consumers */
+  uv_signal_t sig_int, sig_term;
+  int handles_open; /* our own uv handles not yet closed */
+  int running;      /* the loop is set up (rn__loop_start done) */
+  rn_event *ev;     /* ring buffer of pending events */
+  size_t ev_head, ev_count, ev_cap;
+  unsigned char *scratch; /* LWS_PRE + payload for direct writes */
+  size_t scratch_cap;
+  uint64_t next_conn_id;
+  uint64_t next_ticket;
+  struct rn_conn *conns; /* every live connection (server and client) */
+  struct rn_server *servers;
+  lws_retry_bo_t client_retry;
+  int oom; /* an allocation failed inside a callback */
+} rn_loop;
+
+typedef struct rn_server {
+  struct rn_server *next;
+  rn_loop *L;
+  struct lws_vhost *vh;
+  struct lws_protocols protocols[2];
+  lws_retry_bo_t retry;
+  rn_limits lim;
+  int port;
+  int websocket;      /* WebSocket upgrades allowed */
+  int nconns;         /* established WebSockets */
+  int closed;         /* server:close() was called */
+  char **origins;     /* NULL: allow every Origin */
+  int norigins;
+  int refcnt;         /* Lua box + live connections/requests */
+  char *host;
+} rn_server;
+
+enum rn_conn_state { RN_CS_CONNECTING, RN_CS_OPEN, RN_CS_CLOSING, RN_CS_CLOSED };
+
+typedef struct rn_conn {
+  struct rn_conn *next, *prev; /* in rn_loop.conns */
+  rn_loop *L;
+  rn_server *srv;    /* NULL for client connections */
+  struct lws *wsi;   /* NULL once lws has closed it */
+  uint64_t id;
+  int refcnt;        /* lws side + Lua box + queued events */
+  int state;
+  int client;
+  int opened;        /* RN_EV_OPEN was emitted */
+  rn_qnode *qhead, *qtail;
+  size_t qbytes;
+  int want_drain;    /* emit RN_EV_DRAIN when qbytes falls below high water */
+  uint64_t over_since; /* uv_now() when qbytes first went over high water; 0: not over */
+  /* receive side */
+  unsigned char *rx;
+  size_t rxlen, rxcap;
+  int rx_binary;
+  int rx_active;     /* a fragmented message is being reassembled */
+  /* close side */
+  int close_code;    /* code we send (when we initiate) */
+  char close_reason[124];
+  int close_reason_len;
+  int peer_code;     /* code the peer sent, 1005 if none, 1006 if none at all */
+  char peer_reason[124];
+  int peer_reason_len;
+  int close_sent;
+  /* client side */
+  rn_limits lim;
+  lws_retry_bo_t retry;
+  char *cl_path, *cl_host, *cl_origin, *cl_address, *cl_protocol;
+  int cl_port;
+  /* HTTP upgrade info captured at establish time */
+  char *path;
+  char peer[64];
+} rn_conn;
+
+typedef struct rn_req {
+  rn_loop *L;
+  rn_server *srv;
+  struct lws *wsi; /* NULL once the HTTP connection is gone */
+  int refcnt;      /* lws side + Lua box + queued events */
+  char method[16];
+  char *uri;
+  char *query;     /* raw query string, or NULL */
+  char *headers;   /* "name\0value\0"... for the standard headers */
+  size_t headers_len;
+  unsigned char *body;
+  size_t body_len, body_expect;
+  int body_refused; /* a limit answered already */
+  char peer[64];
+  /* response */
+  int responded;
+  int status;
+  char *resp_headers; /* "name\0value\0"... */
+  size_t resp_headers_len;
+  unsigned char *resp_body;
+  size_t resp_len, resp_off;
+  int headers_sent;
+  int done;
+} rn_req;
+
+/* rn_loop.c */
+rn_loop *rn__loop_get(lua_State *L);
+rn_loop *rn__loop_ensure(lua_State *L);
+int rn__event_push(rn_loop *l, const rn_event *ev);
+void rn__conn_unref(rn_conn *c);
+void rn__req_unref(rn_req *r);
+void rn__server_unref(rn_server *s);
+unsigned char *rn__scratch(rn_loop *l, size_t len);
+
+/* rn_conn.c */
+void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim);
+int rn__limits_defaults(lua_State *L);
+int rn__conn_check_close(const void *in, size_t len);
+void rn__conn_answer_close(rn_conn *c, int code);
+rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client);
+void rn__conn_established(rn_conn *c, struct lws *wsi);
+int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len);
+int rn__conn_writeable(rn_conn *c, struct lws *wsi);
+void rn__conn_peer_close(rn_conn *c, const void *in, size_t len);
+void rn__conn_closed(rn_conn *c);
+void rn__conn_sweep(rn_loop *l);
+const rn_limits *rn__conn_limits(const rn_conn *c);
+void rn__conn_open_lua(lua_State *L);
+void rn__conn_push(lua_State *L, rn_conn *c);
+
+/* rn_server.c */
+void rn__servers_release(rn_loop *l);
+void rn__server_open_lua(lua_State *L);
+int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                        void *user, void *in, size_t len);
+void rn__req_push(lua_State *L, rn_req *r);
+
+/* rn_client.c */
+void rn__client_open_lua(lua_State *L);
+int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                        void *user, void *in, size_t len);
+
+/* Error helper: pushes nil, "CODE: message", "CODE" and returns 3. */
+int rn__fail(lua_State *L, const char *code, const char *fmt, ...);
+
+#endif

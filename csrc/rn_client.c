@@ -1,0 +1,233 @@
+/*
+ * relaynet core: outgoing WebSocket connections and asynchronous DNS.
+ *
+ * lws resolves names with a blocking getaddrinfo(), so the Lua layer first
+ * resolves with core.resolve() (uv_getaddrinfo on the uv thread pool) and
+ * then connects to the numeric address.
+ */
+#include "rn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+
+static void rn__client_failed(rn_conn *c, struct lws *wsi, const char *msg, size_t len) {
+  rn_event ev;
+  if (wsi)
+    lws_set_opaque_user_data(wsi, NULL);
+  if (c->state == RN_CS_CLOSED)
+    return;
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_CONNERR;
+  ev.conn = c;
+  if (msg && len) {
+    ev.data = (char *)malloc(len);
+    if (ev.data) {
+      memcpy(ev.data, msg, len);
+      ev.len = len;
+    }
+  }
+  rn__event_push(c->L, &ev);
+  c->wsi = NULL;
+  c->state = RN_CS_CLOSED;
+  rn__conn_unref(c); /* the lws side */
+}
+
+int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                        void *user, void *in, size_t len) {
+  rn_conn *c = wsi ? (rn_conn *)lws_get_opaque_user_data(wsi) : NULL;
+  (void)user;
+  switch (reason) {
+  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+    if (c) {
+      const char *msg = in ? (const char *)in : "connection failed";
+      rn__client_failed(c, wsi, msg, strlen(msg));
+    }
+    return 0;
+  case LWS_CALLBACK_CLIENT_ESTABLISHED:
+    if (!c)
+      return -1;
+    if (c->state != RN_CS_CONNECTING)
+      return -1; /* closed by Lua while connecting */
+    lws_get_peer_simple(wsi, c->peer, sizeof c->peer);
+    rn__conn_established(c, wsi);
+    return 0;
+  case LWS_CALLBACK_CLIENT_RECEIVE:
+    if (!c)
+      return -1;
+    return rn__conn_receive(c, wsi, in, len);
+  case LWS_CALLBACK_CLIENT_WRITEABLE:
+    if (!c)
+      return 0;
+    return rn__conn_writeable(c, wsi);
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+    if (c) {
+      int bad;
+      if (c->close_sent)
+        return -1;
+      bad = rn__conn_check_close(in, len);
+      if (bad) {
+        rn__conn_answer_close(c, bad);
+        return -1;
+      }
+      rn__conn_peer_close(c, in, len);
+    }
+    return 0;
+  case LWS_CALLBACK_CLIENT_CLOSED:
+    if (c) {
+      lws_set_opaque_user_data(wsi, NULL);
+      rn__conn_closed(c);
+    }
+    return 0;
+  case LWS_CALLBACK_WSI_DESTROY:
+    /* Safety net: a wsi that dies without CLIENT_CLOSED or an error. */
+    if (c) {
+      lws_set_opaque_user_data(wsi, NULL);
+      if (c->opened)
+        rn__conn_closed(c);
+      else
+        rn__client_failed(c, NULL, "connection closed before the handshake", 38);
+    }
+    return 0;
+  default:
+    break;
+  }
+  return 0;
+}
+
+static char *rn__optdup(lua_State *L, int idx, const char *field) {
+  char *r = NULL;
+  lua_getfield(L, idx, field);
+  if (!lua_isnil(L, -1)) {
+    r = strdup(luaL_checkstring(L, -1));
+    if (!r)
+      luaL_error(L, "out of memory");
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
+/* core.connect{address=, port=, path=, host=, origin=, protocol=, <limits>}
+ * -> conn (connecting) | nil, msg, code. RN_EV_OPEN or RN_EV_CONNERR follows. */
+static int rn_connect(lua_State *L) {
+  rn_loop *l;
+  rn_conn *c;
+  struct lws_client_connect_info ci;
+  struct lws *wsi = NULL;
+  lua_Integer port;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  l = rn__loop_ensure(L);
+  lua_getfield(L, 1, "port");
+  port = luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  if (port <= 0 || port > 65535)
+    return luaL_error(L, "relaynet: port must be 1..65535");
+  c = rn__conn_new(l, NULL, 1);
+  if (!c)
+    return luaL_error(L, "out of memory");
+  rn__conn_push(L, c); /* the box keeps c alive whatever lws does below */
+  rn__limits_from_table(L, 1, &c->lim);
+  c->cl_address = rn__optdup(L, 1, "address");
+  c->cl_path = rn__optdup(L, 1, "path");
+  c->cl_host = rn__optdup(L, 1, "host");
+  c->cl_origin = rn__optdup(L, 1, "origin");
+  c->cl_protocol = rn__optdup(L, 1, "protocol");
+  c->cl_port = (int)port;
+  if (!c->cl_address)
+    return luaL_error(L, "relaynet: connect needs an address");
+  c->path = strdup(c->cl_path ? c->cl_path : "/");
+  c->retry.secs_since_valid_ping = (uint16_t)c->lim.ping_interval;
+  c->retry.secs_since_valid_hangup = (uint16_t)c->lim.pong_timeout;
+
+  memset(&ci, 0, sizeof ci);
+  ci.context = l->ctx;
+  ci.vhost = l->client_vh;
+  ci.address = c->cl_address;
+  ci.port = c->cl_port;
+  ci.path = c->cl_path ? c->cl_path : "/";
+  ci.host = c->cl_host ? c->cl_host : c->cl_address;
+  ci.origin = c->cl_origin;
+  ci.protocol = c->cl_protocol;
+  ci.local_protocol_name = "rn-client";
+  ci.ietf_version_or_minus_one = -1;
+  ci.opaque_user_data = c;
+  ci.pwsi = &wsi;
+  if (c->lim.ping_interval > 0)
+    ci.retry_and_idle_policy = &c->retry;
+  c->refcnt++; /* held across the call in case lws fails synchronously */
+  if (!lws_client_connect_via_info(&ci)) {
+    int failed_already = c->state == RN_CS_CLOSED;
+    if (!failed_already) {
+      c->state = RN_CS_CLOSED;
+      rn__conn_unref(c); /* the lws side */
+    }
+    rn__conn_unref(c);
+    return rn__fail(L, "ECONNREFUSED", "cannot connect to %s:%d", c->cl_address, c->cl_port);
+  }
+  if (c->state == RN_CS_CONNECTING)
+    c->wsi = wsi;
+  rn__conn_unref(c);
+  return 1;
+}
+
+typedef struct rn_resolve {
+  uv_getaddrinfo_t req;
+  rn_loop *l;
+  uint64_t ticket;
+} rn_resolve;
+
+static void rn__resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  rn_resolve *r = (rn_resolve *)req->data;
+  rn_event ev;
+  char addr[64] = "";
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_RESOLVED;
+  ev.ticket = r->ticket;
+  if (status == 0 && res) {
+    if (res->ai_family == AF_INET)
+      uv_ip4_name((struct sockaddr_in *)res->ai_addr, addr, sizeof addr);
+    else
+      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, addr, sizeof addr);
+    ev.flag = 1;
+    ev.data = strdup(addr);
+  } else {
+    const char *msg = uv_strerror(status ? status : UV_EAI_NONAME);
+    ev.data = strdup(msg);
+  }
+  ev.len = ev.data ? strlen(ev.data) : 0;
+  if (res)
+    uv_freeaddrinfo(res);
+  rn__event_push(r->l, &ev);
+  free(r);
+}
+
+/* core.resolve(host) -> ticket; RN_EV_RESOLVED(ticket, address, err) follows. */
+static int rn_resolve_host(lua_State *L) {
+  rn_loop *l = rn__loop_ensure(L);
+  const char *host = luaL_checkstring(L, 1);
+  struct addrinfo hints;
+  rn_resolve *r = (rn_resolve *)malloc(sizeof *r);
+  int rc;
+  if (!r)
+    return luaL_error(L, "out of memory");
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  r->l = l;
+  r->ticket = l->next_ticket++;
+  r->req.data = r;
+  rc = uv_getaddrinfo(&l->loop, &r->req, rn__resolved, host, NULL, &hints);
+  if (rc != 0) {
+    free(r);
+    return rn__fail(L, "ERESOLVE", "cannot resolve %s: %s", host, uv_strerror(rc));
+  }
+  lua_pushinteger(L, (lua_Integer)r->ticket);
+  return 1;
+}
+
+void rn__client_open_lua(lua_State *L) {
+  lua_pushcfunction(L, rn_connect);
+  lua_setfield(L, -2, "connect");
+  lua_pushcfunction(L, rn_resolve_host);
+  lua_setfield(L, -2, "resolve");
+}

@@ -1,0 +1,777 @@
+/*
+ * relaynet core: WebSocket connections, server and client side alike.
+ *
+ * Memory contract: an rn_conn is reference counted. lws holds one reference
+ * from establishment (or connect) until LWS_CALLBACK_CLOSED / CLIENT_CLOSED,
+ * the Lua box holds one until it is collected, and every queued event holds
+ * one. conn->wsi is valid only while the lws reference is held; every path
+ * that writes checks it first.
+ *
+ * Send contract: when nothing is queued and lws holds no partial write, a
+ * message is written at once (on libuv this avoids a uv_poll_start per
+ * message); otherwise it is queued and written from the WRITEABLE callback.
+ */
+#include "rn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const rn_limits rn__default_limits = {
+  1 << 20,       /* max_message */
+  1 << 20,       /* max_body */
+  4 << 20,       /* send_queue */
+  1 << 20,       /* send_high_water */
+  30.0,          /* slow_timeout */
+  10000,         /* max_connections */
+  30,            /* ping_interval */
+  60,            /* pong_timeout */
+  1024           /* rx_buffer */
+};
+
+const rn_limits *rn__conn_limits(const rn_conn *c) {
+  if (c->srv)
+    return &c->srv->lim;
+  return &c->lim;
+}
+
+rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client) {
+  rn_conn *c = (rn_conn *)calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->L = l;
+  c->srv = srv;
+  c->client = client;
+  c->id = l->next_conn_id++;
+  c->refcnt = 1; /* the lws side */
+  c->state = RN_CS_CONNECTING;
+  c->peer_code = 1006;
+  c->lim = rn__default_limits;
+  if (srv)
+    srv->refcnt++;
+  c->next = l->conns;
+  if (l->conns)
+    l->conns->prev = c;
+  l->conns = c;
+  return c;
+}
+
+static void rn__msg_unref(rn_msg *m) {
+  if (--m->refcnt == 0)
+    free(m);
+}
+
+static rn_msg *rn__msg_new(const void *data, size_t len, int binary) {
+  rn_msg *m = (rn_msg *)malloc(sizeof *m + LWS_PRE + len);
+  if (!m)
+    return NULL;
+  m->refcnt = 1;
+  m->binary = binary;
+  m->len = len;
+  if (len)
+    memcpy(m->buf + LWS_PRE, data, len);
+  return m;
+}
+
+static void rn__queue_clear(rn_conn *c) {
+  rn_qnode *n = c->qhead, *next;
+  for (; n; n = next) {
+    next = n->next;
+    if (n->ticket) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_WRITTEN;
+      ev.conn = c;
+      ev.ticket = n->ticket;
+      ev.flag = 0; /* not written */
+      rn__event_push(c->L, &ev);
+    }
+    rn__msg_unref(n->msg);
+    free(n);
+  }
+  c->qhead = c->qtail = NULL;
+  c->qbytes = 0;
+  c->over_since = 0;
+}
+
+void rn__conn_unref(rn_conn *c) {
+  if (--c->refcnt > 0)
+    return;
+  rn__queue_clear(c);
+  if (c->prev)
+    c->prev->next = c->next;
+  else if (c->L->conns == c)
+    c->L->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  if (c->srv)
+    rn__server_unref(c->srv);
+  free(c->rx);
+  free(c->path);
+  free(c->cl_path);
+  free(c->cl_host);
+  free(c->cl_origin);
+  free(c->cl_address);
+  free(c->cl_protocol);
+  free(c);
+}
+
+void rn__conn_established(rn_conn *c, struct lws *wsi) {
+  rn_event ev;
+  c->wsi = wsi;
+  c->state = RN_CS_OPEN;
+  c->opened = 1;
+  if (c->srv)
+    c->srv->nconns++;
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_OPEN;
+  ev.conn = c;
+  rn__event_push(c->L, &ev);
+}
+
+/* Writes a close frame with the given code and reason now. The caller has
+ * checked that nothing else is queued and no partial write is pending. */
+static void rn__send_close_frame(rn_conn *c, int code, const char *reason, int rlen) {
+  unsigned char buf[LWS_PRE + 2 + 123];
+  if (!c->wsi || c->close_sent)
+    return;
+  if (rlen > 123)
+    rlen = 123;
+  buf[LWS_PRE] = (unsigned char)((code >> 8) & 0xff);
+  buf[LWS_PRE + 1] = (unsigned char)(code & 0xff);
+  if (rlen > 0)
+    memcpy(buf + LWS_PRE + 2, reason, (size_t)rlen);
+  c->close_sent = 1;
+  lws_write(c->wsi, buf + LWS_PRE, (size_t)(2 + rlen), RN_WRITE_CLOSE);
+  /* Wait a little for the peer's close reply, then drop the socket. */
+  lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
+}
+
+/* Starts closing with code/reason: after the queue drains when graceful, at
+ * once (queue dropped) otherwise. */
+static void rn__conn_start_close(rn_conn *c, int code, const char *reason, int rlen, int graceful) {
+  if (!c->wsi || c->state >= RN_CS_CLOSING)
+    return;
+  c->state = RN_CS_CLOSING;
+  c->close_code = code;
+  if (rlen > 123)
+    rlen = 123;
+  c->close_reason_len = rlen;
+  if (rlen > 0)
+    memcpy(c->close_reason, reason, (size_t)rlen);
+  if (!graceful)
+    rn__queue_clear(c);
+  if (!c->qhead && !lws_partial_buffered(c->wsi))
+    rn__send_close_frame(c, code, reason, rlen);
+  else
+    lws_callback_on_writable(c->wsi);
+  if (!graceful && !c->close_sent)
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 2);
+}
+
+/* Closes from inside a receive callback with a protocol error code; the
+ * caller returns -1 so lws drops the socket right after the frame. */
+static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
+  int rlen = (int)strlen(reason);
+  c->state = RN_CS_CLOSING;
+  c->close_code = code;
+  rn__queue_clear(c);
+  if (!lws_partial_buffered(c->wsi))
+    rn__send_close_frame(c, code, reason, rlen);
+  c->peer_code = 1006;
+  c->close_code = code;
+  return -1;
+}
+
+/* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
+ * Returns the number of bytes of a trailing incomplete sequence (0..3) when
+ * the text is valid so far, or -1 when it is invalid. */
+static int rn__utf8_check(const unsigned char *s, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    unsigned char c = s[i];
+    size_t need;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      need = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      need = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return -1;
+    }
+    if (i + 1 < len && (s[i + 1] < lo || s[i + 1] > hi))
+      return -1;
+    {
+      size_t k;
+      for (k = 2; k <= need && i + k < len; k++)
+        if ((s[i + k] & 0xC0) != 0x80)
+          return -1;
+    }
+    if (i + need >= len)
+      return (int)(len - i);
+    i += need + 1;
+  }
+  return 0;
+}
+
+int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
+  const rn_limits *lim = rn__conn_limits(c);
+  int final = lws_is_final_fragment(wsi);
+  rn_event ev;
+
+  if (c->state != RN_CS_OPEN)
+    return 0; /* closing: drop what the peer still sends */
+  if (!c->rx_active) {
+    c->rx_active = 1;
+    c->rx_binary = lws_frame_is_binary(wsi);
+    c->rxlen = 0;
+  }
+  if (c->rxlen + len > lim->max_message)
+    return rn__conn_fail(c, 1009, "message too big");
+
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_MESSAGE;
+  ev.conn = c;
+  ev.flag = c->rx_binary;
+  if (final && c->rxlen == 0) {
+    /* The whole message arrived in one piece: no reassembly buffer. */
+    if (!c->rx_binary && rn__utf8_check((const unsigned char *)in, len) != 0)
+      return rn__conn_fail(c, 1007, "invalid UTF-8");
+    ev.data = (char *)malloc(len ? len : 1);
+    if (!ev.data)
+      return rn__conn_fail(c, 1011, "out of memory");
+    memcpy(ev.data, in, len);
+    ev.len = len;
+  } else {
+    if (c->rxlen + len > c->rxcap) {
+      size_t cap = c->rxcap ? c->rxcap : 1024;
+      unsigned char *n;
+      while (cap < c->rxlen + len)
+        cap *= 2;
+      if (cap > lim->max_message)
+        cap = lim->max_message;
+      n = (unsigned char *)realloc(c->rx, cap);
+      if (!n)
+        return rn__conn_fail(c, 1011, "out of memory");
+      c->rx = n;
+      c->rxcap = cap;
+    }
+    memcpy(c->rx + c->rxlen, in, len);
+    c->rxlen += len;
+    if (!c->rx_binary) {
+      int tail = rn__utf8_check(c->rx, c->rxlen);
+      if (tail < 0 || (final && tail > 0))
+        return rn__conn_fail(c, 1007, "invalid UTF-8");
+    }
+    if (!final)
+      return 0;
+    /* Hand the reassembly buffer to the event; the next message starts a
+     * new one, so an idle connection keeps no receive buffer. */
+    ev.data = (char *)c->rx;
+    ev.len = c->rxlen;
+    c->rx = NULL;
+    c->rxcap = 0;
+  }
+  c->rx_active = 0;
+  c->rxlen = 0;
+  rn__event_push(c->L, &ev);
+  return 0;
+}
+
+/* The peer sent a close frame (in: 2-byte code + reason, or empty). Returns
+ * nonzero when lws must not echo it (we already answered). */
+void rn__conn_peer_close(rn_conn *c, const void *in, size_t len) {
+  const unsigned char *p = (const unsigned char *)in;
+  if (len >= 2) {
+    int code = (p[0] << 8) | p[1];
+    size_t rlen = len - 2;
+    if (rlen > sizeof c->peer_reason)
+      rlen = sizeof c->peer_reason;
+    c->peer_code = code;
+    memcpy(c->peer_reason, p + 2, rlen);
+    c->peer_reason_len = (int)rlen;
+  } else {
+    c->peer_code = 1005;
+    c->peer_reason_len = 0;
+  }
+}
+
+static int rn__close_code_valid(int code) {
+  if (code >= 3000 && code <= 4999)
+    return 1;
+  if (code < 1000 || code > 1014)
+    return 0;
+  return code != 1004 && code != 1005 && code != 1006;
+}
+
+/* Validates a received close frame; returns the code to answer with when it
+ * breaks the RFC (1002 or 1007), 0 when it is fine. */
+int rn__conn_check_close(const void *in, size_t len) {
+  const unsigned char *p = (const unsigned char *)in;
+  if (len == 0)
+    return 0;
+  if (len == 1)
+    return 1002;
+  if (!rn__close_code_valid((p[0] << 8) | p[1]))
+    return 1002;
+  if (len > 2 && rn__utf8_check(p + 2, len - 2) != 0)
+    return 1007;
+  return 0;
+}
+
+/* Answers a bad close frame with our own close frame carrying `code`. */
+void rn__conn_answer_close(rn_conn *c, int code) {
+  c->peer_code = 1006;
+  c->peer_reason_len = 0;
+  rn__conn_fail(c, code, code == 1007 ? "invalid UTF-8 in close reason" : "invalid close frame");
+}
+
+static int rn__write_msg(rn_conn *c, rn_msg *m) {
+  unsigned char *p = m->buf + LWS_PRE;
+  if (c->client && m->refcnt > 1) {
+    /* Client frames are masked in place: never write a shared buffer. */
+    p = rn__scratch(c->L, m->len);
+    if (!p)
+      return -1;
+    memcpy(p, m->buf + LWS_PRE, m->len);
+  }
+  return lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0 ? -1 : 0;
+}
+
+static void rn__after_dequeue(rn_conn *c) {
+  const rn_limits *lim = rn__conn_limits(c);
+  if (c->qbytes <= lim->send_high_water) {
+    c->over_since = 0;
+    if (c->want_drain) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_DRAIN;
+      ev.conn = c;
+      c->want_drain = 0;
+      rn__event_push(c->L, &ev);
+    }
+  }
+}
+
+int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
+  int budget = 16;
+  if (!c || c->wsi != wsi)
+    return 0;
+  while (c->qhead && budget-- > 0 && !lws_partial_buffered(wsi)) {
+    rn_qnode *n = c->qhead;
+    int rc;
+    c->qhead = n->next;
+    if (!c->qhead)
+      c->qtail = NULL;
+    c->qbytes -= n->msg->len;
+    rc = rn__write_msg(c, n->msg);
+    if (n->ticket) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_WRITTEN;
+      ev.conn = c;
+      ev.ticket = n->ticket;
+      ev.flag = rc == 0;
+      rn__event_push(c->L, &ev);
+    }
+    rn__msg_unref(n->msg);
+    free(n);
+    if (rc < 0)
+      return -1;
+  }
+  rn__after_dequeue(c);
+  if (c->qhead || lws_partial_buffered(wsi)) {
+    lws_callback_on_writable(wsi);
+    return 0;
+  }
+  if (c->state == RN_CS_CLOSING && !c->close_sent)
+    rn__send_close_frame(c, c->close_code, c->close_reason, c->close_reason_len);
+  return 0;
+}
+
+void rn__conn_closed(rn_conn *c) {
+  rn_event ev;
+  if (c->state == RN_CS_CLOSED)
+    return;
+  c->wsi = NULL;
+  c->state = RN_CS_CLOSED;
+  rn__queue_clear(c);
+  free(c->rx);
+  c->rx = NULL;
+  c->rxcap = c->rxlen = 0;
+  if (c->opened) {
+    if (c->srv)
+      c->srv->nconns--;
+    memset(&ev, 0, sizeof ev);
+    ev.type = RN_EV_CLOSE;
+    ev.conn = c;
+    /* The code reported is the peer's when it sent one, else ours when we
+     * closed first, else 1006 (abnormal closure). */
+    if (c->peer_code != 1006 || !c->close_sent) {
+      ev.code = c->peer_code;
+      if (c->peer_reason_len > 0) {
+        ev.data = (char *)malloc((size_t)c->peer_reason_len);
+        if (ev.data) {
+          memcpy(ev.data, c->peer_reason, (size_t)c->peer_reason_len);
+          ev.len = (size_t)c->peer_reason_len;
+        }
+      }
+    } else {
+      ev.code = c->close_code;
+      if (c->close_reason_len > 0) {
+        ev.data = (char *)malloc((size_t)c->close_reason_len);
+        if (ev.data) {
+          memcpy(ev.data, c->close_reason, (size_t)c->close_reason_len);
+          ev.len = (size_t)c->close_reason_len;
+        }
+      }
+    }
+    rn__event_push(c->L, &ev);
+  }
+  rn__conn_unref(c); /* the lws side */
+}
+
+void rn__conn_sweep(rn_loop *l) {
+  rn_conn *c;
+  uint64_t now = uv_now(&l->loop);
+  for (c = l->conns; c; c = c->next) {
+    const rn_limits *lim = rn__conn_limits(c);
+    if (c->wsi && c->over_since && c->state == RN_CS_OPEN &&
+        (double)(now - c->over_since) >= lim->slow_timeout * 1000.0)
+      rn__conn_start_close(c, 1008, "slow consumer", 13, 0);
+  }
+}
+
+/* Queues (or writes at once) one message; returns 0, or -1 on allocation or
+ * write failure. *queued is set when the message waits in the queue. */
+static int rn__conn_enqueue(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued) {
+  rn_qnode *n;
+  const rn_limits *lim = rn__conn_limits(c);
+  *queued = 0;
+  if (!c->qhead && !lws_partial_buffered(c->wsi))
+    return rn__write_msg(c, m);
+  n = (rn_qnode *)malloc(sizeof *n);
+  if (!n)
+    return -1;
+  n->next = NULL;
+  n->msg = m;
+  m->refcnt++;
+  n->ticket = ticket;
+  if (c->qtail)
+    c->qtail->next = n;
+  else
+    c->qhead = n;
+  c->qtail = n;
+  c->qbytes += m->len;
+  if (c->qbytes > lim->send_high_water && !c->over_since)
+    c->over_since = uv_now(&c->L->loop) ? uv_now(&c->L->loop) : 1;
+  *queued = 1;
+  lws_callback_on_writable(c->wsi);
+  return 0;
+}
+
+/* ---- Lua side ------------------------------------------------------------ */
+
+static rn_conn **rn__conn_box(lua_State *L, int idx) {
+  return (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
+}
+
+static rn_conn *rn__conn_check(lua_State *L, int idx) {
+  rn_conn **b = rn__conn_box(L, idx);
+  if (!*b)
+    luaL_argerror(L, idx, "connection object is released");
+  return *b;
+}
+
+void rn__conn_push(lua_State *L, rn_conn *c) {
+  rn_conn **b = (rn_conn **)lua_newuserdatauv(L, sizeof *b, 0);
+  *b = c;
+  c->refcnt++;
+  luaL_setmetatable(L, RN_CONN_MT);
+}
+
+/* conn:send(data [, binary [, notify]]) -> true | ticket | nil, msg, code.
+ * With notify, a message that had to be queued returns a ticket number and
+ * an RN_EV_WRITTEN event follows once it is written (or dropped). */
+static int rn_conn_send(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  int binary = lua_toboolean(L, 3);
+  int notify = lua_toboolean(L, 4);
+  const rn_limits *lim = rn__conn_limits(c);
+  uint64_t ticket = 0;
+  int queued = 0;
+
+  if (!c->wsi || c->state != RN_CS_OPEN)
+    return rn__fail(L, "ECLOSED", "connection %I is closed", (lua_Integer)c->id);
+  if (c->qbytes + len > lim->send_queue && (c->qhead || lws_partial_buffered(c->wsi)))
+    return rn__fail(L, "EQUEUEFULL", "send queue of connection %I is full (%I bytes queued, limit %I)",
+                    (lua_Integer)c->id, (lua_Integer)c->qbytes, (lua_Integer)lim->send_queue);
+  if (!c->qhead && !lws_partial_buffered(c->wsi)) {
+    /* Fast path: write at once from a scratch buffer; lws keeps any tail. */
+    unsigned char *p = rn__scratch(c->L, len);
+    if (!p)
+      return luaL_error(L, "out of memory");
+    memcpy(p, data, len);
+    if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
+      return rn__fail(L, "ECLOSED", "connection %I failed while writing", (lua_Integer)c->id);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  {
+    rn_msg *m = rn__msg_new(data, len, binary);
+    if (!m)
+      return luaL_error(L, "out of memory");
+    if (notify)
+      ticket = c->L->next_ticket++;
+    if (rn__conn_enqueue(c, m, ticket, &queued) < 0) {
+      rn__msg_unref(m);
+      return rn__fail(L, "ECLOSED", "connection %I failed while writing", (lua_Integer)c->id);
+    }
+    rn__msg_unref(m);
+  }
+  if (queued && ticket)
+    lua_pushinteger(L, (lua_Integer)ticket);
+  else
+    lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:close([code [, reason]]): starts a graceful close (queued messages are
+ * written first). Returns true, or false when already closing/closed. */
+static int rn_conn_close(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  int code = (int)luaL_optinteger(L, 2, 1000);
+  size_t rlen = 0;
+  const char *reason = luaL_optlstring(L, 3, "", &rlen);
+  if (!(code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1012 ||
+        code == 1013 || (code >= 3000 && code <= 4999)))
+    return luaL_argerror(L, 2, "close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999");
+  if (rlen > 123)
+    return luaL_argerror(L, 3, "close reason longer than 123 bytes");
+  if (!c->wsi || c->state >= RN_CS_CLOSING) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (c->state == RN_CS_CONNECTING) {
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
+    c->state = RN_CS_CLOSING;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  rn__conn_start_close(c, code, reason, (int)rlen, 1);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int rn_conn_info(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  static const char *states[] = {"connecting", "open", "closing", "closed"};
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, (lua_Integer)c->id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, states[c->state]);
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, (lua_Integer)c->qbytes);
+  lua_setfield(L, -2, "queued");
+  lua_pushstring(L, c->peer);
+  lua_setfield(L, -2, "peer");
+  lua_pushstring(L, c->path ? c->path : "/");
+  lua_setfield(L, -2, "path");
+  lua_pushboolean(L, c->client);
+  lua_setfield(L, -2, "client");
+  lua_pushinteger(L, c->srv ? c->srv->port : c->cl_port);
+  lua_setfield(L, -2, "port");
+  return 1;
+}
+
+/* conn:pause(true|false): stops or resumes reading from the socket (TCP
+ * back-pressure for a receiver that cannot keep up). */
+static int rn_conn_pause(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  int pause = lua_toboolean(L, 2);
+  if (c->wsi)
+    lws_rx_flow_control(c->wsi, pause ? 0 : 1);
+  return 0;
+}
+
+static int rn_conn_queued(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  lua_pushinteger(L, (lua_Integer)c->qbytes);
+  lua_pushboolean(L, c->qbytes > rn__conn_limits(c)->send_high_water);
+  return 2;
+}
+
+/* conn:want_drain(): asks for an RN_EV_DRAIN event once the queue is at or
+ * below the high-water mark. Returns false when it already is. */
+static int rn_conn_want_drain(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  if (!c->wsi || c->qbytes <= rn__conn_limits(c)->send_high_water) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  c->want_drain = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int rn_conn_gc(lua_State *L) {
+  rn_conn **b = rn__conn_box(L, 1);
+  if (*b) {
+    rn_conn *c = *b;
+    *b = NULL;
+    rn__conn_unref(c);
+  }
+  return 0;
+}
+
+static int rn_conn_tostring(lua_State *L) {
+  rn_conn **b = rn__conn_box(L, 1);
+  if (!*b)
+    lua_pushliteral(L, "relaynet.conn (released)");
+  else if ((*b)->state == RN_CS_CLOSED)
+    lua_pushfstring(L, "relaynet.conn %I (closed)", (lua_Integer)(*b)->id);
+  else
+    lua_pushfstring(L, "relaynet.conn %I (%p)", (lua_Integer)(*b)->id, (void *)*b);
+  return 1;
+}
+
+/* core.broadcast(server_or_nil, data, binary, except_conn) -> count.
+ * One refcounted message is shared by every server connection's queue. */
+static int rn_broadcast(lua_State *L) {
+  rn_loop *l = rn__loop_get(L);
+  rn_server *s = NULL;
+  size_t len;
+  const char *data;
+  int binary, count = 0;
+  rn_msg *m;
+  rn_conn *c, *next, *except = NULL;
+  if (!lua_isnil(L, 1)) {
+    rn_server **sb = (rn_server **)luaL_checkudata(L, 1, RN_SERVER_MT);
+    s = *sb;
+    if (!s)
+      return luaL_argerror(L, 1, "server is released");
+  }
+  data = luaL_checklstring(L, 2, &len);
+  binary = lua_toboolean(L, 3);
+  if (!lua_isnoneornil(L, 4))
+    except = rn__conn_check(L, 4);
+  if (!l->running) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  m = rn__msg_new(data, len, binary);
+  if (!m)
+    return luaL_error(L, "out of memory");
+  for (c = l->conns; c; c = next) {
+    int queued;
+    const rn_limits *lim;
+    next = c->next;
+    if (c->client || !c->srv || c->state != RN_CS_OPEN || !c->wsi || c == except)
+      continue;
+    if (s && c->srv != s)
+      continue;
+    lim = rn__conn_limits(c);
+    if (c->qbytes + len > lim->send_queue && c->qhead)
+      continue; /* full: this one misses the message */
+    c->refcnt++; /* a failed write may close it synchronously */
+    if (rn__conn_enqueue(c, m, 0, &queued) == 0)
+      count++;
+    rn__conn_unref(c);
+  }
+  rn__msg_unref(m);
+  lua_pushinteger(L, count);
+  return 1;
+}
+
+void rn__conn_open_lua(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"send", rn_conn_send},
+    {"close", rn_conn_close},
+    {"info", rn_conn_info},
+    {"queued", rn_conn_queued},
+    {"want_drain", rn_conn_want_drain},
+    {"pause", rn_conn_pause},
+    {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", rn_conn_gc},
+    {"__tostring", rn_conn_tostring},
+    {NULL, NULL}};
+  luaL_newmetatable(L, RN_CONN_MT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, rn_broadcast);
+  lua_setfield(L, -2, "broadcast");
+}
+
+/* Copies Lua-visible limits from a table at idx into lim (missing fields
+ * keep their values). Raises on a wrong type or a non-positive value. */
+void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim) {
+  static const char *names[] = {"max_message", "max_body", "send_queue", "send_high_water",
+                                "max_connections", "ping_interval", "pong_timeout", "rx_buffer", NULL};
+  int i;
+  *lim = rn__default_limits;
+  if (lua_isnoneornil(L, idx))
+    return;
+  for (i = 0; names[i]; i++) {
+    lua_Integer v;
+    int isnum;
+    lua_getfield(L, idx, names[i]);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    v = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || v < 0)
+      luaL_error(L, "limit '%s' must be a non-negative integer", names[i]);
+    lua_pop(L, 1);
+    switch (i) {
+    case 0: lim->max_message = (size_t)v; break;
+    case 1: lim->max_body = (size_t)v; break;
+    case 2: lim->send_queue = (size_t)v; break;
+    case 3: lim->send_high_water = (size_t)v; break;
+    case 4: lim->max_connections = (int)v; break;
+    case 5: lim->ping_interval = (int)(v > 65535 ? 65535 : v); break;
+    case 6: lim->pong_timeout = (int)(v > 65535 ? 65535 : v); break;
+    case 7: lim->rx_buffer = (size_t)(v < 128 ? 128 : v); break;
+    }
+  }
+  lua_getfield(L, idx, "slow_timeout");
+  if (!lua_isnil(L, -1)) {
+    int isnum;
+    lua_Number v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || v <= 0)
+      luaL_error(L, "limit 'slow_timeout' must be a positive number");
+    lim->slow_timeout = v;
+  }
+  lua_pop(L, 1);
+  if (lim->send_high_water > lim->send_queue)
+    lim->send_high_water = lim->send_queue;
+}
+
+/* Pushes the default limits as a table (for documentation and tests). */
+int rn__limits_defaults(lua_State *L) {
+  const rn_limits *d = &rn__default_limits;
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, (lua_Integer)d->max_message); lua_setfield(L, -2, "max_message");
+  lua_pushinteger(L, (lua_Integer)d->max_body); lua_setfield(L, -2, "max_body");
+  lua_pushinteger(L, (lua_Integer)d->send_queue); lua_setfield(L, -2, "send_queue");
+  lua_pushinteger(L, (lua_Integer)d->send_high_water); lua_setfield(L, -2, "send_high_water");
+  lua_pushnumber(L, d->slow_timeout); lua_setfield(L, -2, "slow_timeout");
+  lua_pushinteger(L, d->max_connections); lua_setfield(L, -2, "max_connections");
+  lua_pushinteger(L, d->ping_interval); lua_setfield(L, -2, "ping_interval");
+  lua_pushinteger(L, d->pong_timeout); lua_setfield(L, -2, "pong_timeout");
+  lua_pushinteger(L, (lua_Integer)d->rx_buffer); lua_setfield(L, -2, "rx_buffer");
+  return 1;
+}

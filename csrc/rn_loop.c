@@ -1,0 +1,416 @@
+/*
+ * relaynet core: the per-Lua-state loop (one uv loop, one lws context), the
+ * event queue that carries lws callbacks to Lua, and the module entry point.
+ *
+ * Lifecycle: the loop is created lazily by the first call that needs it
+ * (listen, connect, poll) and torn down by core.shutdown(), which closes every
+ * uv handle and destroys the lws context in the two phases a foreign loop
+ * needs. After shutdown a new loop can be created (the test suite runs many
+ * rn.run() cycles in one process).
+ */
+#include "rn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int rn__fail(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  lua_pushstring(L, code);
+  lua_pushliteral(L, ": ");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 3);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+/* The loop lives in a full userdata anchored in the registry, so that its
+ * memory is released with the Lua state even if shutdown never ran. */
+rn_loop *rn__loop_get(lua_State *L) {
+  rn_loop *l;
+  lua_getfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+  l = (rn_loop *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return l;
+}
+
+static void rn__noop_timer(uv_timer_t *t) { (void)t; }
+
+static void rn__sweep_cb(uv_timer_t *t) {
+  rn__conn_sweep((rn_loop *)t->data);
+}
+
+static void rn__signal_cb(uv_signal_t *s, int signum) {
+  rn_loop *l = (rn_loop *)s->data;
+  rn_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_SIGNAL;
+  ev.code = signum;
+  rn__event_push(l, &ev);
+}
+
+static void rn__handle_closed(uv_handle_t *h) {
+  rn_loop *l = (rn_loop *)h->data;
+  l->handles_open--;
+}
+
+static int rn__loop_setup(rn_loop *l) {
+  struct lws_context_creation_info info;
+  struct lws_vhost *vh;
+  void *foreign[1];
+  static struct lws_protocols client_protocols[2];
+  const char *dbg = getenv("RELAYNET_LWS_LOG");
+
+  lws_set_log_level(dbg ? atoi(dbg) : 0, NULL);
+  if (uv_loop_init(&l->loop) != 0)
+    return -1;
+  l->loop.data = l;
+
+  memset(&info, 0, sizeof info);
+  foreign[0] = &l->loop;
+  info.foreign_loops = foreign;
+  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                 LWS_SERVER_OPTION_VALIDATE_UTF8;
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.pt_serv_buf_size = 16384;
+  info.max_http_header_data = 8192;
+  info.timeout_secs = 10;
+  info.connect_timeout_secs = 10;
+  info.fd_limit_per_thread = 0;
+  info.pcontext = &l->ctx;
+  l->ctx = lws_create_context(&info);
+  if (!l->ctx) {
+    uv_loop_close(&l->loop);
+    return -1;
+  }
+
+  /* The client vhost: outgoing connections (rn.ws_connect) bind here. */
+  memset(client_protocols, 0, sizeof client_protocols);
+  client_protocols[0].name = "rn-client";
+  client_protocols[0].callback = rn__client_callback;
+  client_protocols[0].rx_buffer_size = 4096;
+  memset(&info, 0, sizeof info);
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.protocols = client_protocols;
+  info.vhost_name = "rn-client";
+  info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+  vh = lws_create_vhost(l->ctx, &info);
+  if (!vh) {
+    lws_context_destroy(l->ctx);
+    return -1;
+  }
+  l->client_vh = vh;
+
+  uv_timer_init(&l->loop, &l->poll_timer);
+  uv_timer_init(&l->loop, &l->sweep_timer);
+  uv_signal_init(&l->loop, &l->sig_int);
+  uv_signal_init(&l->loop, &l->sig_term);
+  l->poll_timer.data = l->sweep_timer.data = l;
+  l->sig_int.data = l->sig_term.data = l;
+  l->handles_open = 4;
+  uv_timer_start(&l->sweep_timer, rn__sweep_cb, 1000, 1000);
+  uv_unref((uv_handle_t *)&l->sweep_timer);
+  uv_signal_start(&l->sig_int, rn__signal_cb, SIGINT);
+  uv_signal_start(&l->sig_term, rn__signal_cb, SIGTERM);
+  uv_unref((uv_handle_t *)&l->sig_int);
+  uv_unref((uv_handle_t *)&l->sig_term);
+  l->running = 1;
+  return 0;
+}
+
+rn_loop *rn__loop_ensure(lua_State *L) {
+  rn_loop *l = rn__loop_get(L);
+  if (!l->running && rn__loop_setup(l) != 0)
+    luaL_error(L, "relaynet: cannot create the event loop (is the "
+                  "libwebsockets libuv plugin, libwebsockets-evlib-uv, installed?)");
+  return l;
+}
+
+int rn__event_push(rn_loop *l, const rn_event *ev) {
+  size_t idx;
+  if (l->ev_count == l->ev_cap) {
+    size_t ncap = l->ev_cap ? l->ev_cap * 2 : 64, i;
+    rn_event *n = (rn_event *)malloc(ncap * sizeof *n);
+    if (!n) {
+      l->oom = 1;
+      free(ev->data);
+      return -1;
+    }
+    for (i = 0; i < l->ev_count; i++)
+      n[i] = l->ev[(l->ev_head + i) % l->ev_cap];
+    free(l->ev);
+    l->ev = n;
+    l->ev_cap = ncap;
+    l->ev_head = 0;
+  }
+  idx = (l->ev_head + l->ev_count) % l->ev_cap;
+  l->ev[idx] = *ev;
+  l->ev_count++;
+  if (ev->conn)
+    ev->conn->refcnt++;
+  if (ev->req)
+    ev->req->refcnt++;
+  return 0;
+}
+
+unsigned char *rn__scratch(rn_loop *l, size_t len) {
+  size_t need = LWS_PRE + len;
+  if (need > l->scratch_cap) {
+    size_t cap = l->scratch_cap ? l->scratch_cap : 4096;
+    unsigned char *n;
+    while (cap < need)
+      cap *= 2;
+    n = (unsigned char *)realloc(l->scratch, cap);
+    if (!n)
+      return NULL;
+    l->scratch = n;
+    l->scratch_cap = cap;
+  }
+  return l->scratch + LWS_PRE;
+}
+
+/* Pushes the Lua values of one event and calls dispatch(type, ...). The event
+ * has already been removed from the queue, so an error raised by dispatch
+ * leaves the queue consistent; the references the event held are released
+ * by the caller in every case (see rn__poll). */
+static int rn__dispatch_one(lua_State *L) {
+  rn_event *ev = (rn_event *)lua_touserdata(L, 1);
+  int n = 1;
+  lua_pushvalue(L, 2);
+  lua_pushinteger(L, ev->type);
+  switch (ev->type) {
+  case RN_EV_HTTP:
+    rn__req_push(L, ev->req);
+    n += 1;
+    break;
+  case RN_EV_OPEN:
+    rn__conn_push(L, ev->conn);
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    n += 2;
+    break;
+  case RN_EV_MESSAGE:
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    lua_pushlstring(L, ev->data ? ev->data : "", ev->len);
+    lua_pushboolean(L, ev->flag);
+    n += 3;
+    break;
+  case RN_EV_CLOSE:
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    lua_pushinteger(L, ev->code);
+    lua_pushlstring(L, ev->data ? ev->data : "", ev->len);
+    n += 3;
+    break;
+  case RN_EV_WRITTEN:
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    lua_pushinteger(L, (lua_Integer)ev->ticket);
+    lua_pushboolean(L, ev->flag);
+    n += 3;
+    break;
+  case RN_EV_DRAIN:
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    n += 1;
+    break;
+  case RN_EV_CONNERR:
+    lua_pushinteger(L, (lua_Integer)ev->conn->id);
+    lua_pushlstring(L, ev->data ? ev->data : "connection failed", ev->data ? ev->len : 17);
+    n += 2;
+    break;
+  case RN_EV_SIGNAL:
+    lua_pushinteger(L, ev->code);
+    n += 1;
+    break;
+  case RN_EV_RESOLVED:
+    lua_pushinteger(L, (lua_Integer)ev->ticket);
+    if (ev->flag)
+      lua_pushlstring(L, ev->data, ev->len);
+    else
+      lua_pushnil(L);
+    if (ev->flag)
+      lua_pushnil(L);
+    else
+      lua_pushlstring(L, ev->data ? ev->data : "", ev->len);
+    n += 3;
+    break;
+  default:
+    break;
+  }
+  lua_call(L, n, 0);
+  return 0;
+}
+
+static void rn__event_release(rn_event *ev) {
+  free(ev->data);
+  ev->data = NULL;
+  if (ev->conn)
+    rn__conn_unref(ev->conn);
+  if (ev->req)
+    rn__req_unref(ev->req);
+}
+
+/* core.poll(timeout_ms, dispatch): runs one iteration of the uv loop (blocking
+ * at most timeout_ms; negative blocks until something happens; 0 never
+ * blocks), then calls dispatch for every queued event. Returns the number of
+ * events dispatched. Errors raised by dispatch propagate after the event's
+ * references have been released. */
+static int rn_poll(lua_State *L) {
+  rn_loop *l = rn__loop_ensure(L);
+  lua_Integer timeout = luaL_optinteger(L, 1, -1);
+  int count = 0;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (l->ev_count == 0) {
+    if (timeout == 0) {
+      uv_run(&l->loop, UV_RUN_NOWAIT);
+    } else {
+      if (timeout > 0)
+        uv_timer_start(&l->poll_timer, rn__noop_timer, (uint64_t)timeout, 0);
+      uv_run(&l->loop, UV_RUN_ONCE);
+      uv_timer_stop(&l->poll_timer);
+    }
+  }
+  while (l->ev_count > 0) {
+    rn_event ev = l->ev[l->ev_head];
+    int st;
+    l->ev_head = (l->ev_head + 1) % l->ev_cap;
+    l->ev_count--;
+    lua_pushcfunction(L, rn__dispatch_one);
+    lua_pushlightuserdata(L, &ev);
+    lua_pushvalue(L, 2);
+    st = lua_pcall(L, 2, 0, 0);
+    rn__event_release(&ev);
+    count++;
+    if (st != LUA_OK)
+      return lua_error(L);
+  }
+  lua_pushinteger(L, count);
+  return 1;
+}
+
+static int rn_now(lua_State *L) {
+  rn_loop *l = rn__loop_get(L);
+  if (l->running) {
+    uv_update_time(&l->loop);
+    lua_pushnumber(L, (lua_Number)uv_now(&l->loop) / 1000.0);
+  } else {
+    lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  }
+  return 1;
+}
+
+static void rn__walk_count(uv_handle_t *h, void *arg) {
+  (void)h;
+  (*(int *)arg)++;
+}
+
+/* core.shutdown(): closes every connection hard (Lua closes them gracefully
+ * before calling this), destroys the lws context and closes the uv loop.
+ * Returns true, or nil, message, "EBUSY" when uv handles were left open. */
+static int rn_shutdown(lua_State *L) {
+  rn_loop *l = rn__loop_get(L);
+  int left = 0, i;
+  if (!l->running) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  uv_close((uv_handle_t *)&l->poll_timer, rn__handle_closed);
+  uv_close((uv_handle_t *)&l->sweep_timer, rn__handle_closed);
+  uv_close((uv_handle_t *)&l->sig_int, rn__handle_closed);
+  uv_close((uv_handle_t *)&l->sig_term, rn__handle_closed);
+  /* Phase one starts closing lws's uv handles; the loop must run for their
+   * close callbacks; phase two frees the context (l->ctx becomes NULL). */
+  lws_context_destroy(l->ctx);
+  for (i = 0; i < 1000 && l->ctx; i++) {
+    uv_run(&l->loop, UV_RUN_NOWAIT);
+    if (l->ctx && !uv_loop_alive(&l->loop))
+      lws_context_destroy(l->ctx);
+  }
+  while (uv_run(&l->loop, UV_RUN_NOWAIT) && i++ < 2000)
+    ;
+  rn__servers_release(l);
+  /* Events still queued refer to connections lws has now closed. */
+  while (l->ev_count > 0) {
+    rn_event ev = l->ev[l->ev_head];
+    l->ev_head = (l->ev_head + 1) % l->ev_cap;
+    l->ev_count--;
+    rn__event_release(&ev);
+  }
+  uv_walk(&l->loop, rn__walk_count, &left);
+  if (uv_loop_close(&l->loop) != 0 || left > 0 || l->ctx) {
+    l->running = 0;
+    return rn__fail(L, "EBUSY", "%d uv handle(s) left open at shutdown", left);
+  }
+  l->running = 0;
+  l->client_vh = NULL;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int rn_running(lua_State *L) {
+  lua_pushboolean(L, rn__loop_get(L)->running);
+  return 1;
+}
+
+static int rn_loop_gc(lua_State *L) {
+  rn_loop *l = (rn_loop *)lua_touserdata(L, 1);
+  if (l->running) {
+    lua_settop(L, 0);
+    rn_shutdown(L);
+  }
+  free(l->ev);
+  free(l->scratch);
+  l->ev = NULL;
+  l->scratch = NULL;
+  return 0;
+}
+
+static int rn_version(lua_State *L) {
+  lua_pushstring(L, lws_get_library_version());
+  lua_pushstring(L, uv_version_string());
+  return 2;
+}
+
+int luaopen_relaynet_core(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"poll", rn_poll},
+    {"now", rn_now},
+    {"shutdown", rn_shutdown},
+    {"running", rn_running},
+    {"versions", rn_version},
+    {NULL, NULL}};
+  rn_loop *l;
+
+  lua_getfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    l = (rn_loop *)lua_newuserdatauv(L, sizeof *l, 0);
+    memset(l, 0, sizeof *l);
+    l->next_conn_id = 1;
+    l->next_ticket = 1;
+    lua_newtable(L);
+    lua_pushcfunction(L, rn_loop_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+  } else {
+    lua_pop(L, 1);
+  }
+
+  lua_newtable(L);
+  luaL_setfuncs(L, funcs, 0);
+  rn__conn_open_lua(L);
+  rn__server_open_lua(L);
+  rn__client_open_lua(L);
+  lua_pushinteger(L, RN_EV_HTTP); lua_setfield(L, -2, "EV_HTTP");
+  lua_pushinteger(L, RN_EV_OPEN); lua_setfield(L, -2, "EV_OPEN");
+  lua_pushinteger(L, RN_EV_MESSAGE); lua_setfield(L, -2, "EV_MESSAGE");
+  lua_pushinteger(L, RN_EV_CLOSE); lua_setfield(L, -2, "EV_CLOSE");
+  lua_pushinteger(L, RN_EV_WRITTEN); lua_setfield(L, -2, "EV_WRITTEN");
+  lua_pushinteger(L, RN_EV_DRAIN); lua_setfield(L, -2, "EV_DRAIN");
+  lua_pushinteger(L, RN_EV_CONNERR); lua_setfield(L, -2, "EV_CONNERR");
+  lua_pushinteger(L, RN_EV_SIGNAL); lua_setfield(L, -2, "EV_SIGNAL");
+  lua_pushinteger(L, RN_EV_RESOLVED); lua_setfield(L, -2, "EV_RESOLVED");
+  return 1;
+}

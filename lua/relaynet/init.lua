@@ -1,0 +1,710 @@
+-- relaynet: coroutine-aware HTTP and WebSocket networking on libuv and
+-- libwebsockets. This is the Lua facade over the C core (relaynet.core).
+--
+-- Error convention: misuse (a wrong argument type, a closed object) raises;
+-- operational failures (timeouts, closed connections, full queues) return
+-- nil, "CODE: message", "CODE". Every code is listed in README.md.
+
+local core = require("relaynet.core")
+local sched = require("relaynet.sched")
+local http = require("relaynet.http")
+local cjson = require("cjson")
+
+local M = { _VERSION = "relaynet 0.1.0" }
+
+local EV_HTTP, EV_OPEN, EV_MESSAGE, EV_CLOSE = core.EV_HTTP, core.EV_OPEN, core.EV_MESSAGE, core.EV_CLOSE
+local EV_WRITTEN, EV_DRAIN, EV_CONNERR = core.EV_WRITTEN, core.EV_DRAIN, core.EV_CONNERR
+local EV_SIGNAL, EV_RESOLVED = core.EV_SIGNAL, core.EV_RESOLVED
+
+M.DEFAULT_LIMITS = core.default_limits()
+M.SHUTDOWN_GRACE = 5 -- seconds rn.stop() waits for close handshakes and handlers
+
+-- state of the current run ----------------------------------------------------
+
+local servers = {}        -- server id -> server
+local servers_by_port = {} -- port -> server
+local conns = {}          -- conn id string -> conn record
+local conns_by_num = {}   -- C connection number -> conn record
+local resolving = {}      -- ticket -> { co, id }
+local http_inflight = 0
+local running, stopping = false, false
+
+local function fail(code, fmt, ...)
+  return nil, code .. ": " .. string.format(fmt, ...), code
+end
+
+-- connection records ------------------------------------------------------------
+-- rec = { id, num, box, server, client, waiters = {ticket -> {co, id}},
+--         drain = {co -> id}, closed, close_code, close_reason }
+
+local function new_rec(box, num, server, client)
+  local rec = { id = "c" .. num, num = num, box = box, server = server, client = client,
+    waiters = {}, drain = {} }
+  conns[rec.id] = rec
+  conns_by_num[num] = rec
+  return rec
+end
+
+local function forget_rec(rec)
+  conns[rec.id] = nil
+  conns_by_num[rec.num] = nil
+  if rec.server then rec.server._conns[rec.id] = nil end
+end
+
+local function wake_drain(rec, ...)
+  local list = rec.drain
+  rec.drain = {}
+  for co, id in pairs(list) do sched.wake(co, id, ...) end
+end
+
+local function run_handler(fn, label, ...)
+  sched.go(function(...)
+    local ok, err = xpcall(fn, debug.traceback, ...)
+    if not ok then sched.report(label .. ": " .. tostring(err)) end
+  end, ...)
+end
+
+-- sending (shared by server connections and clients) -------------------------------
+
+local function check_msg(msg, fname)
+  local t = type(msg)
+  if t ~= "string" and t ~= "number" then
+    error("relaynet." .. fname .. ": message must be a string, got " .. t, 3)
+  end
+end
+
+local function rec_send(rec, msg, binary)
+  if rec.closed then return fail("ECLOSED", "connection %s is closed", rec.id) end
+  return rec.box:send(msg, binary)
+end
+
+local function rec_send_async(rec, msg, binary, timeout, what)
+  if rec.closed then return fail("ECLOSED", "connection %s is closed", rec.id) end
+  -- Back-pressure: wait while the queue is over its high-water mark.
+  while rec.box:want_drain() do
+    local ok, err, code = sched.wait(what, timeout, function(co, id) rec.drain[co] = id end)
+    if not ok then return nil, err, code end
+    if rec.closed then return fail("ECLOSED", "connection %s closed while waiting to send", rec.id) end
+  end
+  local r, err, code = rec.box:send(msg, binary, true)
+  if r == true or r == nil then return r, err, code end
+  -- r is a ticket: the message is queued; wait until it is written.
+  local ticket = r
+  local written, werr, wcode = sched.wait(what, timeout, function(co, id) rec.waiters[ticket] = { co, id } end)
+  rec.waiters[ticket] = nil
+  if written then return true end
+  if werr then return nil, werr, wcode end
+  return fail("ECLOSED", "connection %s closed before the message was written", rec.id)
+end
+
+-- servers ---------------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+Server.__name = "relaynet.HttpServer"
+
+local function check_server(s, fname)
+  if getmetatable(s) == Server then
+    if s._closed then error("relaynet." .. fname .. ": server " .. s.id .. " is closed", 3) end
+    return s
+  end
+  local srv = servers[s]
+  if not srv then
+    error("relaynet." .. fname .. ": unknown server " .. tostring(s), 3)
+  end
+  return srv
+end
+
+local function listen(opts, websocket)
+  if math.type(opts) == "integer" or type(opts) == "string" then
+    local port = math.tointeger(tonumber(opts))
+    if not port then error("relaynet.HttpServer.listen: port must be an integer", 3) end
+    opts = { port = port, websocket = websocket ~= false }
+  elseif type(opts) ~= "table" then
+    error("relaynet.HttpServer.listen: expected a port number or an options table", 3)
+  end
+  local copt = {}
+  for k, v in pairs(opts) do copt[k] = v end
+  if copt.websocket == nil then copt.websocket = true end
+  local box, err, code = core.listen(copt)
+  if not box then return nil, err, code end
+  local port = box:port()
+  local self = setmetatable({
+    id = opts.id or ("server_" .. port),
+    port = port,
+    host = opts.host or "0.0.0.0",
+    _box = box,
+    _routes = http.new_routes(),
+    _handlers = {},
+    _conns = {},
+    _max_static = opts.max_static_file or 16 * 1024 * 1024,
+  }, Server)
+  if servers[self.id] then
+    error("relaynet.HttpServer.listen: a server with id " .. self.id .. " is already running", 3)
+  end
+  servers[self.id] = self
+  servers_by_port[port] = self
+  return self
+end
+
+function Server:route(method, path, handler)
+  check_server(self, "route")
+  http.add_route(self._routes, method, path, handler)
+  return self
+end
+
+--- Serves files from folder `dir` under URL prefix `prefix` (GET and HEAD).
+function Server:static(prefix, dir)
+  check_server(self, "static")
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
+    error("relaynet.static: prefix must start with '/'", 2)
+  end
+  if type(dir) ~= "string" then error("relaynet.static: dir must be a string", 2) end
+  if prefix:sub(-1) ~= "/" then prefix = prefix .. "/" end
+  local h = http.static_handler(dir, prefix, self._max_static)
+  http.add_route(self._routes, "GET", prefix .. "*", h)
+  if prefix ~= "/" then
+    http.add_route(self._routes, "GET", prefix:sub(1, -2), function()
+      return 301, "", { location = prefix }
+    end)
+  end
+  return self
+end
+
+local EVENTS = { connect = true, message = true, close = true }
+
+function Server:on(event, fn)
+  check_server(self, "on")
+  if not EVENTS[event] then
+    error("relaynet.on: event must be 'connect', 'message' or 'close'", 2)
+  end
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.on: handler must be a function", 2) end
+  self._handlers[event] = fn
+  return self
+end
+
+function Server:ws_send(conn_id, msg, binary)
+  check_server(self, "ws_send")
+  check_msg(msg, "ws_send")
+  local rec = self._conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id) end
+  return rec_send(rec, msg, binary)
+end
+
+function Server:ws_send_async(conn_id, msg, binary, timeout)
+  check_server(self, "ws_send_async")
+  check_msg(msg, "ws_send_async")
+  local rec = self._conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id) end
+  return rec_send_async(rec, msg, binary, timeout, "ws_send_async")
+end
+
+function Server:ws_broadcast(msg, binary, except)
+  check_server(self, "ws_broadcast")
+  check_msg(msg, "ws_broadcast")
+  local ex = except and self._conns[except] and self._conns[except].box or nil
+  return core.broadcast(self._box, msg, binary, ex)
+end
+
+function Server:ws_connections()
+  check_server(self, "ws_connections")
+  local list = {}
+  for id in pairs(self._conns) do list[#list + 1] = id end
+  table.sort(list, function(a, b) return #a < #b or (#a == #b and a < b) end)
+  return list
+end
+
+function Server:connection_count()
+  local n = 0
+  for _ in pairs(self._conns) do n = n + 1 end
+  return n
+end
+
+--- Stops accepting, closes this server's WebSockets with 1001.
+function Server:close()
+  if self._closed then return false end
+  self._closed = true
+  self._box:close()
+  for _, rec in pairs(self._conns) do rec.box:close(1001, "server closing") end
+  servers[self.id] = nil
+  return true
+end
+
+function Server:__tostring()
+  return "relaynet.HttpServer " .. self.id .. (self._closed and " (closed)" or "")
+end
+
+-- HttpServer: every method also works as a function taking the server id first.
+local HttpServer = { listen = function(opts, websocket) return listen(opts, websocket) end }
+for _, name in ipairs({ "route", "static", "on", "ws_send", "ws_send_async", "ws_broadcast",
+  "ws_connections", "connection_count", "close" }) do
+  local method = Server[name]
+  HttpServer[name] = function(server_id, ...)
+    return method(check_server(server_id, name), ...)
+  end
+end
+M.HttpServer = HttpServer
+
+-- WebSocket: connection-level functions across every server.
+local WebSocket = {}
+
+function WebSocket.send(conn_id, msg, binary)
+  check_msg(msg, "WebSocket.send")
+  local rec = conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  return rec_send(rec, msg, binary)
+end
+
+function WebSocket.send_async(conn_id, msg, binary, timeout)
+  check_msg(msg, "WebSocket.send_async")
+  local rec = conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  return rec_send_async(rec, msg, binary, timeout, "WebSocket.send_async")
+end
+
+function WebSocket.broadcast(msg, binary)
+  check_msg(msg, "WebSocket.broadcast")
+  return core.broadcast(nil, msg, binary)
+end
+
+function WebSocket.close(conn_id, code, reason)
+  local rec = conns[conn_id]
+  if not rec or rec.closed then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  return rec.box:close(code or 1000, reason or "")
+end
+
+function WebSocket.connections()
+  local list = {}
+  for id, rec in pairs(conns) do
+    if rec.server then list[#list + 1] = id end
+  end
+  table.sort(list, function(a, b) return #a < #b or (#a == #b and a < b) end)
+  return list
+end
+
+function WebSocket.connection_count()
+  local n = 0
+  for _, rec in pairs(conns) do
+    if rec.server then n = n + 1 end
+  end
+  return n
+end
+
+--- Information about one connection: id, state, queued bytes, peer, path.
+function WebSocket.info(conn_id)
+  local rec = conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  local info = rec.box:info()
+  info.id = rec.id
+  info.num = nil
+  info.server = rec.server and rec.server.id or nil
+  return info
+end
+M.WebSocket = WebSocket
+
+-- the WebSocket client --------------------------------------------------------------
+
+local Client = {}
+Client.__index = Client
+Client.__name = "relaynet.WebSocketClient"
+
+local function parse_url(url)
+  local scheme, rest = url:match("^(wss?)://(.+)$")
+  if not scheme then return nil end
+  local hostport, path = rest:match("^([^/]+)(/.*)$")
+  if not hostport then hostport, path = rest, "/" end
+  local host, port = hostport:match("^%[(.+)%]:(%d+)$")
+  if not host then host, port = hostport:match("^(.+):(%d+)$") end
+  if not host then host = hostport:match("^%[(.+)%]$") or hostport end
+  port = tonumber(port) or (scheme == "wss" and 443 or 80)
+  return scheme, host, math.tointeger(port), path
+end
+M._parse_url = parse_url
+
+--- Connects to a WebSocket server; suspends until the handshake is done.
+--- opts: timeout (s, default 10), origin, protocol, on_message(fn(msg, binary)),
+--- max_queued (messages kept for :receive(), default 1024) and limits.
+--- Returns a client, or nil, msg, code.
+function M.ws_connect(url, opts)
+  if type(url) ~= "string" then error("relaynet.ws_connect: url must be a string", 2) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("relaynet.ws_connect: opts must be a table", 2) end
+  if not sched.can_wait() then
+    sched.wait("rn.ws_connect") -- raises the standard explanation
+  end
+  local scheme, host, port, path = parse_url(url)
+  if not scheme then return fail("EINVAL", "not a ws:// URL: %s", url) end
+  if scheme == "wss" then return fail("ENOTSUP", "wss:// (TLS) is not supported yet") end
+  if not port or port < 1 or port > 65535 then return fail("EINVAL", "bad port in %s", url) end
+  local timeout = opts.timeout or 10
+  local deadline = sched.now() + timeout
+  local address = host
+  if not host:match("^%d+%.%d+%.%d+%.%d+$") then
+    local ticket, err, code = core.resolve(host)
+    if not ticket then return nil, err, code end
+    local addr, rerr = sched.wait("rn.ws_connect (resolving " .. host .. ")", timeout, function(co, id)
+      resolving[ticket] = { co, id }
+    end)
+    resolving[ticket] = nil
+    if not addr then
+      if rerr and rerr:match("^ETIMEDOUT") then return nil, rerr, "ETIMEDOUT" end
+      return fail("ERESOLVE", "cannot resolve %s: %s", host, tostring(rerr))
+    end
+    address = addr
+  end
+  local copt = { address = address, port = port, path = path,
+    host = host .. ":" .. port, origin = opts.origin, protocol = opts.protocol }
+  for k, v in pairs(opts) do
+    if M.DEFAULT_LIMITS[k] ~= nil then copt[k] = v end
+  end
+  local box, err, code = core.connect(copt)
+  if not box then return nil, err, code end
+  local num = box:info().id
+  local self = setmetatable({ url = url, _inbox = {}, _in_head = 1, _in_tail = 0,
+    _max_queued = opts.max_queued or 1024, _on_message = opts.on_message,
+    _on_close = opts.on_close }, Client)
+  local rec = new_rec(box, num, nil, self)
+  self.id = rec.id
+  self._rec = rec
+  local left = deadline - sched.now()
+  local ok, cerr = sched.wait("rn.ws_connect", left > 0 and left or 0, function(co, id)
+    rec.connect_waiter = { co, id }
+  end)
+  rec.connect_waiter = nil
+  if not ok then
+    box:close()
+    forget_rec(rec)
+    rec.closed = true
+    if cerr and cerr:match("^ETIMEDOUT") then
+      return fail("ETIMEDOUT", "connecting to %s timed out after %g s", url, timeout)
+    end
+    return fail("ECONNREFUSED", "cannot connect to %s: %s", url, tostring(cerr))
+  end
+  return self
+end
+
+function Client:send(msg, binary)
+  check_msg(msg, "client:send")
+  return rec_send(self._rec, msg, binary)
+end
+
+function Client:send_async(msg, binary, timeout)
+  check_msg(msg, "client:send_async")
+  return rec_send_async(self._rec, msg, binary, timeout, "client:send_async")
+end
+
+--- Waits for the next message: msg, binary | nil, msg, code (ETIMEDOUT,
+--- ECLOSED). Messages that arrive while nobody waits are kept (bounded).
+function Client:receive(timeout)
+  if self._in_head <= self._in_tail then
+    local m = self._inbox[self._in_head]
+    self._inbox[self._in_head] = nil
+    self._in_head = self._in_head + 1
+    if self._paused and self._in_tail - self._in_head < self._max_queued // 2 then
+      self._paused = false
+      self._rec.box:pause(false)
+    end
+    return m[1], m[2]
+  end
+  if self._rec.closed then
+    return fail("ECLOSED", "connection closed (%d %s)", self.close_code or 1006, self.close_reason or "")
+  end
+  local msg, binary, code = sched.wait("client:receive", timeout, function(co, id)
+    self._receiver = { co, id }
+  end)
+  self._receiver = nil
+  return msg, binary, code
+end
+
+function Client:close(code, reason)
+  local rec = self._rec
+  if rec.closed then return false end
+  return rec.box:close(code or 1000, reason or "")
+end
+
+--- Closes and waits until the connection is gone: code, reason.
+function Client:close_wait(code, reason, timeout)
+  local rec = self._rec
+  if not rec.closed then
+    rec.box:close(code or 1000, reason or "")
+    sched.wait("client:close_wait", timeout or 5, function(co, id) self._close_waiter = { co, id } end)
+    self._close_waiter = nil
+  end
+  return self.close_code, self.close_reason
+end
+
+function Client:is_open()
+  return not self._rec.closed
+end
+
+function Client:info()
+  return self._rec.box:info()
+end
+
+function Client:__tostring()
+  return "relaynet.WebSocketClient " .. self.url .. (self._rec.closed and " (closed)" or "")
+end
+
+-- event dispatch (called by core.poll for every event) ------------------------------------
+
+local function on_http(reqbox)
+  local info = reqbox:info()
+  local srv = servers_by_port[info.port]
+  http_inflight = http_inflight + 1
+  sched.go(function()
+    local status, body, headers
+    if not srv or stopping then
+      status, body = 503, "service unavailable\n"
+    else
+      local handler, st, allow = http.match(srv._routes, info.method, info.path)
+      if not handler then
+        status, body = st, (http.REASON[st] or "error"):lower() .. "\n"
+        if allow then headers = { allow = allow } end
+      else
+        info.query_string = info.query
+        info.query = http.parse_query(info.query)
+        info.server = srv.id
+        info.header = function(_, name)
+          name = name:lower()
+          return info.headers[name] or reqbox:header(name)
+        end
+        local ok, a, b, c = xpcall(handler, debug.traceback, info)
+        if ok then
+          ok, status, body, headers = pcall(http.normalize, cjson, a, b, c)
+          if not ok then
+            sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(status))
+            status, body, headers = 500, "internal server error\n", nil
+          end
+        else
+          sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(a))
+          status, body = 500, "internal server error\n"
+        end
+      end
+    end
+    http_inflight = http_inflight - 1
+    local ok, err = pcall(reqbox.respond, reqbox, status, headers, body)
+    if not ok then
+      sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(err))
+      pcall(reqbox.respond, reqbox, 500, nil, "internal server error\n")
+    end
+  end)
+end
+
+local function on_open(box, num)
+  local rec = conns_by_num[num]
+  if rec then -- one of our clients
+    local w = rec.connect_waiter
+    if w then sched.wake(w[1], w[2], true) end
+    return
+  end
+  local info = box:info()
+  local srv = servers_by_port[info.port]
+  rec = new_rec(box, num, srv, nil)
+  if not srv or stopping then
+    box:close(1001, "server closing")
+    return
+  end
+  srv._conns[rec.id] = rec
+  local h = srv._handlers.connect
+  if h then
+    info.id = rec.id
+    info.server = srv.id
+    info.num = nil
+    run_handler(h, "connect handler for " .. rec.id, rec.id, info)
+  end
+end
+
+local function on_message(num, data, binary)
+  local rec = conns_by_num[num]
+  if not rec then return end
+  if rec.server then
+    local h = rec.server._handlers.message
+    if h then run_handler(h, "message handler for " .. rec.id, rec.id, data, binary) end
+    return
+  end
+  local client = rec.client
+  if client._on_message then
+    run_handler(client._on_message, "message handler for " .. rec.id, data, binary, client)
+    return
+  end
+  local r = client._receiver
+  if r then
+    client._receiver = nil
+    sched.wake(r[1], r[2], data, binary)
+    return
+  end
+  client._in_tail = client._in_tail + 1
+  client._inbox[client._in_tail] = { data, binary }
+  if not client._paused and client._in_tail - client._in_head + 1 >= client._max_queued then
+    client._paused = true
+    rec.box:pause(true)
+  end
+end
+
+local function on_close(num, code, reason)
+  local rec = conns_by_num[num]
+  if not rec then return end
+  rec.closed = true
+  rec.close_code, rec.close_reason = code, reason
+  forget_rec(rec)
+  for ticket, w in pairs(rec.waiters) do
+    rec.waiters[ticket] = nil
+    sched.wake(w[1], w[2], nil, string.format("ECLOSED: connection %s closed (%d)", rec.id, code), "ECLOSED")
+  end
+  wake_drain(rec, true)
+  if rec.server then
+    local h = rec.server._handlers.close
+    if h then run_handler(h, "close handler for " .. rec.id, rec.id, code, reason) end
+    return
+  end
+  local client = rec.client
+  client.close_code, client.close_reason = code, reason
+  local r = client._receiver
+  if r then
+    client._receiver = nil
+    sched.wake(r[1], r[2], nil, string.format("ECLOSED: connection closed (%d %s)", code, reason), "ECLOSED")
+  end
+  local w = client._close_waiter
+  if w then sched.wake(w[1], w[2], true) end
+  if client._on_close then run_handler(client._on_close, "close handler for " .. rec.id, code, reason, client) end
+end
+
+local function on_connerr(num, msg)
+  local rec = conns_by_num[num]
+  if not rec then return end
+  rec.closed = true
+  forget_rec(rec)
+  local w = rec.connect_waiter
+  if w then sched.wake(w[1], w[2], nil, msg) end
+end
+
+local function on_written(num, ticket, ok)
+  local rec = conns_by_num[num]
+  if not rec then return end
+  local w = rec.waiters[ticket]
+  if not w then return end
+  rec.waiters[ticket] = nil
+  if ok then
+    sched.wake(w[1], w[2], true)
+  else
+    sched.wake(w[1], w[2], nil, "ECLOSED: connection " .. rec.id .. " closed before the message was written", "ECLOSED")
+  end
+end
+
+local function dispatch(ev, a, b, c)
+  if ev == EV_MESSAGE then on_message(a, b, c)
+  elseif ev == EV_HTTP then on_http(a)
+  elseif ev == EV_OPEN then on_open(a, b)
+  elseif ev == EV_CLOSE then on_close(a, b, c)
+  elseif ev == EV_WRITTEN then on_written(a, b, c)
+  elseif ev == EV_DRAIN then
+    local rec = conns_by_num[a]
+    if rec then wake_drain(rec, true) end
+  elseif ev == EV_CONNERR then on_connerr(a, b)
+  elseif ev == EV_RESOLVED then
+    local w = resolving[a]
+    if w then resolving[a] = nil; sched.wake(w[1], w[2], b, c) end
+  elseif ev == EV_SIGNAL then
+    if stopping then os.exit(130) end -- a second signal: leave at once
+    M.stop()
+  end
+end
+
+-- running ---------------------------------------------------------------------------
+
+local function active()
+  if next(servers) or next(conns) or next(resolving) then return true end
+  return sched.pending() > 0
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+local function graceful_shutdown()
+  for _, srv in pairs(servers) do srv:close() end
+  for _, rec in pairs(conns) do
+    if not rec.closed then rec.box:close(1001, "going away") end
+  end
+  local deadline = sched.now() + M.SHUTDOWN_GRACE
+  while (next(conns) or http_inflight > 0) and sched.now() < deadline do
+    sched.run_ready()
+    local t = sched.next_timeout()
+    if t < 0 or t > 50 then t = 50 end
+    core.poll(t, dispatch)
+  end
+  -- let in-flight HTTP responses and close frames reach the socket
+  for _ = 1, 5 do
+    sched.run_ready()
+    core.poll(10, dispatch)
+  end
+end
+
+--- Runs fn (if given) in a new coroutine and runs the loop until rn.stop()
+--- is called or nothing is left to do. Returns true, or nil, msg, code when
+--- shutdown found uv handles left open.
+function M.run(fn, ...)
+  if running then error("relaynet.run: the loop is already running", 2) end
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.run: expected a function", 2) end
+  running, stopping = true, false
+  if fn then sched.spawn(fn, ...) end
+  local ok, err = pcall(function()
+    while not stopping do
+      sched.run_ready()
+      if stopping or not active() then break end
+      core.poll(sched.next_timeout(), dispatch)
+    end
+  end)
+  if not ok then sched.report("relaynet: loop error: " .. tostring(err)) end
+  stopping = true
+  local ok2, err2 = pcall(graceful_shutdown)
+  if not ok2 then sched.report("relaynet: shutdown error: " .. tostring(err2)) end
+  sched.cancel_all("ECANCELED: the loop stopped", "ECANCELED")
+  local done, serr, scode = core.shutdown()
+  servers, servers_by_port, conns, conns_by_num, resolving = {}, {}, {}, {}, {}
+  http_inflight = 0
+  sched.reset()
+  running, stopping = false, false
+  if not done then
+    sched.report("relaynet: " .. serr)
+    return nil, serr, scode
+  end
+  return true
+end
+
+--- Asks the loop to stop: WebSockets get 1001, then everything is freed.
+function M.stop()
+  stopping = true
+end
+
+function M.running()
+  return running and not stopping
+end
+
+M.spawn = sched.spawn
+M.sleep = sched.sleep
+M.after = sched.after
+M.now = sched.now
+
+--- Sets the hook that receives handler errors (a message with traceback).
+--- nil restores the default, which writes to stderr.
+function M.on_error(fn)
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.on_error: expected a function", 2) end
+  sched.on_error = fn or function(msg) io.stderr:write("relaynet: ", tostring(msg), "\n") end
+end
+
+--- Diagnostics: counts of live objects in this run.
+function M.stats()
+  return {
+    servers = count(servers),
+    connections = count(conns),
+    waiting = sched.waiting_count(),
+    http_inflight = http_inflight,
+  }
+end
+
+M.json = cjson
+
+return M
