@@ -21,28 +21,37 @@ OBJ        := $(patsubst csrc/%.c,build/obj/%.o,$(SRC))
 CORE       := build/relaynet/core.so
 
 DEB_PKGS   := lua5.4 liblua5.4-dev lua-cjson libwebsockets-dev libwebsockets-evlib-uv \
-              libuv1-dev lua-busted lua-check luarocks pkg-config gcc make \
-              python3 python3-websockets curl
-DEB_MARK   := build/.deps-ok
+              libuv1-dev luarocks pkg-config gcc make
+TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
 
-.PHONY: all deps build test check lint busted run echo clean install valgrind e2e
+.PHONY: all deps test-deps build test check lint busted run echo clean install valgrind e2e-deps
 
 all: build
 
-# Installs missing Debian packages; a no-op when everything is there.
-deps: $(DEB_MARK)
-$(DEB_MARK):
-	@missing=""; for p in $(DEB_PKGS); do \
+# Installs the missing Debian packages among $(1); a no-op when all are there.
+define apt_ensure
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	$(2) \
 	if [ -n "$$missing" ]; then \
 	  echo "relaynet: installing$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps: build/.deps-ok
+build/.deps-ok:
+	$(call apt_ensure,$(DEB_PKGS),)
+	@mkdir -p build && touch $@
+
+test-deps: build/.test-deps-ok
+build/.test-deps-ok: | deps
+	$(call apt_ensure,$(TEST_PKGS),command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm";)
 	@mkdir -p build && touch $@
 
 build: deps $(CORE)
@@ -55,14 +64,22 @@ $(CORE): $(OBJ)
 	@mkdir -p build/relaynet
 	$(CC) -shared -o $@ $(OBJ) $(LIBS)
 
-lint: deps
+lint: test-deps
 	luacheck -q lua bin spec examples
 
-busted: build
-	busted --lua=$(LUA) spec
+SPEC ?= spec
+
+busted: build test-deps e2e-deps
+	busted --lua=$(LUA) $(SPEC)
+
+# npm packages for the external-client and browser specs, into spec/e2e.
+e2e-deps: spec/e2e/node_modules/.ok
+spec/e2e/node_modules/.ok: spec/e2e/package.json | test-deps
+	cd spec/e2e && npm install --no-audit --no-fund --loglevel=error
+	touch $@
 
 # The test command: C warnings are errors here, then luacheck, then busted.
-test: deps
+test: deps test-deps
 	$(MAKE) --no-print-directory -B CFLAGS="$(CFLAGS) -Werror" build
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory busted
@@ -75,7 +92,7 @@ run: build
 echo: build
 	$(LUA) examples/echo.lua $(PORT)
 
-valgrind: build
+valgrind: build test-deps
 	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
 	  --suppressions=spec/valgrind.supp $(LUA) spec/tools/traffic.lua
 
