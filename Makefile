@@ -24,8 +24,8 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-cjson libwebsockets-dev libwebsockets-evl
               libuv1-dev luarocks pkg-config gcc make
 TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
 
-export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
-export LUA_CPATH := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
+export LUA_PATH_5_4  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
+export LUA_CPATH_5_4 := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
 
 .PHONY: all deps test-deps build test check lint busted run echo clean install valgrind e2e-deps
 

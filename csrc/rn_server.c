@@ -562,6 +562,19 @@ static int rn_req_tostring(lua_State *L) {
 
 /* ---- Lua: servers -------------------------------------------------------- */
 
+/* lws calls this just before it frees a vhost (lws_vhost_destroy or context
+ * destroy); until then the vhost points at s->protocols. */
+static void rn__vhost_finalized(struct lws_vhost *vh, void *arg) {
+  rn_server *s = (rn_server *)arg;
+  (void)vh;
+  if (s->finalized)
+    return;
+  s->finalized = 1;
+  s->vh = NULL;
+  s->closed = 1;
+  rn__server_unref(s);
+}
+
 static rn_server *rn__server_check(lua_State *L, int idx) {
   rn_server **b = (rn_server **)luaL_checkudata(L, idx, RN_SERVER_MT);
   if (!*b)
@@ -649,6 +662,17 @@ static int rn_listen(lua_State *L) {
   s->retry.secs_since_valid_ping = (uint16_t)s->lim.ping_interval;
   s->retry.secs_since_valid_hangup = (uint16_t)s->lim.pong_timeout;
 
+  /* lws would share a port between vhosts (name-based virtual hosting);
+   * relaynet servers own their port, so refuse a second one here. */
+  if (port != 0) {
+    rn_server *o;
+    for (o = l->servers; o; o = o->next)
+      if (o != s && o->vh && !o->destroying && o->port == (int)port) {
+        s->closed = 1;
+        return rn__fail(L, "EADDRINUSE", "port %d is already in use", (int)port);
+      }
+  }
+
   memset(&info, 0, sizeof info);
   snprintf(vname, sizeof vname, "rn-%p", (void *)s);
   info.vhost_name = vname;
@@ -659,8 +683,17 @@ static int rn_listen(lua_State *L) {
   info.keepalive_timeout = 5;
   if (s->lim.ping_interval > 0)
     info.retry_and_idle_policy = &s->retry;
+  info.finalize = rn__vhost_finalized;
+  info.finalize_arg = s;
+  s->refcnt++; /* the vhost side, released by rn__vhost_finalized */
   s->vh = lws_create_vhost(l->ctx, &info);
   if (!s->vh) {
+    /* lws finalizes a vhost that failed half-way; if it did not, drop the
+     * vhost side's reference here. */
+    if (!s->finalized) {
+      s->finalized = 1;
+      s->refcnt--;
+    }
     int e = rn__bind_errno(s->host, (int)port);
     s->closed = 1;
     if (e == EADDRINUSE)
@@ -693,6 +726,18 @@ static int rn_server_close(lua_State *L) {
   s->closed = 1;
   lua_pushboolean(L, !was);
   return 1;
+}
+
+/* server:destroy(): closes the listening socket and whatever connections
+ * are left (hard); Lua closes WebSockets gracefully before calling it. */
+static int rn_server_destroy(lua_State *L) {
+  rn_server *s = rn__server_check(L, 1);
+  s->closed = 1;
+  if (s->vh && !s->destroying) {
+    s->destroying = 1;
+    lws_vhost_destroy(s->vh);
+  }
+  return 0;
 }
 
 static int rn_server_gc(lua_State *L) {
@@ -731,6 +776,7 @@ void rn__server_open_lua(lua_State *L) {
     {"port", rn_server_port},
     {"connection_count", rn_server_nconns},
     {"close", rn_server_close},
+    {"destroy", rn_server_destroy},
     {NULL, NULL}};
   static const luaL_Reg smeta[] = {
     {"__gc", rn_server_gc},

@@ -220,14 +220,28 @@ function Server:connection_count()
   return n
 end
 
---- Stops accepting, closes this server's WebSockets with 1001.
+--- Stops accepting, closes this server's WebSockets with 1001 and frees the
+--- port once they are gone (at most SHUTDOWN_GRACE seconds later).
 function Server:close()
   if self._closed then return false end
   self._closed = true
   self._box:close()
-  for _, rec in pairs(self._conns) do rec.box:close(1001, "server closing") end
   servers[self.id] = nil
+  if next(self._conns) == nil then
+    self:_destroy()
+  else
+    for _, rec in pairs(self._conns) do rec.box:close(1001, "server closing") end
+    self._destroy_timer = sched.after(M.SHUTDOWN_GRACE, function() self:_destroy() end)
+  end
   return true
+end
+
+function Server:_destroy()
+  if self._destroyed then return end
+  self._destroyed = true
+  if self._destroy_timer then self._destroy_timer.cancel() end
+  if servers_by_port[self.port] == self then servers_by_port[self.port] = nil end
+  self._box:destroy()
 end
 
 function Server:__tostring()
@@ -553,6 +567,7 @@ local function on_close(num, code, reason)
   end
   wake_drain(rec, true)
   if rec.server then
+    if rec.server._closed and next(rec.server._conns) == nil then rec.server:_destroy() end
     local h = rec.server._handlers.close
     if h then run_handler(h, "close handler for " .. rec.id, rec.id, code, reason) end
     return

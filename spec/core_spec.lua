@@ -1,0 +1,442 @@
+-- Runtime and API specs over real sockets with relaynet's own client.
+
+local rn = require("relaynet")
+local H = require("helper")
+
+local function echo_server(opts)
+  local srv = H.listen(opts)
+  srv:on("message", function(id, msg, binary) srv:ws_send(id, msg, binary) end)
+  return srv
+end
+
+local function url(srv, path)
+  return "ws://127.0.0.1:" .. srv.port .. (path or "/")
+end
+
+describe("the runtime", function()
+  it("runs the main function in a coroutine and returns when nothing is left", function()
+    local order = {}
+    assert.is_true(rn.run(function(a, b)
+      order[#order + 1] = a .. b
+      rn.spawn(function(x)
+        rn.sleep(0.02)
+        order[#order + 1] = x
+      end, "spawned")
+      rn.sleep(0.01)
+      order[#order + 1] = "main"
+    end, "ar", "gs"))
+    assert.same({ "args", "main", "spawned" }, order)
+  end)
+
+  it("rn.sleep suspends only the caller", function()
+    local ticks = 0
+    H.run(function()
+      rn.spawn(function()
+        for _ = 1, 5 do ticks = ticks + 1; rn.sleep(0) end
+      end)
+      rn.sleep(0.05)
+      assert.equal(5, ticks)
+    end)
+  end)
+
+  it("refuses to suspend outside the runtime with an explanation", function()
+    local ok, err = pcall(rn.sleep, 0.01)
+    assert.is_false(ok)
+    assert.matches("rn.sleep suspends the calling coroutine, so it must run inside the relaynet runtime", err, 1, true)
+    H.run(function()
+      local co = coroutine.create(function() return rn.sleep(0.01) end)
+      local ok2, err2 = coroutine.resume(co)
+      assert.is_false(ok2)
+      assert.matches("call it from rn.run(function() ... end)", err2, 1, true)
+    end)
+  end)
+
+  it("raises on misuse: bad argument types", function()
+    assert.has_error(function() rn.spawn(42) end, "relaynet.spawn: expected a function, got number")
+    H.run(function()
+      assert.has_error(function() rn.sleep(-1) end, "relaynet.sleep: expected a non-negative number of seconds")
+      local srv = H.listen()
+      assert.has_error(function() srv:on("nope", print) end,
+        "relaynet.on: event must be 'connect', 'message' or 'close'")
+      assert.has_error(function() srv:ws_send("c1", {}) end,
+        "relaynet.ws_send: message must be a string, got table")
+      assert.has_error(function() rn.HttpServer.ws_send("server_0", "c1", "x") end,
+        "relaynet.ws_send: unknown server server_0")
+      assert.has_error(function() srv:route("FETCH", "/", print) end)
+    end)
+  end)
+
+  it("a bare coroutine.yield in a handler is not mistaken for a wait", function()
+    H.run(function()
+      local srv = H.listen()
+      srv:on("message", function(id, msg)
+        coroutine.yield()
+        coroutine.yield("anything")
+        srv:ws_send(id, "after yields: " .. msg)
+      end)
+      local c = assert(rn.ws_connect(url(srv)))
+      assert(c:send("x"))
+      assert.equal("after yields: x", c:receive(5))
+      c:close_wait()
+    end)
+  end)
+
+  it("reports handler errors with a traceback and keeps serving", function()
+    local errors = H.run(function()
+      local srv = H.listen()
+      srv:on("message", function(id, msg)
+        if msg == "boom" then error("handler exploded") end
+        srv:ws_send(id, msg)
+      end)
+      local a = assert(rn.ws_connect(url(srv)))
+      local b = assert(rn.ws_connect(url(srv)))
+      assert(a:send("boom"))
+      assert(b:send("still here"))
+      assert.equal("still here", b:receive(5))
+      assert(a:send("me too"))
+      assert.equal("me too", a:receive(5))
+      a:close_wait(); b:close_wait()
+    end, { allow_errors = true })
+    assert.equal(1, #errors)
+    assert.matches("message handler for c%d+: .*handler exploded", errors[1])
+    assert.matches("stack traceback", errors[1], 1, true)
+  end)
+
+  it("times out waits with ETIMEDOUT", function()
+    H.run(function()
+      local srv = echo_server()
+      local c = assert(rn.ws_connect(url(srv)))
+      local msg, err, code = c:receive(0.05)
+      assert.is_nil(msg)
+      assert.equal("ETIMEDOUT: client:receive timed out after 0.05 s", err)
+      assert.equal("ETIMEDOUT", code)
+      c:close_wait()
+    end)
+  end)
+end)
+
+describe("HttpServer", function()
+  it("listens on a free port with a predictable id", function()
+    H.run(function()
+      local srv = H.listen()
+      assert.is_true(srv.port > 0)
+      assert.equal("server_" .. srv.port, srv.id)
+      assert.equal("relaynet.HttpServer " .. srv.id, tostring(srv))
+    end)
+  end)
+
+  it("listen(port, websocket) accepts a plain port number", function()
+    H.run(function()
+      local rc, out = H.sh(H.PY .. [[ -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])']]):wait(10)
+      assert.equal(0, rc)
+      local port = assert(math.tointeger(tonumber(out)))
+      local srv, err = rn.HttpServer.listen(port, true)
+      assert(srv, err)
+      assert.equal(port, srv.port)
+    end)
+  end)
+
+  it("returns EADDRINUSE when the port is taken", function()
+    H.run(function()
+      local srv = H.listen()
+      local s2, err, code = rn.HttpServer.listen { port = srv.port, host = "127.0.0.1" }
+      assert.is_nil(s2)
+      assert.equal("EADDRINUSE: port " .. srv.port .. " is already in use", err)
+      assert.equal("EADDRINUSE", code)
+    end)
+  end)
+
+  it("runs connect, message and close handlers with conn ids", function()
+    local seen = {}
+    H.run(function()
+      local srv = H.listen()
+      srv:on("connect", function(id, info)
+        seen[#seen + 1] = "connect " .. id .. " " .. info.path
+      end)
+      srv:on("message", function(id, msg, binary)
+        seen[#seen + 1] = "message " .. id .. " " .. msg .. " " .. tostring(binary)
+        srv:ws_send(id, "ok")
+      end)
+      srv:on("close", function(id, code, reason)
+        seen[#seen + 1] = "close " .. id .. " " .. code .. " " .. reason
+      end)
+      local c = assert(rn.ws_connect(url(srv, "/room/1?x=y")))
+      assert(c:send("hi"))
+      assert.equal("ok", c:receive(5))
+      local id = srv:ws_connections()[1]
+      c:close_wait(4000, "done")
+      rn.sleep(0.05)
+      assert.same({
+        "connect " .. id .. " /room/1",
+        "message " .. id .. " hi false",
+        "close " .. id .. " 4000 done",
+      }, seen)
+    end)
+  end)
+
+  it("ws_send works as a method and as a function; unknown ids fail cleanly", function()
+    H.run(function()
+      local srv = H.listen()
+      local c = assert(rn.ws_connect(url(srv)))
+      rn.sleep(0.02)
+      local id = srv:ws_connections()[1]
+      assert.is_string(id)
+      assert.is_true(srv:ws_send(id, "one"))
+      assert.is_true(rn.HttpServer.ws_send(srv.id, id, "two"))
+      assert.is_true(rn.WebSocket.send(id, "three"))
+      assert.equal("one", c:receive(5))
+      assert.equal("two", c:receive(5))
+      assert.equal("three", c:receive(5))
+      local ok, err, code = srv:ws_send("c999999", "x")
+      assert.is_nil(ok)
+      assert.equal("ENOTCONN: no open connection c999999 on " .. srv.id, err)
+      assert.equal("ENOTCONN", code)
+      ok, err, code = rn.WebSocket.send("nope", "x")
+      assert.same({ nil, "ENOTCONN: no open connection nope", "ENOTCONN" }, { ok, err, code })
+      c:close_wait()
+    end)
+  end)
+
+  it("carries text and binary messages with embedded zeros", function()
+    H.run(function()
+      local srv = echo_server()
+      local c = assert(rn.ws_connect(url(srv)))
+      local bin = "\0\1\2\255\0end"
+      assert(c:send(bin, true))
+      local m, binary = c:receive(5)
+      assert.equal(bin, m)
+      assert.is_true(binary)
+      assert(c:send("text\0with zero"))
+      m, binary = c:receive(5)
+      assert.equal("text\0with zero", m)
+      assert.is_false(binary)
+      local big = string.rep("0123456789", 50000)
+      assert(c:send(big))
+      assert.equal(big, c:receive(5))
+      c:close_wait()
+    end)
+  end)
+
+  it("ws_broadcast returns how many connections got the message", function()
+    H.run(function()
+      local a_srv, b_srv = H.listen(), H.listen()
+      local clients = {}
+      for i = 1, 3 do clients[i] = assert(rn.ws_connect(url(a_srv))) end
+      local other = assert(rn.ws_connect(url(b_srv)))
+      rn.sleep(0.05)
+      assert.equal(3, #a_srv:ws_connections())
+      assert.equal(3, rn.HttpServer.ws_broadcast(a_srv.id, "to a"))
+      for i = 1, 3 do assert.equal("to a", clients[i]:receive(5)) end
+      assert.equal(4, rn.WebSocket.broadcast("to all"))
+      for i = 1, 3 do assert.equal("to all", clients[i]:receive(5)) end
+      assert.equal("to all", other:receive(5))
+      assert.equal(4, rn.WebSocket.connection_count())
+      assert.equal(4, #rn.WebSocket.connections())
+      local _, err, code = other:receive(0.05)
+      assert.equal("ETIMEDOUT", code, err)
+      -- except: everyone but the sender
+      local first = a_srv:ws_connections()[1]
+      assert.equal(2, a_srv:ws_broadcast("not you", false, first))
+      for _, c in ipairs(clients) do c:close_wait() end
+      other:close_wait()
+      rn.sleep(0.05)
+      assert.equal(0, rn.WebSocket.connection_count())
+      assert.equal(0, a_srv:ws_broadcast("nobody"))
+    end)
+  end)
+
+  it("WebSocket.close sends a real close frame with the code and reason", function()
+    H.run(function()
+      local srv = H.listen()
+      local c = assert(rn.ws_connect(url(srv)))
+      rn.sleep(0.02)
+      local id = srv:ws_connections()[1]
+      assert.is_true(rn.WebSocket.close(id, 4001, "kicked"))
+      local m, err, code = c:receive(5)
+      assert.is_nil(m)
+      assert.equal("ECLOSED", code)
+      assert.equal("ECLOSED: connection closed (4001 kicked)", err)
+      assert.equal(4001, c.close_code)
+      assert.equal("kicked", c.close_reason)
+      assert.has_error(function() rn.WebSocket.close(id, 1005) end)
+    end)
+  end)
+
+  it("ws_send_async waits while the queue is over its high-water mark", function()
+    H.run(function()
+      local srv = H.listen { send_queue = 256 * 1024, send_high_water = 64 * 1024 }
+      local c = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.02)
+      local id = srv:ws_connections()[1]
+      -- 400 x 64 KiB is far more than loopback socket buffers hold
+      local chunk = string.rep("x", 64 * 1024)
+      local sent, suspended, done = 0, false, false
+      rn.spawn(function()
+        for i = 1, 400 do
+          local before = rn.now()
+          assert.is_true(srv:ws_send_async(id, i .. ":" .. chunk))
+          if rn.now() > before then suspended = true end
+          sent = i
+        end
+        done = true
+      end)
+      rn.sleep(0.2)
+      -- the client reads nothing yet: the sender must be parked, not done
+      assert.is_false(done)
+      assert.is_true(sent < 400)
+      local qbytes = rn.WebSocket.info(id).queued
+      assert.is_true(qbytes <= 256 * 1024)
+      for i = 1, 400 do
+        local m = assert(c:receive(5))
+        assert.equal(i .. ":" .. chunk, m)
+      end
+      assert.is_true(done)
+      assert.is_true(suspended)
+      c:close_wait()
+    end)
+  end)
+
+  it("ws_send fails with EQUEUEFULL past the send queue bound", function()
+    H.run(function()
+      local srv = H.listen { send_queue = 32 * 1024, send_high_water = 8 * 1024 }
+      local c = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.02)
+      local id = srv:ws_connections()[1]
+      local chunk = string.rep("y", 16 * 1024)
+      local ok, err, code
+      for _ = 1, 1000 do
+        ok, err, code = srv:ws_send(id, chunk)
+        if not ok then break end
+      end
+      assert.is_nil(ok)
+      assert.equal("EQUEUEFULL", code)
+      assert.matches("^EQUEUEFULL: send queue of connection %d+ is full %(%d+ bytes queued, limit 32768%)$", err)
+      c:close()
+    end)
+  end)
+
+  it("ws_send_async fails with ECLOSED when the connection goes first", function()
+    H.run(function()
+      local srv = H.listen { send_queue = 64 * 1024, send_high_water = 16 * 1024 }
+      local c = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.02)
+      local id = srv:ws_connections()[1]
+      local result
+      rn.spawn(function()
+        local chunk = string.rep("z", 8000)
+        for _ = 1, 1000 do
+          local ok, err, code = srv:ws_send_async(id, chunk)
+          if not ok then result = { ok, err, code }; return end
+        end
+      end)
+      rn.sleep(0.1)
+      assert.is_nil(result)
+      rn.WebSocket.close(id, 1000, "bye")
+      -- our close cannot go out while the client reads nothing; the client
+      -- side gives up and drops the TCP connection
+      c._rec.box:close()
+      local deadline = rn.now() + 10
+      while not result and rn.now() < deadline do rn.sleep(0.02) end
+      assert.is_table(result)
+      assert.is_nil(result[1])
+      assert.equal("ECLOSED", result[3])
+      assert.matches("^ECLOSED: ", result[2])
+    end)
+  end)
+
+  it("closes connections whose message exceeds max_message with 1009", function()
+    H.run(function()
+      local srv = echo_server { max_message = 1000 }
+      local c = assert(rn.ws_connect(url(srv)))
+      assert(c:send(string.rep("a", 1000)))
+      assert.equal(1000, #c:receive(5))
+      assert(c:send(string.rep("a", 1001)))
+      local m, err, code = c:receive(5)
+      assert.is_nil(m)
+      assert.equal("ECLOSED", code)
+      assert.equal("ECLOSED: connection closed (1009 message too big)", err)
+      local d = assert(rn.ws_connect(url(srv)))
+      assert(d:send("still serving"))
+      assert.equal("still serving", d:receive(5))
+      d:close_wait()
+    end)
+  end)
+
+  it("refuses connections past max_connections", function()
+    H.run(function()
+      local srv = echo_server { max_connections = 2 }
+      local a = assert(rn.ws_connect(url(srv)))
+      local b = assert(rn.ws_connect(url(srv)))
+      local c, err, code = rn.ws_connect(url(srv))
+      assert.is_nil(c)
+      assert.equal("ECONNREFUSED", code)
+      -- lws's client reports the refusal (HTTP 503, proven by the raw probes)
+      assert.equal("ECONNREFUSED: cannot connect to " .. url(srv) .. ": HS: ws upgrade response not 101", err)
+      a:close_wait()
+      rn.sleep(0.05)
+      local d = assert(rn.ws_connect(url(srv)))
+      assert(d:send("in"))
+      assert.equal("in", d:receive(5))
+      b:close_wait(); d:close_wait()
+    end)
+  end)
+
+  it("server:close() says goodbye with 1001", function()
+    H.run(function()
+      local srv = echo_server()
+      local c = assert(rn.ws_connect(url(srv)))
+      rn.sleep(0.02)
+      assert.is_true(srv:close())
+      local _, err = c:receive(5)
+      assert.equal("ECLOSED: connection closed (1001 server closing)", err)
+      assert.has_error(function() srv:ws_broadcast("x") end, "relaynet.ws_broadcast: server " .. srv.id .. " is closed")
+    end)
+  end)
+end)
+
+describe("the WebSocket client", function()
+  it("fails fast on a refused port", function()
+    H.run(function()
+      local probe = H.listen()
+      local port = probe.port
+      probe:close()
+      rn.sleep(0.05)
+      local c, err, code = rn.ws_connect("ws://127.0.0.1:" .. port .. "/")
+      assert.is_nil(c)
+      assert.equal("ECONNREFUSED", code)
+      assert.matches("^ECONNREFUSED: cannot connect to ws://127.0.0.1:" .. port .. "/", err)
+    end)
+  end)
+
+  it("resolves host names without blocking the loop", function()
+    H.run(function()
+      local srv = echo_server()
+      local c = assert(rn.ws_connect("ws://localhost:" .. srv.port .. "/"))
+      assert(c:send("via localhost"))
+      assert.equal("via localhost", c:receive(5))
+      c:close_wait()
+    end)
+  end)
+
+  it("rejects bad URLs and wss with clear codes", function()
+    H.run(function()
+      assert.same({ nil, "EINVAL: not a ws:// URL: http://x", "EINVAL" }, { rn.ws_connect("http://x") })
+      assert.same({ nil, "ENOTSUP: wss:// (TLS) is not supported yet", "ENOTSUP" },
+        { rn.ws_connect("wss://127.0.0.1:1/") })
+    end)
+  end)
+
+  it("delivers to an on_message handler instead of receive()", function()
+    H.run(function()
+      local srv = echo_server()
+      local got = {}
+      local c = assert(rn.ws_connect(url(srv), {
+        on_message = function(msg, binary) got[#got + 1] = msg .. ":" .. tostring(binary) end,
+      }))
+      assert(c:send("a")); assert(c:send("b", true))
+      rn.sleep(0.1)
+      assert.same({ "a:false", "b:true" }, got)
+      c:close_wait()
+    end)
+  end)
+end)
