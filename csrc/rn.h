@@ -149,6 +149,7 @@ typedef struct rn_conn {
   /* receive side */
   unsigned char *rx;
   size_t rxlen, rxcap;
+  size_t rx_valid;   /* bytes of rx known to be valid UTF-8 */
   int rx_binary;
   int rx_active;     /* a fragmented message is being reassembled */
   /* close side */

@@ -152,8 +152,7 @@ static int rn_connect(lua_State *L) {
   ci.ietf_version_or_minus_one = -1;
   ci.opaque_user_data = c;
   ci.pwsi = &wsi;
-  if (c->lim.ping_interval > 0)
-    ci.retry_and_idle_policy = &c->retry;
+  ci.retry_and_idle_policy = &c->retry; /* explicit: zero disables */
   c->refcnt++; /* held across the call in case lws fails synchronously */
   if (!lws_client_connect_via_info(&ci)) {
     int failed_already = c->state == RN_CS_CLOSED;

@@ -128,6 +128,14 @@ void rn__conn_established(rn_conn *c, struct lws *wsi) {
   rn__event_push(c->L, &ev);
 }
 
+/* lws_set_timeout() from outside lws does not re-arm lws's uv timer in
+ * 4.1.6 (it could fire up to ~30 s late): lws_cancel_service() makes lws
+ * look at its timers again. Harmless when called from inside a callback. */
+static void rn__conn_set_timeout(rn_conn *c, int secs) {
+  lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, secs);
+  lws_cancel_service(c->L->ctx);
+}
+
 /* Writes a close frame with the given code and reason now. The caller has
  * checked that nothing else is queued and no partial write is pending. */
 static void rn__send_close_frame(rn_conn *c, int code, const char *reason, int rlen) {
@@ -143,7 +151,7 @@ static void rn__send_close_frame(rn_conn *c, int code, const char *reason, int r
   c->close_sent = 1;
   lws_write(c->wsi, buf + LWS_PRE, (size_t)(2 + rlen), RN_WRITE_CLOSE);
   /* Wait a little for the peer's close reply, then drop the socket. */
-  lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
+  rn__conn_set_timeout(c, 3);
 }
 
 /* Starts closing with code/reason: after the queue drains when graceful, at
@@ -165,7 +173,7 @@ static void rn__conn_start_close(rn_conn *c, int code, const char *reason, int r
   else
     lws_callback_on_writable(c->wsi);
   if (!graceful && !c->close_sent)
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 2);
+    rn__conn_set_timeout(c, 2);
 }
 
 /* Closes from inside a receive callback with a protocol error code; the
@@ -233,6 +241,7 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     c->rx_active = 1;
     c->rx_binary = lws_frame_is_binary(wsi);
     c->rxlen = 0;
+    c->rx_valid = 0;
   }
   if (c->rxlen + len > lim->max_message)
     return rn__conn_fail(c, 1009, "message too big");
@@ -267,9 +276,12 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     memcpy(c->rx + c->rxlen, in, len);
     c->rxlen += len;
     if (!c->rx_binary) {
-      int tail = rn__utf8_check(c->rx, c->rxlen);
+      /* Validate only what is new (plus an incomplete sequence carried
+       * over), so tiny fragments cannot make validation quadratic. */
+      int tail = rn__utf8_check(c->rx + c->rx_valid, c->rxlen - c->rx_valid);
       if (tail < 0 || (final && tail > 0))
         return rn__conn_fail(c, 1007, "invalid UTF-8");
+      c->rx_valid = c->rxlen - (size_t)tail;
     }
     if (!final)
       return 0;
@@ -564,6 +576,7 @@ static int rn_conn_close(lua_State *L) {
   }
   if (c->state == RN_CS_CONNECTING) {
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
+    lws_cancel_service(c->L->ctx);
     c->state = RN_CS_CLOSING;
     lua_pushboolean(L, 1);
     return 1;

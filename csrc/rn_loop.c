@@ -73,8 +73,9 @@ static int rn__loop_setup(rn_loop *l) {
   memset(&info, 0, sizeof info);
   foreign[0] = &l->loop;
   info.foreign_loops = foreign;
-  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-                 LWS_SERVER_OPTION_VALIDATE_UTF8;
+  /* UTF-8 is validated by relaynet itself (rn_conn.c): lws's validator
+   * drops the TCP connection without a close frame on a bad close reason. */
+  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.pt_serv_buf_size = 16384;
   info.max_http_header_data = 8192;
@@ -93,11 +94,11 @@ static int rn__loop_setup(rn_loop *l) {
   client_protocols[0].name = "rn-client";
   client_protocols[0].callback = rn__client_callback;
   client_protocols[0].rx_buffer_size = 4096;
+  client_protocols[0].tx_packet_size = 65536;
   memset(&info, 0, sizeof info);
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.protocols = client_protocols;
   info.vhost_name = "rn-client";
-  info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
   vh = lws_create_vhost(l->ctx, &info);
   if (!vh) {
     lws_context_destroy(l->ctx);

@@ -659,6 +659,7 @@ static int rn_listen(lua_State *L) {
   s->protocols[0].per_session_data_size = sizeof(rn_pss);
   s->protocols[0].rx_buffer_size = s->lim.rx_buffer;
   s->protocols[0].user = s;
+  s->protocols[0].tx_packet_size = 65536; /* per send(); not an allocation */
   s->retry.secs_since_valid_ping = (uint16_t)s->lim.ping_interval;
   s->retry.secs_since_valid_hangup = (uint16_t)s->lim.pong_timeout;
 
@@ -667,7 +668,7 @@ static int rn_listen(lua_State *L) {
   if (port != 0) {
     rn_server *o;
     for (o = l->servers; o; o = o->next)
-      if (o != s && o->vh && !o->destroying && o->port == (int)port) {
+      if (o != s && o->vh && o->port == (int)port) {
         s->closed = 1;
         return rn__fail(L, "EADDRINUSE", "port %d is already in use", (int)port);
       }
@@ -679,10 +680,18 @@ static int rn_listen(lua_State *L) {
   info.port = (int)port;
   info.iface = s->host;
   info.protocols = s->protocols;
-  info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+  /* Bind failures must fail here, not retry in the background. With IPv6
+   * compiled in, lws 4.1.6 binds an IPv4 literal iface to "::" (every
+   * interface): disable IPv6 for IPv4 literals so 127.0.0.1 means loopback. */
+  info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+  {
+    struct in_addr a4;
+    if (s->host && inet_pton(AF_INET, s->host, &a4) == 1)
+      info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+  }
   info.keepalive_timeout = 5;
-  if (s->lim.ping_interval > 0)
-    info.retry_and_idle_policy = &s->retry;
+  /* Always explicit: without a policy lws pings after 300 s. Zero disables. */
+  info.retry_and_idle_policy = &s->retry;
   info.finalize = rn__vhost_finalized;
   info.finalize_arg = s;
   s->refcnt++; /* the vhost side, released by rn__vhost_finalized */
@@ -728,15 +737,15 @@ static int rn_server_close(lua_State *L) {
   return 1;
 }
 
-/* server:destroy(): closes the listening socket and whatever connections
- * are left (hard); Lua closes WebSockets gracefully before calling it. */
+/* server:destroy(): marks the server finished. lws 4.1.6's
+ * lws_vhost_destroy() never closes a listening vhost (it only queues a
+ * deferred free that is never processed, and a later vhost on the same port
+ * would share the socket and trip an assertion at context destroy), so the
+ * listening socket stays open, answering 503, until the loop shuts down. */
 static int rn_server_destroy(lua_State *L) {
   rn_server *s = rn__server_check(L, 1);
   s->closed = 1;
-  if (s->vh && !s->destroying) {
-    s->destroying = 1;
-    lws_vhost_destroy(s->vh);
-  }
+  s->destroying = 1;
   return 0;
 }
 

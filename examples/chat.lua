@@ -1,6 +1,7 @@
 -- relaynet chat room: a page at / and a JSON protocol over a WebSocket at /ws.
 --
 --   lua5.4 examples/chat.lua [port]        (default port 8080)
+--   bin/relaynet examples/chat.lua [port]  (the same, in relaynet's runner)
 --
 -- Protocol (every frame is a JSON object with a "type"):
 --   client -> server  {type="join", name=...}   name: 1-32 characters once trimmed
@@ -151,18 +152,24 @@ if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
     os.exit(1)
   end
   f:close()
-  local ok = true
-  rn.run(function()
+  local function main()
     local srv, err = M.start(port)
     if not srv then
       io.stderr:write("chat: ", err, "\n")
-      ok = false
-      return
+      return false
     end
     print("chat room on http://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
     io.stdout:flush()
-  end)
-  os.exit(ok and 0 or 1)
+    return true
+  end
+  if rn.running() then
+    -- started by bin/relaynet, whose loop is already running
+    if not main() then os.exit(1) end
+  else
+    local ok = true
+    rn.run(function() ok = main() end)
+    os.exit(ok and 0 or 1)
+  end
 end
 
 return M

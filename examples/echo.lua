@@ -2,6 +2,7 @@
 -- the same type (text or binary).
 --
 --   lua5.4 examples/echo.lua [port]        (default port 8080)
+--   bin/relaynet examples/echo.lua [port]  (the same, in relaynet's runner)
 --
 -- Loaded with dofile/require instead, it returns { start = start }:
 -- start(port [, host]) starts the server inside a running rn.run and returns
@@ -29,18 +30,24 @@ if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
     io.stderr:write("usage: lua5.4 echo.lua [port]\n")
     os.exit(2)
   end
-  local ok = true
-  rn.run(function()
+  local function main()
     local srv, err = start(port)
     if not srv then
       io.stderr:write("echo: ", err, "\n")
-      ok = false
-      return
+      return false
     end
     print("echo server on ws://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
     io.stdout:flush()
-  end)
-  os.exit(ok and 0 or 1)
+    return true
+  end
+  if rn.running() then
+    -- started by bin/relaynet, whose loop is already running
+    if not main() then os.exit(1) end
+  else
+    local ok = true
+    rn.run(function() ok = main() end)
+    os.exit(ok and 0 or 1)
+  end
 end
 
 return { start = start }

@@ -43,6 +43,11 @@ function H.run(fn, opts)
   return errors
 end
 
+--- Shell-quotes a string.
+function H.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
 local tmpdir = os.getenv("TMPDIR") or "/tmp"
 local seq = 0
 
@@ -54,7 +59,7 @@ function H.sh(cmd)
   local base = string.format("%s/rn-spec-%d-%d-%d", tmpdir, os.time(), math.random(1, 1e9), seq)
   local script = string.format("(%s) >%s.out 2>%s.err; echo $? >%s.rc.tmp; mv %s.rc.tmp %s.rc",
     cmd, base, base, base, base, base)
-  local launcher = string.format("sh -c %q >/dev/null 2>&1 & echo $!", script)
+  local launcher = "sh -c " .. H.q(script) .. " >/dev/null 2>&1 & echo $!"
   local p = io.popen(launcher)
   local pid = tonumber(p:read("l"))
   p:close()
@@ -89,10 +94,6 @@ function H.sh(cmd)
   return h
 end
 
---- Shell-quotes a string.
-function H.q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 --- Runs curl in the background: status, body.
 function H.curl(args, timeout)

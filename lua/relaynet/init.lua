@@ -220,8 +220,9 @@ function Server:connection_count()
   return n
 end
 
---- Stops accepting, closes this server's WebSockets with 1001 and frees the
---- port once they are gone (at most SHUTDOWN_GRACE seconds later).
+--- Stops accepting (new requests and upgrades get 503) and closes this
+--- server's WebSockets with 1001. libwebsockets 4.1.6 cannot close a
+--- listening vhost, so the port itself stays bound until rn.run() returns.
 function Server:close()
   if self._closed then return false end
   self._closed = true

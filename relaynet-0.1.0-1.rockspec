@@ -1,0 +1,48 @@
+rockspec_format = "3.0"
+package = "relaynet"
+version = "0.1.0-1"
+source = {
+  url = "git+file:///work/main",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Coroutine-aware HTTP, WebSocket and peer-mesh networking for Lua 5.4 on libuv and libwebsockets",
+  detailed = [[
+relaynet gives a Lua 5.4 script HTTP and WebSocket servers and clients on a
+libuv event loop, with one coroutine per handler, bounded queues, size limits
+and keepalive on by default.
+]],
+  license = "MIT",
+  homepage = "https://example.invalid/relaynet",
+}
+-- lua-cjson comes from Debian (lua-cjson); it is not listed here so that
+-- `luarocks make` works offline with --deps-mode=none or without a server.
+dependencies = {
+  "lua >= 5.4",
+}
+external_dependencies = {
+  LIBWEBSOCKETS = { header = "libwebsockets.h", library = "websockets" },
+  LIBUV = { header = "uv.h", library = "uv" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["relaynet.core"] = {
+      sources = { "csrc/rn_loop.c", "csrc/rn_conn.c", "csrc/rn_server.c", "csrc/rn_client.c" },
+      libraries = { "websockets", "uv" },
+      incdirs = { "$(LIBWEBSOCKETS_INCDIR)", "$(LIBUV_INCDIR)" },
+      libdirs = { "$(LIBWEBSOCKETS_LIBDIR)", "$(LIBUV_LIBDIR)" },
+      defines = { "_GNU_SOURCE" },
+    },
+    ["relaynet"] = "lua/relaynet/init.lua",
+    ["relaynet.sched"] = "lua/relaynet/sched.lua",
+    ["relaynet.http"] = "lua/relaynet/http.lua",
+  },
+  install = {
+    bin = { relaynet = "bin/relaynet" },
+  },
+}
+test = {
+  type = "command",
+  command = "make test",
+}
