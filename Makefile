@@ -94,7 +94,7 @@ echo: build
 
 valgrind: build test-deps
 	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
-	  --suppressions=spec/valgrind.supp $(LUA) spec/tools/traffic.lua
+	  --show-leak-kinds=definite,indirect --suppressions=spec/valgrind.supp $(LUA) spec/tools/traffic.lua
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/bin

@@ -176,18 +176,30 @@ static void rn__conn_start_close(rn_conn *c, int code, const char *reason, int r
     rn__conn_set_timeout(c, 2);
 }
 
-/* Closes from inside a receive callback with a protocol error code; the
- * caller returns -1 so lws drops the socket right after the frame. */
+/* Fails the connection from inside a receive callback with `code`: the close
+ * frame goes out now (or as soon as a partial write drains), later input is
+ * discarded, and the socket is dropped when the peer answers or after 2 s.
+ * Returning 0 rather than -1 matters: closing at once while the peer is
+ * still sending makes the kernel answer with RST, which destroys our close
+ * frame before the peer reads it. */
 static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
   int rlen = (int)strlen(reason);
+  if (c->state >= RN_CS_CLOSING)
+    return 0;
   c->state = RN_CS_CLOSING;
   c->close_code = code;
+  c->close_reason_len = rlen > 123 ? 123 : rlen;
+  memcpy(c->close_reason, reason, (size_t)c->close_reason_len);
   rn__queue_clear(c);
+  c->rx_active = 0;
+  c->rxlen = 0;
   if (!lws_partial_buffered(c->wsi))
     rn__send_close_frame(c, code, reason, rlen);
-  c->peer_code = 1006;
-  c->close_code = code;
-  return -1;
+  else {
+    lws_callback_on_writable(c->wsi);
+    rn__conn_set_timeout(c, 2);
+  }
+  return 0;
 }
 
 /* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
@@ -344,6 +356,7 @@ void rn__conn_answer_close(rn_conn *c, int code) {
   c->peer_code = 1006;
   c->peer_reason_len = 0;
   rn__conn_fail(c, code, code == 1007 ? "invalid UTF-8 in close reason" : "invalid close frame");
+  /* the caller returns -1: the peer is closing anyway */
 }
 
 static int rn__write_msg(rn_conn *c, rn_msg *m) {
@@ -534,8 +547,13 @@ static int rn_conn_send(lua_State *L) {
     if (!p)
       return luaL_error(L, "out of memory");
     memcpy(p, data, len);
-    if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
+    if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0) {
+      /* Outside a callback lws does not close a failed wsi by itself. */
+      c->state = RN_CS_CLOSING;
+      lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
+      lws_cancel_service(c->L->ctx);
       return rn__fail(L, "ECLOSED", "connection %I failed while writing", (lua_Integer)c->id);
+    }
     lua_pushboolean(L, 1);
     return 1;
   }

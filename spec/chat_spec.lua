@@ -133,7 +133,8 @@ describe("examples/chat.lua", function()
 
         expect_error(c, json.encode({ type = "say", text = "" }), "text is empty")
         expect_error(c, json.encode({ type = "say", text = " \n " }), "text is empty")
-        expect_error(c, json.encode({ type = "say", text = string.rep("y", 2001) }), "text is longer than 2000 characters")
+        expect_error(c, json.encode({ type = "say", text = string.rep("y", 2001) }),
+          "text is longer than 2000 characters")
         expect_error(c, json.encode({ type = "say", text = "bell\7" }), "text contains control characters")
         expect_error(c, '{"type":"say","text":"nul\\u0000"}', "text contains control characters")
         expect_error(c, '{"type":"say","text":["no"]}', "text must be a string")

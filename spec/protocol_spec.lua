@@ -39,16 +39,26 @@ end
 
 -- Proves the server still serves others: a fresh WebSocket client gets its
 -- echo, and a plain HTTP GET is answered. Raises with `context` on failure.
-local function assert_serves(srv, context, ws_opts)
-  local url = "ws://127.0.0.1:" .. srv.port .. "/"
-  local c, err = rn.ws_connect(url, ws_opts or { timeout = 5 })
-  assert(c, "after " .. context .. ": fresh client cannot connect: " .. tostring(err))
-  local payload = "still serving after " .. context
-  assert(c:send(payload))
-  local msg, e2 = c:receive(5)
-  assert.are.equal(payload, msg, "after " .. context .. ": no echo (" .. tostring(e2) .. ")")
-  local code = c:close_wait(1000, "done", 5)
-  assert.are.equal(1000, code)
+-- With `origin` (servers with an allowlist) the fresh client is the probe's
+-- "echo" run sending that Origin, since rn.ws_connect's origin option is
+-- tested separately below.
+local function assert_serves(srv, context, origin)
+  if origin then
+    local r = probe(srv.port, "echo", "--timeout 5 --origin " .. H.q(origin))
+    assert.are.equal(101, r.status, "after " .. context .. ": fresh client refused: " .. r.raw)
+    assert.are.equal("hello probe", r.messages[1] and r.messages[1].text, "after " .. context .. ": " .. r.raw)
+    assert.are.equal(1000, r.code, "after " .. context .. ": " .. r.raw)
+  else
+    local url = "ws://127.0.0.1:" .. srv.port .. "/"
+    local c, err = rn.ws_connect(url, { timeout = 5 })
+    assert(c, "after " .. context .. ": fresh client cannot connect: " .. tostring(err))
+    local payload = "still serving after " .. context
+    assert(c:send(payload))
+    local msg, e2 = c:receive(5)
+    assert.are.equal(payload, msg, "after " .. context .. ": no echo (" .. tostring(e2) .. ")")
+    local code = c:close_wait(1000, "done", 5)
+    assert.are.equal(1000, code)
+  end
   local r = probe(srv.port, "http-get", "--timeout 5")
   assert.are.equal(200, r.status, "after " .. context .. ": HTTP GET failed: " .. r.raw)
   assert.are.equal("home\n", r.body)
@@ -60,7 +70,8 @@ local function with_probe(name, extra, check, opts)
   H.run(function()
     local srv = echo_server(opts)
     local r = probe(srv.port, name, extra or "--timeout 5")
-    local alive, alive_err = pcall(assert_serves, srv, name .. " " .. (extra or ""))
+    local origin = opts and opts.origins and opts.origins[1]
+    local alive, alive_err = pcall(assert_serves, srv, name .. " " .. (extra or ""), origin)
     check(r, srv)
     assert(alive, alive_err)
   end, { timeout = 40 })
@@ -121,12 +132,11 @@ describe("close frames", function()
       with_probe("close-code", "--timeout 5 --code " .. code, function(r, srv)
         assert.are.equal("close", r.result, r.raw)
         assert.are.equal(code, r.code, r.raw)
-        -- the server's close handler saw the peer's code and reason
-        local seen
-        for _, c in ipairs(srv.closes) do
-          if c.code == code then seen = c end
-        end
-        assert(seen, "close handler did not see " .. code .. ": " .. cjson.encode(srv.closes))
+        -- the server's close handler saw the peer's code and reason (the
+        -- probe's connection is the first one to close)
+        local seen = srv.closes[1]
+        assert(seen, "close handler not called")
+        assert.are.equal(code, seen.code)
         assert.are.equal("probe", seen.reason)
       end)
     end)
@@ -194,7 +204,18 @@ describe("handshakes", function()
       assert.are.equal(403, r.status, r.raw)
       r = probe(srv.port, "hs-upgrade", "--timeout 5")
       assert.are.equal(403, r.status, "no Origin at all: " .. r.raw)
-      assert_serves(srv, "wrong origin", { timeout = 5, origin = "http://ok.example" })
+      assert_serves(srv, "wrong origin", "http://ok.example")
+    end)
+  end)
+
+  it("rn.ws_connect's origin option reaches the server verbatim", function()
+    H.run(function()
+      local srv = echo_server(ORIGINS)
+      local c, err = rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/", { timeout = 5, origin = "http://ok.example" })
+      assert(c, "refused with origin = http://ok.example: " .. tostring(err))
+      assert(c:send("with origin"))
+      assert.are.equal("with origin", (c:receive(5)))
+      assert.are.equal(1000, (c:close_wait(1000, "", 5)))
     end)
   end)
 
