@@ -127,7 +127,8 @@ describe("HttpServer", function()
 
   it("listen(port, websocket) accepts a plain port number", function()
     H.run(function()
-      local rc, out = H.sh(H.PY .. [[ -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])']]):wait(10)
+      local free_port = [[ -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])']]
+      local rc, out = H.sh(H.PY .. free_port):wait(10)
       assert.equal(0, rc)
       local port = assert(math.tointeger(tonumber(out)))
       local srv, err = rn.HttpServer.listen(port, true)

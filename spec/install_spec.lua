@@ -1,7 +1,6 @@
 -- `luarocks make` installs a working module and command into a tree, and a
 -- script outside the repository can require it.
 
-local rn = require("relaynet")
 local H = require("helper")
 
 describe("luarocks make", function()

@@ -123,14 +123,26 @@ local function listen(opts, websocket)
   elseif type(opts) ~= "table" then
     error("relaynet.HttpServer.listen: expected a port number or an options table", 3)
   end
+  if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
+    error("relaynet.HttpServer.listen: id must be a non-empty string", 3)
+  end
+  if opts.id and servers[opts.id] then
+    error("relaynet.HttpServer.listen: a server with id " .. opts.id .. " is already running", 3)
+  end
   local copt = {}
   for k, v in pairs(opts) do copt[k] = v end
   if copt.websocket == nil then copt.websocket = true end
   local box, err, code = core.listen(copt)
   if not box then return nil, err, code end
   local port = box:port()
+  local id = opts.id or ("server_" .. port)
+  if servers[id] then -- an explicit id elsewhere took this port's name
+    box:close()
+    box:destroy()
+    error("relaynet.HttpServer.listen: a server with id " .. id .. " is already running", 3)
+  end
   local self = setmetatable({
-    id = opts.id or ("server_" .. port),
+    id = id,
     port = port,
     host = opts.host or "0.0.0.0",
     _box = box,
@@ -139,9 +151,6 @@ local function listen(opts, websocket)
     _conns = {},
     _max_static = opts.max_static_file or 16 * 1024 * 1024,
   }, Server)
-  if servers[self.id] then
-    error("relaynet.HttpServer.listen: a server with id " .. self.id .. " is already running", 3)
-  end
   servers[self.id] = self
   servers_by_port[port] = self
   return self
