@@ -256,12 +256,8 @@ class Conn:
                         "hex": data.hex() if len(data) <= 4096 else None,
                         "len": len(data),
                     })
-                    if self.on_message:
-                        self.on_message()
         except TimeoutError:
             return {"result": "timeout"}
-
-    on_message = None
 
     def wait_messages(self, count):
         """Reads until `count` data messages arrived (answering pings)."""
@@ -323,7 +319,7 @@ class Conn:
 
 # -- probes ---------------------------------------------------------------------
 
-INVALID_UTF8 = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"  # CESU surrogate
+KOSME = "κόσμε".encode("utf-8")  # valid UTF-8 (the Autobahn test string)
 VALID_SPLIT = "héllo wörld € 𝄞 done".encode("utf-8")
 
 WS_PROBES = {}
@@ -418,7 +414,7 @@ def p_closereason(c, a):
 
 @ws_probe("utf8-single")
 def p_utf8single(c, a):
-    c.send(frame(OP_TEXT, INVALID_UTF8[:11] + b"\xff" + b"tail"))
+    c.send(frame(OP_TEXT, KOSME + b"\xff" + b"tail"))  # 0xFF never occurs in UTF-8
     return c.outcome()
 
 
@@ -613,6 +609,8 @@ HTTP_PROBES = {
                                                   b"12abc"),
     "http-negative-content-length": lambda a: http_req(a, "POST", a.path, ["Content-Length: -5"],
                                                        b"hello"),
+    "http-plus-content-length": lambda a: http_req(a, "POST", a.path, ["Content-Length: +5"],
+                                                   b"hello"),
     "http-big-headers": lambda a: http_req(a, "GET", a.path,
                                            ["X-Big-%d: %s" % (i, "h" * 1000) for i in range(10)]),
     "http-big-header-value": lambda a: http_req(a, "GET", a.path, ["X-Big: " + "v" * 9000]),
