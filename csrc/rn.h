@@ -177,7 +177,8 @@ typedef struct rn_req {
   int refcnt;      /* lws side + Lua box + queued events */
   char method[16];
   char *uri;
-  char *query;     /* raw query string, or NULL */
+  char *query;     /* decoded "k=v" arguments, each NUL-terminated, or NULL */
+  size_t query_len;
   char *headers;   /* "name\0value\0"... for the standard headers */
   size_t headers_len;
   unsigned char *body;

@@ -583,9 +583,11 @@ static int rn_conn_close(lua_State *L) {
   int code = (int)luaL_optinteger(L, 2, 1000);
   size_t rlen = 0;
   const char *reason = luaL_optlstring(L, 3, "", &rlen);
-  if (!(code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1012 ||
-        code == 1013 || (code >= 3000 && code <= 4999)))
-    return luaL_argerror(L, 2, "close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999");
+  /* 1012-1014 are registered codes, but lws 4.1.6 turns them into 1002 on
+   * receipt, so a relaynet peer would see a protocol error: not offered. */
+  if (!(code == 1000 || code == 1001 || code == 1008 || code == 1011 ||
+        (code >= 3000 && code <= 4999)))
+    return luaL_argerror(L, 2, "close code must be 1000, 1001, 1008, 1011 or 3000-4999");
   if (rlen > 123)
     return luaL_argerror(L, 3, "close reason longer than 123 bytes");
   if (!c->wsi || c->state >= RN_CS_CLOSING) {

@@ -75,7 +75,8 @@ static int rn__loop_setup(rn_loop *l) {
   info.foreign_loops = foreign;
   /* UTF-8 is validated by relaynet itself (rn_conn.c): lws's validator
    * drops the TCP connection without a close frame on a bad close reason. */
-  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                 LWS_SERVER_OPTION_JUST_USE_RAW_ORIGIN; /* send Origin as given */
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.pt_serv_buf_size = 16384;
   info.max_http_header_data = 8192;

@@ -177,11 +177,24 @@ static int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss) {
   memcpy(r->uri, uri, (size_t)ulen);
   r->uri[ulen] = '\0';
   {
+    /* lws has already percent-decoded each argument ("k=v", '+' as space);
+     * keep them apart ('\0'-separated) so '&' or ',' inside values survive. */
     int qlen = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
     if (qlen > 0) {
-      r->query = (char *)malloc((size_t)qlen + 1);
-      if (!r->query || lws_hdr_copy(wsi, r->query, qlen + 1, WSI_TOKEN_HTTP_URI_ARGS) < 0)
+      size_t used = 0, cap = (size_t)qlen + 64;
+      int i, n;
+      r->query = (char *)malloc(cap);
+      if (!r->query)
         return -1;
+      for (i = 0; i < 256; i++) {
+        n = lws_hdr_copy_fragment(wsi, r->query + used, (int)(cap - used), WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0)
+          break;
+        used += (size_t)n + 1; /* keep the terminating NUL as separator */
+        if (used >= cap)
+          break;
+      }
+      r->query_len = used;
     }
   }
   if (rn__collect_headers(r, wsi) < 0)
@@ -192,6 +205,10 @@ static int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss) {
   if (cl_len > 0) {
     char *end;
     unsigned long long v;
+    int k;
+    for (k = 0; k < cl_len; k++) /* digits only: strtoull accepts signs */
+      if (buf[k] < '0' || buf[k] > '9')
+        return rn__http_refuse(wsi, pss, 400);
     errno = 0;
     v = strtoull(buf, &end, 10);
     if (errno || *end || end == buf)
@@ -289,6 +306,22 @@ static int rn__http_writeable(rn_pss *pss, struct lws *wsi) {
   }
 }
 
+/* 426 Upgrade Required with the version we speak (RFC 6455 4.2.2). */
+static int rn__refuse_version(struct lws *wsi) {
+  unsigned char buf[LWS_PRE + 512];
+  unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
+  static const char body[] = "unsupported WebSocket version\n";
+  if (lws_add_http_common_headers(wsi, 426, "text/plain", sizeof body - 1, &p, end) ||
+      lws_add_http_header_by_name(wsi, (const unsigned char *)"sec-websocket-version:",
+                                  (const unsigned char *)"13", 2, &p, end) ||
+      lws_finalize_write_http_header(wsi, start, &p, end))
+    return -1;
+  memcpy(start, body, sizeof body - 1);
+  if (lws_write(wsi, start, sizeof body - 1, LWS_WRITE_HTTP_FINAL) < 0)
+    return -1;
+  return 1;
+}
+
 static int rn__origin_allowed(rn_server *s, struct lws *wsi) {
   char origin[256];
   int i, n;
@@ -337,6 +370,18 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
     if (!s->websocket || s->closed || !in || strcmp((const char *)in, "websocket")) {
       lws_return_http_status(wsi, s->closed ? 503 : 404, NULL);
       return 1;
+    }
+    {
+      /* lws 4.1.6 upgrades without a version and with any version, and
+       * drops a request without a key with no response (RFC 6455 4.2.2). */
+      char ver[8];
+      int vl = lws_hdr_copy(wsi, ver, sizeof ver, WSI_TOKEN_VERSION);
+      if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) <= 0 || vl <= 0) {
+        lws_return_http_status(wsi, 400, NULL);
+        return 1;
+      }
+      if (strcmp(ver, "13"))
+        return rn__refuse_version(wsi);
     }
     if (!rn__origin_allowed(s, wsi)) {
       lws_return_http_status(wsi, 403, NULL);
@@ -429,7 +474,7 @@ static int rn_req_info(lua_State *L) {
   lua_setfield(L, -2, "method");
   lua_pushstring(L, r->uri);
   lua_setfield(L, -2, "path");
-  lua_pushstring(L, r->query ? r->query : "");
+  lua_pushlstring(L, r->query ? r->query : "", r->query_len);
   lua_setfield(L, -2, "query");
   lua_pushlstring(L, r->body ? (const char *)r->body : "", r->body_len);
   lua_setfield(L, -2, "body");

@@ -24,7 +24,8 @@ local function unescape(s)
 end
 M.unescape = unescape
 
---- Parses "a=1&b=x%20y" into { a = "1", b = "x y" } (the last value wins).
+--- Parses a raw query string "a=1&b=x%20y" into { a = "1", b = "x y" }
+--- (the last value wins).
 function M.parse_query(qs)
   local t = {}
   if not qs or qs == "" then return t end
@@ -33,6 +34,21 @@ function M.parse_query(qs)
     if k then t[unescape(k)] = unescape(v) else t[unescape(pair)] = "" end
   end
   return t
+end
+
+--- The server's query arguments arrive already decoded by libwebsockets, one
+--- "k=v" per NUL-terminated piece. Returns the table and a decoded
+--- "k=v&k2=v2" string.
+function M.parse_args(raw)
+  local t, list = {}, {}
+  for arg in raw:gmatch("([^%z]*)%z") do
+    if arg ~= "" then
+      list[#list + 1] = arg
+      local k, v = arg:match("^([^=]*)=(.*)$")
+      if k then t[k] = v else t[arg] = "" end
+    end
+  end
+  return t, table.concat(list, "&")
 end
 
 -- routes ---------------------------------------------------------------------
@@ -150,10 +166,11 @@ end
 -- static files -----------------------------------------------------------------
 
 --- Maps a request path under `prefix` to a file under `dir`; nil when the
---- path escapes the folder or is malformed.
+--- path escapes the folder or is malformed. The path is already decoded
+--- (libwebsockets decodes it and resolves dot segments), so it is not
+--- unescaped again.
 function M.static_path(dir, prefix, path)
   local rel = path:sub(#prefix + 1)
-  rel = unescape(rel:gsub("%+", "%%2B"))
   if rel:find("%z") or rel:find("\\", 1, true) then return nil end
   local parts = {}
   for seg in rel:gmatch("[^/]+") do
@@ -171,8 +188,14 @@ function M.static_handler(dir, prefix, max_size)
     if not file then return 403, "forbidden\n" end
     local f = io.open(file, "rb")
     if not f then return 404, "not found\n" end
+    local probe, read_err = f:read(0)
+    if probe == nil and read_err then
+      -- reading fails on a directory ("Is a directory"): redirect to the folder
+      f:close()
+      return 301, "", { location = req.path .. "/" }
+    end
     local size = f:seek("end")
-    if not size then f:close(); return 404, "not found\n" end -- a directory
+    if not size then f:close(); return 404, "not found\n" end
     if size > max_size then f:close(); return 403, "file too large\n" end
     f:seek("set", 0)
     local data = f:read("a")

@@ -485,8 +485,7 @@ local function on_http(reqbox)
         status, body = st, (http.REASON[st] or "error"):lower() .. "\n"
         if allow then headers = { allow = allow } end
       else
-        info.query_string = info.query
-        info.query = http.parse_query(info.query)
+        info.query, info.query_string = http.parse_args(info.query)
         info.server = srv.id
         info.header = function(_, name)
           name = name:lower()
