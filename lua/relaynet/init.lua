@@ -254,6 +254,8 @@ function Server:_destroy()
   self._box:destroy()
 end
 
+Server.__close = function(self) self:close() end
+
 function Server:__tostring()
   return "relaynet.HttpServer " .. self.id .. (self._closed and " (closed)" or "")
 end
@@ -464,6 +466,8 @@ end
 function Client:info()
   return self._rec.box:info()
 end
+
+Client.__close = function(self) self:close() end
 
 function Client:__tostring()
   return "relaynet.WebSocketClient " .. self.url .. (self._rec.closed and " (closed)" or "")
