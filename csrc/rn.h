@@ -142,6 +142,7 @@ typedef struct rn_conn {
   int state;
   int client;
   int opened;        /* RN_EV_OPEN was emitted */
+  int internal;      /* a mesh or RPC link: never part of a broadcast */
   rn_qnode *qhead, *qtail;
   size_t qbytes;
   int want_drain;    /* emit RN_EV_DRAIN when qbytes falls below high water */

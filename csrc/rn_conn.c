@@ -627,6 +627,13 @@ static int rn_conn_info(lua_State *L) {
   return 1;
 }
 
+/* conn:set_internal(): marks a mesh/RPC link, which broadcasts skip. */
+static int rn_conn_set_internal(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  c->internal = lua_toboolean(L, 2);
+  return 0;
+}
+
 /* conn:pause(true|false): stops or resumes reading from the socket (TCP
  * back-pressure for a receiver that cannot keep up). */
 static int rn_conn_pause(lua_State *L) {
@@ -709,7 +716,7 @@ static int rn_broadcast(lua_State *L) {
     int queued;
     const rn_limits *lim;
     next = c->next;
-    if (c->client || !c->srv || c->state != RN_CS_OPEN || !c->wsi || c == except)
+    if (c->client || !c->srv || c->internal || c->state != RN_CS_OPEN || !c->wsi || c == except)
       continue;
     if (s && c->srv != s)
       continue;
@@ -734,6 +741,7 @@ void rn__conn_open_lua(lua_State *L) {
     {"queued", rn_conn_queued},
     {"want_drain", rn_conn_want_drain},
     {"pause", rn_conn_pause},
+    {"set_internal", rn_conn_set_internal},
     {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", rn_conn_gc},

@@ -8,6 +8,8 @@
 local core = require("relaynet.core")
 local sched = require("relaynet.sched")
 local http = require("relaynet.http")
+local mesh = require("relaynet.mesh")
+local json = require("relaynet.json")
 local cjson = require("cjson")
 
 local M = { _VERSION = "relaynet 0.1.0" }
@@ -153,6 +155,8 @@ local function listen(opts, websocket)
   }, Server)
   servers[self.id] = self
   servers_by_port[port] = self
+  self._mesh = opts.mesh ~= false
+  if self._mesh then M._mesh_routes(self) end
   return self
 end
 
@@ -531,6 +535,20 @@ local function on_open(box, num)
     box:close(1001, "server closing")
     return
   end
+  if srv._mesh and info.path == "/ws/p2p" then
+    box:set_internal(true)
+    if not mesh.enabled() then
+      box:close(4404, "the mesh is disabled on this node")
+      return
+    end
+    rec.link = mesh.accept(function(t) return box:send(t) end, function(c, r) box:close(c, r) end)
+    rec.link.conn_id = rec.id
+    return
+  elseif srv._mesh and info.path == "/rpc" then
+    box:set_internal(true)
+    rec.rpc = true
+    return
+  end
   srv._conns[rec.id] = rec
   local h = srv._handlers.connect
   if h then
@@ -544,6 +562,14 @@ end
 local function on_message(num, data, binary)
   local rec = conns_by_num[num]
   if not rec then return end
+  if rec.link then
+    local ok, err = xpcall(mesh.on_link_message, debug.traceback, rec.link, data, binary)
+    if not ok then sched.report("mesh link " .. rec.id .. ": " .. tostring(err)) end
+    return
+  elseif rec.rpc then
+    run_handler(M._rpc_ws, "JSON-RPC over WebSocket on " .. rec.id, rec, data, binary)
+    return
+  end
   if rec.server then
     local h = rec.server._handlers.message
     if h then run_handler(h, "message handler for " .. rec.id, rec.id, data, binary) end
@@ -579,6 +605,12 @@ local function on_close(num, code, reason)
     sched.wake(w[1], w[2], nil, string.format("ECLOSED: connection %s closed (%d)", rec.id, code), "ECLOSED")
   end
   wake_drain(rec, true)
+  if rec.link then
+    mesh.on_link_close(rec.link, code, reason)
+    return
+  elseif rec.rpc then
+    return
+  end
   if rec.server then
     if rec.server._closed and next(rec.server._conns) == nil then rec.server:_destroy() end
     local h = rec.server._handlers.close
@@ -678,6 +710,7 @@ function M.run(fn, ...)
   if fn ~= nil and type(fn) ~= "function" then error("relaynet.run: expected a function", 2) end
   running, stopping = true, false
   if fn then sched.spawn(fn, ...) end
+  mesh.start()
   local ok, err = pcall(function()
     while not stopping do
       sched.run_ready()
@@ -690,8 +723,10 @@ function M.run(fn, ...)
   local ok2, err2 = pcall(graceful_shutdown)
   if not ok2 then sched.report("relaynet: shutdown error: " .. tostring(err2)) end
   sched.cancel_all("ECANCELED: the loop stopped", "ECANCELED")
+  mesh.reset()
   local done, serr, scode = core.shutdown()
   servers, servers_by_port, conns, conns_by_num, resolving = {}, {}, {}, {}, {}
+  M._default_server = nil
   http_inflight = 0
   sched.reset()
   running, stopping = false, false
@@ -734,5 +769,67 @@ function M.stats()
 end
 
 M.json = cjson
+
+-- the mesh --------------------------------------------------------------------------
+
+M.node_id = mesh.node_id
+M.set_node_id = mesh.set_node_id
+M.add_peer = mesh.add_peer
+M.remove_peer = mesh.remove_peer
+M.peers = mesh.peers
+M.routes = mesh.routes
+M.registry = mesh.registry
+M.expose = mesh.expose
+M.unexpose = mesh.unexpose
+M.remote_call = mesh.remote_call
+M.mesh_status = mesh.status
+M.send_message = mesh.send_message
+M.on_mesh_message = mesh.on_message
+M.mesh_config = mesh.config
+
+--- The server the relaynet command started with --port (nil otherwise).
+function M.server()
+  return M._default_server
+end
+
+--- Turns the mesh off for this process: servers refuse /ws/p2p and no
+--- peers are dialed (the CLI's --disable-registry).
+function M.disable_registry()
+  mesh.disable()
+end
+
+local function json_response(value)
+  local body, err = json.encode(value)
+  if not body then error(err, 0) end
+  return 200, body, { ["content-type"] = "application/json" }
+end
+
+local function rpc_module()
+  local ok, mod = pcall(require, "relaynet.jsonrpc")
+  if ok then return mod end
+  return nil, mod
+end
+
+--- Built-in routes of a mesh-enabled server.
+function M._mesh_routes(srv)
+  srv:route("GET", "/status", function() return json_response(mesh.status()) end)
+  srv:route("GET", "/peers", function() return json_response(mesh.peers()) end)
+  srv:route("GET", "/registry", function() return json_response(mesh.registry()) end)
+  srv:route("GET", "/routes", function() return json_response(mesh.routes()) end)
+  srv:route("POST", "/rpc", function(req)
+    local rpc, err = rpc_module()
+    if not rpc then error(err, 0) end
+    local out = rpc.handle(req.body, { transport = "http", peer = req.peer })
+    if out == nil then return 204, "" end
+    return 200, out, { ["content-type"] = "application/json" }
+  end)
+end
+
+function M._rpc_ws(rec, data)
+  local rpc, err = rpc_module()
+  if not rpc then error(err, 0) end
+  local out = rpc.handle(data, { transport = "ws", peer = rec.id })
+  if out ~= nil and not rec.closed then rec.box:send(out) end
+end
 
 return M

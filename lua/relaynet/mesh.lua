@@ -1,0 +1,922 @@
+-- relaynet.mesh: the peer-to-peer mesh. Nodes link over WebSocket
+-- (/ws/p2p), learn routes with a path-vector protocol, and forward
+-- server calls hop by hop. docs/PROTOCOL.md describes the wire protocol.
+--
+-- Contract with the rest of relaynet:
+--  * init.lua hands inbound /ws/p2p connections to M.accept(rec), then
+--    their messages to M.on_link_message(link, text, binary) and their close
+--    to M.on_link_close(link, code, reason). Those never suspend.
+--  * Everything that waits goes through relaynet.sched (remote_call waits
+--    for its response or its timeout; link maintainers wait for closes).
+--  * Per-run state (links, routes, calls in flight) is dropped by M.reset()
+--    when rn.run() ends; the node id, exposed servers and configured peers
+--    persist.
+
+local sched = require("relaynet.sched")
+local json = require("relaynet.json")
+
+local M = {}
+
+M.PROTOCOL_VERSION = 1
+
+--- Tunables (seconds unless noted). Documented in README.md.
+M.config = {
+  ping_interval = 5,      -- mesh ping on every link
+  link_timeout = 15,      -- a link silent this long is dropped
+  hello_timeout = 5,      -- an accepted link must say hello within this
+  advert_interval = 10,   -- full route advert refresh
+  advert_delay = 0.02,    -- triggered adverts are batched this long
+  max_ttl = 16,           -- hops; also the longest accepted path
+  default_timeout = 10,   -- remote_call timeout when none is given
+  max_timeout = 300,      -- the longest timeout a call may carry
+  backoff_min = 0.2,      -- reconnect backoff start
+  backoff_max = 5,        -- reconnect backoff cap
+  connect_timeout = 5,    -- dialing a peer
+  max_pending_links = 64, -- accepted links still waiting for hello
+  max_routes = 4096,      -- entries accepted in one advert
+  max_servers = 256,      -- server names per node in an advert
+  dedup_window = 300,     -- seconds a served call id is remembered
+}
+
+local cfg = M.config
+
+local function rn()
+  return package.loaded["relaynet"] or require("relaynet")
+end
+
+-- identity -------------------------------------------------------------------
+
+local node_id
+
+local function random_hex(n)
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(n) or nil
+  if f then f:close() end
+  if not bytes then
+    local t = {}
+    for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+    bytes = table.concat(t)
+  end
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+function M.node_id()
+  if not node_id then node_id = "node-" .. random_hex(4) end
+  return node_id
+end
+
+local links = {} -- forward declaration for set_node_id
+
+function M.set_node_id(id)
+  if type(id) ~= "string" or not id:match("^[%w][%w%-_.:]*$") or #id > 64 then
+    error("relaynet.set_node_id: a node id is 1-64 characters of letters, digits, '-', '_', '.', ':'", 2)
+  end
+  if next(links) then error("relaynet.set_node_id: cannot change the node id while links are up", 2) end
+  node_id = id
+end
+
+-- persistent configuration ---------------------------------------------------------
+
+local exposed = {}   -- server name -> methods table
+local peer_urls = {} -- url -> peer record { url, active }
+local enabled = true
+local message_handler
+
+M.enabled = function() return enabled end
+
+function M.disable()
+  enabled = false
+end
+
+-- per-run state -------------------------------------------------------------------
+
+local pending_links = {} -- link -> true, before hello
+local rib = {}           -- neighbour id -> { [dest] = { path, seq, servers } }
+local best = {}          -- dest -> { next, path, seq, servers }
+local calls = {}         -- call id -> { co, wid, first_hop, node }
+local forwards = {}      -- call id -> { from, to, deadline }
+local executed = {}      -- caller .. "\0" .. call id -> expiry time
+local my_seq = 1
+local next_id = 0
+local advert_timer, health_started = nil, false
+local started_at = os.time()
+
+local stats
+local function zero_stats()
+  stats = {
+    bad_messages = 0, dropped_loops = 0, unknown_replies = 0, hello_rejected = 0,
+    ttl_expired = 0, duplicate_calls = 0, no_route = 0, calls_sent = 0, calls_served = 0,
+    forwarded = 0, links_up = 0, links_down = 0, links_refused = 0,
+  }
+end
+zero_stats()
+
+local function new_id()
+  next_id = next_id + 1
+  return M.node_id() .. "-" .. next_id
+end
+
+local function now() return sched.now() end
+
+local function contains(list, x)
+  for i = 1, #list do if list[i] == x then return true end end
+  return false
+end
+
+local function local_servers()
+  local names = {}
+  for name in pairs(exposed) do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+local function is_name(s, max)
+  return type(s) == "string" and #s > 0 and #s <= (max or 128)
+end
+
+-- sending ---------------------------------------------------------------------------
+
+local function send(link, env)
+  if not link or link.state == "closed" then return false end
+  env.timestamp = env.timestamp or math.floor(now() * 1000)
+  local text, err = json.encode(env)
+  if not text then
+    sched.report("relaynet.mesh: cannot encode a " .. tostring(env.type) .. " message: " .. tostring(err))
+    return false
+  end
+  local ok = link.send(text)
+  return ok == true
+end
+
+-- routing ---------------------------------------------------------------------------
+
+local function advert_for(link)
+  local routes = { { path = { M.node_id() }, seq = my_seq, servers = json.array(local_servers()) } }
+  for dest, b in pairs(best) do
+    if b.next ~= link.peer and not contains(b.path, link.peer) and #b.path + 1 <= cfg.max_ttl then
+      local path = { M.node_id() }
+      for i = 1, #b.path do path[i + 1] = b.path[i] end
+      routes[#routes + 1] = { path = path, seq = b.seq, servers = json.array(b.servers) }
+      if #routes >= cfg.max_routes then break end
+    end
+    local _ = dest
+  end
+  return { type = "registry_sync", id = new_id(), from = M.node_id(), to = link.peer,
+    data = { seq = my_seq, routes = routes } }
+end
+
+local function send_adverts()
+  advert_timer = nil
+  for _, link in pairs(links) do send(link, advert_for(link)) end
+end
+
+local function schedule_advert()
+  if advert_timer or not rn().running() then return end
+  advert_timer = sched.after(cfg.advert_delay, send_adverts)
+end
+
+local function route_signature(b)
+  return b.next .. "|" .. #b.path .. "|" .. tostring(b.seq) .. "|" .. table.concat(b.servers, ",")
+end
+
+--- Recomputes the best route to every node from what each neighbour
+--- advertised: fewest hops, then the lowest next-hop id; server lists come
+--- from the freshest (highest seq) advert among the candidates.
+local function recompute()
+  local nb = {}
+  local freshest = {}
+  for peer, tbl in pairs(rib) do
+    if links[peer] then
+      for dest, e in pairs(tbl) do
+        if dest ~= M.node_id() then
+          local cur = nb[dest]
+          local hops = #e.path
+          if not cur or hops < #cur.path or (hops == #cur.path and peer < cur.next) then
+            nb[dest] = { next = peer, path = e.path, seq = e.seq, servers = e.servers }
+          end
+          local f = freshest[dest]
+          if not f or (e.seq or 0) > (f.seq or 0) then freshest[dest] = e end
+        end
+      end
+    end
+  end
+  local changed = false
+  for dest, b in pairs(nb) do
+    local f = freshest[dest]
+    if f and (f.seq or 0) > (b.seq or 0) then b.seq, b.servers = f.seq, f.servers end
+    local old = best[dest]
+    if not old or route_signature(old) ~= route_signature(b) then changed = true end
+  end
+  for dest in pairs(best) do
+    if not nb[dest] then changed = true end
+  end
+  best = nb
+  if changed then schedule_advert() end
+end
+
+local function valid_path(path, first)
+  if type(path) ~= "table" or #path < 1 or #path > cfg.max_ttl then return false end
+  for i = 1, #path do
+    if not is_name(path[i], 64) then return false end
+  end
+  return path[1] == first
+end
+
+local function on_advert(link, env)
+  local data = env.data
+  if type(data) ~= "table" or type(data.routes) ~= "table" or #data.routes > cfg.max_routes then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  local tbl = {}
+  for _, r in ipairs(data.routes) do
+    if type(r) ~= "table" or not valid_path(r.path, link.peer) then
+      stats.bad_messages = stats.bad_messages + 1
+    elseif contains(r.path, M.node_id()) then
+      stats.dropped_loops = stats.dropped_loops + 1
+    else
+      local servers = {}
+      if type(r.servers) == "table" then
+        for i = 1, math.min(#r.servers, cfg.max_servers) do
+          if is_name(r.servers[i]) then servers[#servers + 1] = r.servers[i] end
+        end
+      end
+      local seq = math.tointeger(r.seq) or 0
+      tbl[r.path[#r.path]] = { path = r.path, seq = seq, servers = servers }
+    end
+  end
+  rib[link.peer] = tbl
+  recompute()
+end
+
+-- calls -----------------------------------------------------------------------------
+
+local ERROR_CODES = {
+  ETIMEDOUT = true, ENOROUTE = true, ENOSERVER = true, ENOMETHOD = true, EREMOTE = true,
+  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true,
+}
+M.ERROR_CODES = ERROR_CODES
+
+local function fail(code, fmt, ...)
+  return nil, code .. ": " .. string.format(fmt, ...), code
+end
+
+local function pack_results(res, first)
+  local n = res.n - first + 1
+  if n <= 0 then return nil end
+  if n == 1 then return res[first] end
+  local out = json.array()
+  for i = first, res.n do
+    local v = res[i]
+    if v == nil then v = json.null end
+    out[#out + 1] = v
+  end
+  return out
+end
+
+--- Calls a method of a server exposed on this node, in its own coroutine,
+--- waiting at most `timeout` seconds.
+local function call_local(server, method, args, timeout)
+  local methods = exposed[server]
+  if not methods then
+    return fail("ENOSERVER", "no server '%s' on node %s", server, M.node_id())
+  end
+  local fn = methods[method]
+  if type(fn) ~= "function" or method:sub(1, 1) == "_" then
+    return fail("ENOMETHOD", "server '%s' on node %s has no method '%s'", server, M.node_id(), method)
+  end
+  local done, waiter
+  sched.go(function()
+    local res = table.pack(xpcall(fn, debug.traceback, table.unpack(args, 1, args.n or #args)))
+    done = res
+    if waiter then sched.wake(waiter[1], waiter[2], true) end
+  end)
+  if not done then
+    local ok, err, code = sched.wait("remote_call " .. server .. "." .. method, timeout, function(co, wid)
+      waiter = { co, wid }
+    end)
+    waiter = nil
+    if not ok then
+      if code == "ETIMEDOUT" then
+        return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, M.node_id(), timeout)
+      end
+      return nil, err, code
+    end
+  end
+  if not done[1] then
+    local msg = tostring(done[2])
+    sched.report("relaynet.mesh: " .. server .. "." .. method .. " raised: " .. msg)
+    msg = msg:match("^([^\n]*)") or msg
+    return fail("EREMOTE", "%s.%s on node %s raised: %s", server, method, M.node_id(), msg)
+  end
+  return pack_results(done, 2)
+end
+
+local function check_call_args(node, server, method, args, timeout, level)
+  if type(node) ~= "string" then error("relaynet.remote_call: node_id must be a string", level) end
+  if type(server) ~= "string" then error("relaynet.remote_call: server_name must be a string", level) end
+  if type(method) ~= "string" then error("relaynet.remote_call: method must be a string", level) end
+  if args ~= nil and type(args) ~= "table" then error("relaynet.remote_call: args must be a table (a list)", level) end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
+    error("relaynet.remote_call: timeout must be a positive number of seconds", level)
+  end
+end
+
+--- remote_call(node_id, server_name, method, args, timeout) -> result | nil, msg, code
+function M.remote_call(node, server, method, args, timeout)
+  check_call_args(node, server, method, args, timeout, 3)
+  timeout = math.min(timeout or cfg.default_timeout, cfg.max_timeout)
+  args = args or {}
+  if node == M.node_id() then
+    if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
+    return call_local(server, method, args, timeout)
+  end
+  local b = best[node]
+  local link = b and links[b.next]
+  if not link then
+    stats.no_route = stats.no_route + 1
+    return fail("ENOROUTE", "no route to node %s", node)
+  end
+  local list = json.array()
+  for i = 1, args.n or #args do
+    local v = args[i]
+    if v == nil then v = json.null end
+    list[i] = v
+  end
+  local id = new_id()
+  local env = {
+    type = "server_call", id = id, from = M.node_id(), to = node, ttl = cfg.max_ttl,
+    route = { M.node_id() },
+    data = { server = server, method = method, args = list, timeout_ms = math.floor(timeout * 1000) },
+  }
+  local entry = { first_hop = b.next, node = node }
+  calls[id] = entry
+  if not send(link, env) then
+    calls[id] = nil
+    return fail("ELINKLOST", "the link to %s failed while sending the call", b.next)
+  end
+  stats.calls_sent = stats.calls_sent + 1
+  local ok, a, c = sched.wait("rn.remote_call", timeout, function(co, wid)
+    entry.co, entry.wid = co, wid
+  end)
+  calls[id] = nil
+  if ok == true then return a end
+  if ok == false then return nil, a, c end
+  if c == "ETIMEDOUT" then
+    return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, node, timeout)
+  end
+  return nil, a, c
+end
+
+local function reply(link, call, result, err, code)
+  local data
+  if err then
+    data = { error = { code = code or "EREMOTE", message = err } }
+  else
+    data = { result = result == nil and json.null or result }
+  end
+  send(link, {
+    type = "server_response", id = new_id(), reply_to = call.id, from = M.node_id(),
+    to = call.from, ttl = cfg.max_ttl, data = data,
+  })
+end
+
+local function serve_call(link, env)
+  local data = env.data
+  local key = env.from .. "\0" .. env.id
+  if executed[key] then
+    stats.duplicate_calls = stats.duplicate_calls + 1
+    return
+  end
+  executed[key] = now() + cfg.dedup_window
+  local remaining = (tonumber(data.timeout_ms) or 0) / 1000
+  if remaining <= 0 then
+    return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. M.node_id(),
+      "ETIMEDOUT")
+  end
+  remaining = math.min(remaining, cfg.max_timeout)
+  stats.calls_served = stats.calls_served + 1
+  sched.go(function()
+    local result, err, code = call_local(data.server, data.method, data.args, remaining)
+    reply(link, env, result, err, code)
+  end)
+end
+
+local function valid_call(env)
+  local d = env.data
+  return is_name(env.id) and is_name(env.from, 64) and is_name(env.to, 64)
+    and math.tointeger(env.ttl) and type(env.route) == "table" and #env.route <= cfg.max_ttl * 2
+    and type(d) == "table" and is_name(d.server) and is_name(d.method)
+    and type(d.args) == "table" and type(d.timeout_ms) == "number"
+end
+
+local function on_call(link, env)
+  if not valid_call(env) then
+    stats.bad_messages = stats.bad_messages + 1
+    if is_name(env.id) and is_name(env.from, 64) then
+      reply(link, env, nil, "EINVAL: malformed server_call", "EINVAL")
+    end
+    return
+  end
+  if contains(env.route, M.node_id()) then
+    stats.dropped_loops = stats.dropped_loops + 1
+    return
+  end
+  if env.to == M.node_id() then return serve_call(link, env) end
+  local ttl = math.min(math.tointeger(env.ttl), cfg.max_ttl) - 1
+  if ttl <= 0 then
+    stats.ttl_expired = stats.ttl_expired + 1
+    return reply(link, env, nil, "ETTL: hop limit reached at node " .. M.node_id(), "ETTL")
+  end
+  if forwards[env.id] then
+    stats.duplicate_calls = stats.duplicate_calls + 1
+    return
+  end
+  local b = best[env.to]
+  local out = b and links[b.next]
+  if not out or b.next == link.peer then
+    stats.no_route = stats.no_route + 1
+    return reply(link, env, nil, "ENOROUTE: no route to node " .. env.to .. " from " .. M.node_id(), "ENOROUTE")
+  end
+  local remaining = math.min(env.data.timeout_ms / 1000, cfg.max_timeout)
+  if remaining <= 0 then
+    return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed at " .. M.node_id(), "ETIMEDOUT")
+  end
+  forwards[env.id] = { from = link.peer, to = b.next, deadline = now() + remaining, caller = env.from }
+  env.ttl = ttl
+  env.route[#env.route + 1] = M.node_id()
+  env.data.timeout_ms = math.floor(remaining * 1000)
+  env.timestamp = nil
+  stats.forwarded = stats.forwarded + 1
+  if not send(out, env) then
+    forwards[env.id] = nil
+    reply(link, env, nil, "ELINKLOST: the link to " .. b.next .. " failed", "ELINKLOST")
+  end
+end
+
+local function on_response(link, env)
+  if not is_name(env.reply_to) or not is_name(env.to, 64) or type(env.data) ~= "table" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if env.to == M.node_id() then
+    local c = calls[env.reply_to]
+    if not c or not c.co or c.first_hop ~= link.peer then
+      stats.unknown_replies = stats.unknown_replies + 1
+      return
+    end
+    local e = env.data.error
+    if type(e) == "table" then
+      local code = ERROR_CODES[e.code] and e.code or "EREMOTE"
+      local msg = type(e.message) == "string" and e.message or (code .. ": remote error")
+      sched.wake(c.co, c.wid, false, msg, code)
+    else
+      local r = env.data.result
+      if r == json.null then r = nil end
+      sched.wake(c.co, c.wid, true, r)
+    end
+    return
+  end
+  local f = forwards[env.reply_to]
+  if not f or f.to ~= link.peer then
+    stats.unknown_replies = stats.unknown_replies + 1
+    return
+  end
+  forwards[env.reply_to] = nil
+  send(links[f.from], env)
+end
+
+-- route_message: a payload delivered to a node's message handler --------------------
+
+function M.on_message(fn)
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.on_mesh_message: expected a function", 2) end
+  message_handler = fn
+end
+
+function M.send_message(node, payload)
+  if type(node) ~= "string" then error("relaynet.send_message: node_id must be a string", 2) end
+  if node == M.node_id() then
+    if message_handler then sched.go(message_handler, node, payload) end
+    return true
+  end
+  local b = best[node]
+  local link = b and links[b.next]
+  if not link then return fail("ENOROUTE", "no route to node %s", node) end
+  send(link, { type = "route_message", id = new_id(), from = M.node_id(), to = node, ttl = cfg.max_ttl,
+    route = { M.node_id() }, data = { payload = payload == nil and json.null or payload } })
+  return true
+end
+
+local function on_route_message(link, env)
+  if not is_name(env.id) or not is_name(env.from, 64) or not is_name(env.to, 64)
+    or not math.tointeger(env.ttl) or type(env.route) ~= "table" or type(env.data) ~= "table" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if contains(env.route, M.node_id()) then
+    stats.dropped_loops = stats.dropped_loops + 1
+    return
+  end
+  if env.to == M.node_id() then
+    local payload = env.data.payload
+    if payload == json.null then payload = nil end
+    if message_handler then
+      sched.go(function()
+        local ok, err = xpcall(message_handler, debug.traceback, env.from, payload)
+        if not ok then sched.report("mesh message handler: " .. tostring(err)) end
+      end)
+    end
+    return
+  end
+  local ttl = math.min(math.tointeger(env.ttl), cfg.max_ttl) - 1
+  if ttl <= 0 then stats.ttl_expired = stats.ttl_expired + 1; return end
+  local b = best[env.to]
+  local out = b and links[b.next]
+  if not out or b.next == link.peer then stats.no_route = stats.no_route + 1; return end
+  env.ttl = ttl
+  env.route[#env.route + 1] = M.node_id()
+  env.timestamp = nil
+  stats.forwarded = stats.forwarded + 1
+  send(out, env)
+end
+
+-- links -----------------------------------------------------------------------------
+
+local function hello(link)
+  send(link, { type = "hello", id = new_id(), from = M.node_id(),
+    data = { version = M.PROTOCOL_VERSION, node = M.node_id() } })
+end
+
+local function link_down(link)
+  if links[link.peer] ~= link then return end
+  links[link.peer] = nil
+  rib[link.peer] = nil
+  stats.links_down = stats.links_down + 1
+  local peer = link.peer
+  -- calls waiting on this first hop fail now, not at their timeout
+  for id, c in pairs(calls) do
+    if c.first_hop == peer and c.co then
+      calls[id] = nil
+      sched.wake(c.co, c.wid, false,
+        string.format("ELINKLOST: the link to %s went down while calling node %s", peer, c.node), "ELINKLOST")
+    end
+  end
+  -- calls forwarded through it get an error back; replies owed to it are moot
+  for id, f in pairs(forwards) do
+    if f.to == peer then
+      forwards[id] = nil
+      local back = links[f.from]
+      if back then
+        send(back, { type = "server_response", id = new_id(), reply_to = id, from = M.node_id(),
+          to = f.caller or "", ttl = cfg.max_ttl,
+          data = { error = { code = "ELINKLOST", message = "ELINKLOST: the link from " .. M.node_id() ..
+            " to " .. peer .. " went down during the call" } } })
+      end
+    elseif f.from == peer then
+      forwards[id] = nil
+    end
+  end
+  recompute()
+  schedule_advert()
+end
+
+local function link_up(link, from)
+  link.peer = from
+  link.state = "up"
+  link.since = now()
+  link.last_seen = now()
+  links[from] = link
+  pending_links[link] = nil
+  stats.links_up = stats.links_up + 1
+  send(link, advert_for(link))
+  schedule_advert()
+end
+
+local function on_hello(link, env)
+  local from, data = env.from, env.data
+  if link.state == "up" then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return
+  end
+  if not is_name(from, 64) or type(data) ~= "table" then
+    stats.hello_rejected = stats.hello_rejected + 1
+    link.close(4400, "bad hello")
+    return
+  end
+  if data.version ~= M.PROTOCOL_VERSION then
+    stats.hello_rejected = stats.hello_rejected + 1
+    link.close(4400, "unsupported protocol version " .. tostring(data.version))
+    return
+  end
+  if from == M.node_id() then
+    stats.hello_rejected = stats.hello_rejected + 1
+    link.refused = "self"
+    link.close(4400, "cannot link to myself")
+    return
+  end
+  local existing = links[from]
+  if existing then
+    -- Two links to one peer (both dialed at once, or a reconnect racing an
+    -- old link): both ends keep the link dialed by the smaller node id.
+    local mine = M.node_id()
+    local preferred = mine < from and mine or from
+    local function dialer(l) return l.dir == "out" and mine or from end
+    if dialer(link) == preferred and dialer(existing) ~= preferred then
+      existing.replaced = true
+      link_down(existing)
+      existing.close(4409, "replaced by the preferred link")
+    else
+      stats.hello_rejected = stats.hello_rejected + 1
+      link.refused = from
+      link.close(4409, "duplicate link to " .. from)
+      return
+    end
+  end
+  link_up(link, from)
+end
+
+local function on_ping(link, env)
+  send(link, { type = "pong", id = env.id, from = M.node_id(), to = link.peer, data = env.data })
+end
+
+local function on_pong(link, env)
+  if link.ping_id and env.id == link.ping_id and link.ping_sent then
+    link.rtt = now() - link.ping_sent
+    link.ping_id = nil
+  end
+end
+
+local HANDLERS = {
+  hello = on_hello, ping = on_ping, pong = on_pong, registry_sync = on_advert,
+  server_call = on_call, server_response = on_response, route_message = on_route_message,
+}
+
+--- A message arrived on a link (inbound or outbound).
+function M.on_link_message(link, text, binary)
+  link.last_seen = now()
+  if binary then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  local env = json.decode(text)
+  if type(env) ~= "table" or type(env.type) ~= "string" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  local h = HANDLERS[env.type]
+  if not h then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if link.state ~= "up" and env.type ~= "hello" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if link.state == "up" and env.type ~= "hello" and env.type ~= "ping" and env.type ~= "pong"
+    and env.from ~= nil and type(env.from) ~= "string" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  h(link, env)
+end
+
+--- A link's WebSocket is gone.
+function M.on_link_close(link, code, reason)
+  pending_links[link] = nil
+  local was_up = link.state == "up"
+  link.state = "closed"
+  link.close_code, link.close_reason = code, reason
+  if was_up then link_down(link) end
+  local w = link.waiter
+  if w then link.waiter = nil; sched.wake(w[1], w[2], true) end
+end
+
+-- health: pings, silent links, expired bookkeeping ------------------------------------
+
+local function health()
+  while rn().running() do
+    local t = now()
+    for _, link in pairs(links) do
+      if t - (link.last_seen or t) > cfg.link_timeout then
+        link.close(4408, "link timeout")
+        link.state = "closed"
+        link_down(link)
+      else
+        link.ping_id = new_id()
+        link.ping_sent = t
+        send(link, { type = "ping", id = link.ping_id, from = M.node_id(), to = link.peer })
+      end
+    end
+    for link in pairs(pending_links) do
+      if t - link.opened > cfg.hello_timeout then
+        pending_links[link] = nil
+        link.close(4408, "no hello")
+      end
+    end
+    for id, f in pairs(forwards) do
+      if f.deadline + 1 < t then forwards[id] = nil end
+    end
+    for key, expiry in pairs(executed) do
+      if expiry < t then executed[key] = nil end
+    end
+    if t - (M._last_full_advert or 0) >= cfg.advert_interval then
+      M._last_full_advert = t
+      send_adverts()
+    end
+    sched.sleep(math.min(cfg.ping_interval, 1))
+  end
+  health_started = false
+end
+
+local function ensure_health()
+  if health_started or not rn().running() then return end
+  health_started = true
+  sched.spawn(health)
+end
+
+--- Hands an accepted /ws/p2p connection to the mesh. Returns the link.
+function M.accept(send_fn, close_fn)
+  local link = { dir = "in", state = "hello", opened = now(), send = send_fn, close = close_fn }
+  if count(pending_links) >= cfg.max_pending_links then
+    stats.links_refused = stats.links_refused + 1
+    close_fn(1013, "too many links waiting for hello")
+    link.state = "closed"
+    return link
+  end
+  pending_links[link] = true
+  ensure_health()
+  hello(link)
+  return link
+end
+
+-- outbound peers -------------------------------------------------------------------------
+
+local function maintain(p)
+  local backoff = cfg.backoff_min
+  while p.active and rn().running() do
+    local link = { dir = "out", url = p.url, state = "hello", opened = now() }
+    local client = rn().ws_connect(p.url, {
+      timeout = cfg.connect_timeout,
+      on_message = function(msg, binary) M.on_link_message(link, msg, binary) end,
+      on_close = function(code, reason) M.on_link_close(link, code, reason) end,
+    })
+    if client then
+      link.send = function(t) return client:send(t) end
+      link.close = function(c, r) client:close(c, r) end
+      p.client = client
+      pending_links[link] = true
+      ensure_health()
+      hello(link)
+      if link.state ~= "closed" then
+        sched.wait("mesh link " .. p.url, nil, function(co, wid) link.waiter = { co, wid } end)
+      end
+      p.client = nil
+      if link.since then backoff = cfg.backoff_min end
+      -- refused as a duplicate: the existing link serves; dial again only
+      -- once it is gone
+      local dup = link.refused
+      if dup and dup ~= "self" then
+        while p.active and links[dup] and rn().running() do sched.sleep(1) end
+      end
+    end
+    if not (p.active and rn().running()) then break end
+    local jitter = 0.5 + math.random() -- 50% .. 150%
+    sched.sleep(backoff * jitter)
+    backoff = math.min(backoff * 2, cfg.backoff_max)
+  end
+  p.running = false
+end
+
+local function start_peer(p)
+  if p.running or not rn().running() or not enabled then return end
+  p.running = true
+  sched.spawn(maintain, p)
+end
+
+function M.add_peer(url)
+  if type(url) ~= "string" or not url:match("^wss?://") then
+    error("relaynet.add_peer: expected a ws:// URL", 2)
+  end
+  local p = peer_urls[url]
+  if not p then
+    p = { url = url, active = true }
+    peer_urls[url] = p
+  end
+  p.active = true
+  start_peer(p)
+  return true
+end
+
+function M.remove_peer(url)
+  local p = peer_urls[url]
+  if not p then return false end
+  p.active = false
+  peer_urls[url] = nil
+  if p.client then p.client:close(1000, "peer removed") end
+  return true
+end
+
+--- Called when rn.run() starts: dials the configured peers.
+function M.start()
+  started_at = os.time()
+  for _, p in pairs(peer_urls) do start_peer(p) end
+  if next(peer_urls) then ensure_health() end
+end
+
+--- Called when rn.run() has ended: forgets links, routes and calls.
+function M.reset()
+  for link in pairs(pending_links) do link.state = "closed" end
+  for _, link in pairs(links) do link.state = "closed" end
+  links, pending_links, rib, best = {}, {}, {}, {}
+  calls, forwards, executed = {}, {}, {}
+  advert_timer, health_started = nil, false
+  M._last_full_advert = nil
+  for _, p in pairs(peer_urls) do p.running = false; p.client = nil end
+  zero_stats()
+end
+
+-- servers -------------------------------------------------------------------------------
+
+function M.expose(name, methods)
+  if not is_name(name) or name:find("[%s%.]") then
+    error("relaynet.expose: a server name is 1-128 characters without spaces or dots", 2)
+  end
+  if type(methods) ~= "table" then error("relaynet.expose: methods must be a table", 2) end
+  exposed[name] = methods
+  my_seq = my_seq + 1
+  schedule_advert()
+  return true
+end
+
+function M.unexpose(name)
+  if not exposed[name] then return false end
+  exposed[name] = nil
+  my_seq = my_seq + 1
+  schedule_advert()
+  return true
+end
+
+-- views ---------------------------------------------------------------------------------
+
+function M.peers()
+  local list = json.array()
+  for id, link in pairs(links) do
+    list[#list + 1] = { id = id, url = link.url, direction = link.dir, rtt = link.rtt, since = link.since }
+  end
+  table.sort(list, function(a, b) return a.id < b.id end)
+  return list
+end
+
+function M.routes()
+  local list = json.array()
+  for dest, b in pairs(best) do
+    local path = { M.node_id() }
+    for i = 1, #b.path do path[i + 1] = b.path[i] end
+    list[#list + 1] = { node = dest, next_hop = b.next, hops = #b.path, path = path }
+  end
+  table.sort(list, function(a, b) return a.node < b.node end)
+  return list
+end
+
+function M.registry()
+  local list = json.array()
+  for _, name in ipairs(local_servers()) do
+    list[#list + 1] = { server = name, node = M.node_id(), hops = 0, ["local"] = true }
+  end
+  for dest, b in pairs(best) do
+    for _, name in ipairs(b.servers) do
+      list[#list + 1] = { server = name, node = dest, hops = #b.path, ["local"] = false }
+    end
+  end
+  table.sort(list, function(a, b)
+    if a.server ~= b.server then return a.server < b.server end
+    return a.node < b.node
+  end)
+  return list
+end
+
+function M.status()
+  local s = {}
+  for k, v in pairs(stats) do s[k] = v end
+  s.pending_calls = count(calls)
+  s.forwarded_in_flight = count(forwards)
+  s.pending_links = count(pending_links)
+  return {
+    node_id = M.node_id(),
+    version = M.PROTOCOL_VERSION,
+    enabled = enabled,
+    uptime = os.time() - started_at,
+    servers = json.array(local_servers()),
+    peers = M.peers(),
+    routes = M.routes(),
+    stats = s,
+  }
+end
+
+return M
