@@ -37,6 +37,9 @@ build = {
     ["relaynet"] = "lua/relaynet/init.lua",
     ["relaynet.sched"] = "lua/relaynet/sched.lua",
     ["relaynet.http"] = "lua/relaynet/http.lua",
+    ["relaynet.json"] = "lua/relaynet/json.lua",
+    ["relaynet.mesh"] = "lua/relaynet/mesh.lua",
+    ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",
   },
   install = {
     bin = { relaynet = "bin/relaynet" },
