@@ -559,14 +559,10 @@ local function link_down(link)
   rib[link.peer] = nil
   stats.links_down = stats.links_down + 1
   local peer = link.peer
-  -- calls waiting on this first hop fail now, not at their timeout
-  for id, c in pairs(calls) do
-    if c.first_hop == peer and c.co then
-      calls[id] = nil
-      sched.wake(c.co, c.wid, false,
-        string.format("ELINKLOST: the link to %s went down while calling node %s", peer, c.node), "ELINKLOST")
-    end
-  end
+  -- Routing state first: the callers woken below run at once and must see
+  -- the routes as they are now.
+  recompute()
+  schedule_advert()
   -- calls forwarded through it get an error back; replies owed to it are moot
   for id, f in pairs(forwards) do
     if f.to == peer then
@@ -582,8 +578,18 @@ local function link_down(link)
       forwards[id] = nil
     end
   end
-  recompute()
-  schedule_advert()
+  -- calls waiting on this first hop fail now, not at their timeout
+  local lost = {}
+  for id, c in pairs(calls) do
+    if c.first_hop == peer and c.co then
+      calls[id] = nil
+      lost[#lost + 1] = c
+    end
+  end
+  for _, c in ipairs(lost) do
+    sched.wake(c.co, c.wid, false,
+      string.format("ELINKLOST: the link to %s went down while calling node %s", peer, c.node), "ELINKLOST")
+  end
 end
 
 local function link_up(link, from)
