@@ -713,7 +713,7 @@ local function health()
         link.close(4408, "link timeout")
         link.state = "closed"
         link_down(link)
-      else
+      elseif t - (link.ping_sent or 0) >= cfg.ping_interval then
         link.ping_id = new_id()
         link.ping_sent = t
         send(link, { type = "ping", id = link.ping_id, from = M.node_id(), to = link.peer })
