@@ -350,6 +350,13 @@ static int rn_shutdown(lua_State *L) {
   return 1;
 }
 
+/* core.hrtime(): a monotonic clock in seconds with nanosecond resolution
+ * (for measuring round trips; rn.now() is the loop's millisecond clock). */
+static int rn_hrtime(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
 static int rn_running(lua_State *L) {
   lua_pushboolean(L, rn__loop_get(L)->running);
   return 1;
@@ -378,6 +385,7 @@ int luaopen_relaynet_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"poll", rn_poll},
     {"now", rn_now},
+    {"hrtime", rn_hrtime},
     {"shutdown", rn_shutdown},
     {"running", rn_running},
     {"versions", rn_version},

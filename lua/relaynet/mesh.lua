@@ -14,6 +14,7 @@
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
+local hrtime = require("relaynet.core").hrtime
 
 local M = {}
 
@@ -652,8 +653,8 @@ local function on_ping(link, env)
 end
 
 local function on_pong(link, env)
-  if link.ping_id and env.id == link.ping_id and link.ping_sent then
-    link.rtt = now() - link.ping_sent
+  if link.ping_id and env.id == link.ping_id and link.ping_hr then
+    link.rtt = hrtime() - link.ping_hr
     link.ping_id = nil
   end
 end
@@ -716,6 +717,7 @@ local function health()
       elseif t - (link.ping_sent or 0) >= cfg.ping_interval then
         link.ping_id = new_id()
         link.ping_sent = t
+        link.ping_hr = hrtime()
         send(link, { type = "ping", id = link.ping_id, from = M.node_id(), to = link.peer })
       end
     end
