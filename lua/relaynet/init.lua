@@ -40,8 +40,9 @@ end
 --         drain = {co -> id}, closed, close_code, close_reason }
 
 local function new_rec(box, num, server, client)
-  local rec = { id = "c" .. num, num = num, box = box, server = server, client = client,
-    waiters = {}, drain = {} }
+  local id = "c" .. num
+  local rec = { id = id, num = num, box = box, server = server, client = client,
+    waiters = {}, drain = {}, msg_label = "message handler for " .. id }
   conns[rec.id] = rec
   conns_by_num[num] = rec
   return rec
@@ -60,10 +61,7 @@ local function wake_drain(rec, ...)
 end
 
 local function run_handler(fn, label, ...)
-  sched.go(function(...)
-    local ok, err = xpcall(fn, debug.traceback, ...)
-    if not ok then sched.report(label .. ": " .. tostring(err)) end
-  end, ...)
+  sched.go_labeled(label, fn, ...)
 end
 
 -- sending (shared by server connections and clients) -------------------------------
@@ -572,12 +570,12 @@ local function on_message(num, data, binary)
   end
   if rec.server then
     local h = rec.server._handlers.message
-    if h then run_handler(h, "message handler for " .. rec.id, rec.id, data, binary) end
+    if h then run_handler(h, rec.msg_label, rec.id, data, binary) end
     return
   end
   local client = rec.client
   if client._on_message then
-    run_handler(client._on_message, "message handler for " .. rec.id, data, binary, client)
+    run_handler(client._on_message, rec.msg_label, data, binary, client)
     return
   end
   local r = client._receiver

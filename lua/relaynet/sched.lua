@@ -21,6 +21,7 @@ local traceback = debug.traceback
 local M = {}
 
 local WAIT = setmetatable({}, { __name = "relaynet.wait" })
+local IDLE = setmetatable({}, { __name = "relaynet.idle" })
 local owned = setmetatable({}, { __mode = "k" }) -- co -> label
 local waiting = {}  -- co -> wait id (anchors the coroutine)
 local wait_timer = {} -- co -> timer entry
@@ -100,6 +101,16 @@ M.now = core.now
 
 -- resuming -------------------------------------------------------------------
 
+-- Finished handler coroutines go back to a small pool: a handler per
+-- message is the common case, and reusing the coroutine saves creating one.
+-- A worker runs fn(...), then yields IDLE and waits for its next function.
+local pool, pool_n, POOL_MAX = {}, 0, 64
+
+local function worker(fn, ...)
+  fn(...)
+  return worker(co_yield(IDLE))
+end
+
 local function finish(co, ok, r)
   if not ok then
     owned[co] = nil
@@ -107,6 +118,13 @@ local function finish(co, ok, r)
     M.report(traceback(co, tostring(r)))
   elseif co_status(co) == "dead" then
     owned[co] = nil
+  elseif r == IDLE then
+    if pool_n < POOL_MAX then
+      pool_n = pool_n + 1
+      pool[pool_n] = co
+    else
+      owned[co] = nil
+    end
   elseif r ~= WAIT then
     -- a bare yield: run it again on the next turn
     ready_tail = ready_tail + 1
@@ -119,12 +137,31 @@ local function resume(co, ...)
 end
 M.resume = resume
 
---- Runs fn(...) in a new owned coroutine right now (until it first waits).
+--- Runs fn(...) in an owned coroutine right now (until it first waits).
+--- The coroutine may come from the pool of finished handlers.
 function M.go(fn, ...)
-  local co = co_create(fn)
-  owned[co] = true
-  resume(co, ...)
+  local co
+  if pool_n > 0 then
+    co = pool[pool_n]
+    pool[pool_n] = nil
+    pool_n = pool_n - 1
+  else
+    co = co_create(worker)
+    owned[co] = true
+  end
+  resume(co, fn, ...)
   return co
+end
+
+local function run_labeled(fn, label, ...)
+  local ok, err = xpcall(fn, traceback, ...)
+  if not ok then M.report(label .. ": " .. tostring(err)) end
+end
+
+--- Like go, but a raised error is reported as "label: error" (with the
+--- traceback) and the coroutine goes back to the pool.
+function M.go_labeled(label, fn, ...)
+  return M.go(run_labeled, fn, label, ...)
 end
 
 --- Creates an owned coroutine that starts on the next turn of the loop.
@@ -252,6 +289,7 @@ end
 --- Forgets everything (after the loop has shut down).
 function M.reset()
   waiting, wait_timer = {}, {}
+  pool, pool_n = {}, 0
   ready, ready_head, ready_tail = {}, 1, 0
   heap, heap_n = {}, 0
 end
