@@ -185,6 +185,7 @@ typedef struct rn_req {
   unsigned char *body;
   size_t body_len, body_expect;
   int body_refused; /* a limit answered already */
+  int ready;        /* RN_EV_HTTP was emitted */
   char peer[64];
   /* response */
   int responded;

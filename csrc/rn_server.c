@@ -135,6 +135,11 @@ static const char *rn__method_names[] = {"GET", "POST", "OPTIONS", "PUT", "PATCH
 
 static void rn__req_ready(rn_req *r) {
   rn_event ev;
+  /* lws also fires BODY_COMPLETION for a POST with Content-Length: 0,
+   * which was already handed over when the headers arrived. */
+  if (r->ready)
+    return;
+  r->ready = 1;
   memset(&ev, 0, sizeof ev);
   ev.type = RN_EV_HTTP;
   ev.req = r;

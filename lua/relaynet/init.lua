@@ -539,8 +539,15 @@ local function on_open(box, num)
       box:close(4404, "the mesh is disabled on this node")
       return
     end
-    rec.link = mesh.accept(function(t) return box:send(t) end, function(c, r) box:close(c, r) end)
-    rec.link.conn_id = rec.id
+    local ok, link = xpcall(mesh.accept, debug.traceback,
+      function(t) return box:send(t) end, function(c, r) box:close(c, r) end)
+    if not ok then
+      sched.report("mesh accept on " .. rec.id .. ": " .. tostring(link))
+      box:close(1011, "internal error")
+      return
+    end
+    rec.link = link
+    link.conn_id = rec.id
     return
   elseif srv._mesh and info.path == "/rpc" then
     box:set_internal(true)
@@ -716,7 +723,11 @@ function M.run(fn, ...)
       core.poll(sched.next_timeout(), dispatch)
     end
   end)
-  if not ok then sched.report("relaynet: loop error: " .. tostring(err)) end
+  local loop_err
+  if not ok then
+    loop_err = "EINTERNAL: the loop raised: " .. tostring(err)
+    sched.report("relaynet: " .. loop_err)
+  end
   stopping = true
   local ok2, err2 = pcall(graceful_shutdown)
   if not ok2 then sched.report("relaynet: shutdown error: " .. tostring(err2)) end
@@ -732,6 +743,7 @@ function M.run(fn, ...)
     sched.report("relaynet: " .. serr)
     return nil, serr, scode
   end
+  if loop_err then return nil, loop_err, "EINTERNAL" end
   return true
 end
 
@@ -823,10 +835,15 @@ function M._mesh_routes(srv)
   end)
 end
 
-function M._rpc_ws(rec, data)
+function M._rpc_ws(rec, data, binary)
   local rpc, err = rpc_module()
   if not rpc then error(err, 0) end
-  local out = rpc.handle(data, { transport = "ws", peer = rec.id })
+  local out
+  if binary then -- JSON-RPC is text: a binary frame cannot be a request
+    out = '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: binary frame"}}'
+  else
+    out = rpc.handle(data, { transport = "ws", peer = rec.id })
+  end
   if out ~= nil and not rec.closed then rec.box:send(out) end
 end
 

@@ -27,6 +27,54 @@ function M.array(t)
   return setmetatable(t or {}, array_mt)
 end
 
+local find, match, sub, byte, format = string.find, string.match, string.sub, string.byte, string.format
+
+-- cjson decodes [] and {} to the same empty table. A raw 0xFF byte cannot
+-- occur in valid UTF-8 text, so this marker cannot collide with input.
+local EMPTY = "\255relaynet.json:empty-array"
+local EMPTY_JSON = '["' .. EMPTY .. '"]'
+
+-- One pass over the text's tokens: rejects raw control characters inside
+-- strings (strict JSON) and rewrites each empty array `[ ]` as EMPTY_JSON so
+-- it can be told from `{}` after decoding. Returns the text to decode and
+-- whether it rewrote anything, or nil, message.
+local function prescan(text)
+  local parts, np, last = nil, 0, 1
+  local pos = 1
+  while true do
+    local s = find(text, '["%[]', pos)
+    if not s then break end
+    if byte(text, s) == 34 then -- a string: find its end
+      local p = s + 1
+      while true do
+        p = match(text, '^[^"\\%z\1-\31]*()', p)
+        local b = p and byte(text, p)
+        if b == 34 then break
+        elseif b == 92 then p = p + 2
+        elseif b == nil then p = nil; break -- unterminated: cjson reports it
+        else return nil, format("raw control character in a string at character %d", p) end
+      end
+      if not p then break end
+      pos = p + 1
+    else
+      local e = match(text, "^[ \t\n\r]*%]()", s + 1)
+      if e then
+        parts = parts or {}
+        parts[np + 1] = sub(text, last, s - 1)
+        parts[np + 2] = EMPTY_JSON
+        np = np + 2
+        last = e
+        pos = e
+      else
+        pos = s + 1
+      end
+    end
+  end
+  if not parts then return text, false end
+  parts[np + 1] = sub(text, last)
+  return table.concat(parts), true
+end
+
 local decoder = cjson.new()
 decoder.decode_max_depth(M.MAX_DEPTH)
 decoder.decode_invalid_numbers(false)
@@ -34,7 +82,9 @@ decoder.decode_invalid_numbers(false)
 local TWO53 = 2 ^ 53
 local tointeger, mtype = math.tointeger, math.type
 
-local function fix_numbers(v)
+-- Turns integral floats back into integers and the empty-array markers into
+-- json.array tables.
+local function fix(v)
   local t = type(v)
   if t == "number" then
     if mtype(v) == "float" and v == v and v >= -TWO53 and v <= TWO53 then
@@ -42,19 +92,32 @@ local function fix_numbers(v)
     end
     return v
   elseif t == "table" then
+    if v[1] == EMPTY and v[2] == nil then return M.array() end
     for k, x in pairs(v) do
       local tx = type(x)
-      if tx == "number" or tx == "table" then v[k] = fix_numbers(x) end
+      if tx == "number" or tx == "table" then v[k] = fix(x) end
     end
   end
   return v
 end
 
+--- Decodes strict JSON text (UTF-8, no raw control characters in strings,
+--- at most MAX_DEPTH levels): value | nil, message. Empty arrays come back
+--- as json.array tables, so they encode as [] again.
 function M.decode(s)
   if type(s) ~= "string" then return nil, "expected a string" end
-  local v, err = decoder.decode(s)
-  if v == nil and err then return nil, err end
-  return fix_numbers(v)
+  if not utf8.len(s) then return nil, "the text is not valid UTF-8" end
+  local src, rewritten = prescan(s)
+  if not src then return nil, rewritten end
+  local v, err = decoder.decode(src)
+  if v == nil and err then
+    if rewritten then -- report positions in the text as sent
+      local _, oerr = decoder.decode(s)
+      err = oerr or err
+    end
+    return nil, err
+  end
+  return fix(v)
 end
 
 -- encoding -------------------------------------------------------------------

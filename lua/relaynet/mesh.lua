@@ -248,7 +248,7 @@ local function on_advert(link, env)
           if is_name(r.servers[i]) then servers[#servers + 1] = r.servers[i] end
         end
       end
-      local seq = math.tointeger(r.seq) or 0
+      local seq = math.type(r.seq) == "integer" and r.seq or 0
       tbl[r.path[#r.path]] = { path = r.path, seq = seq, servers = servers }
     end
   end
@@ -412,7 +412,7 @@ end
 local function valid_call(env)
   local d = env.data
   return is_name(env.id) and is_name(env.from, 64) and is_name(env.to, 64)
-    and math.tointeger(env.ttl) and type(env.route) == "table" and #env.route <= cfg.max_ttl * 2
+    and math.type(env.ttl) == "integer" and type(env.route) == "table" and #env.route <= cfg.max_ttl * 2
     and type(d) == "table" and is_name(d.server) and is_name(d.method)
     and type(d.args) == "table" and type(d.timeout_ms) == "number"
 end
@@ -516,7 +516,7 @@ end
 
 local function on_route_message(link, env)
   if not is_name(env.id) or not is_name(env.from, 64) or not is_name(env.to, 64)
-    or not math.tointeger(env.ttl) or type(env.route) ~= "table" or type(env.data) ~= "table" then
+    or math.type(env.ttl) ~= "integer" or type(env.route) ~= "table" or type(env.data) ~= "table" then
     stats.bad_messages = stats.bad_messages + 1
     return
   end
@@ -753,7 +753,7 @@ function M.accept(send_fn, close_fn)
   local link = { dir = "in", state = "hello", opened = now(), send = send_fn, close = close_fn }
   if count(pending_links) >= cfg.max_pending_links then
     stats.links_refused = stats.links_refused + 1
-    close_fn(1013, "too many links waiting for hello")
+    close_fn(4503, "too many links waiting for hello")
     link.state = "closed"
     return link
   end

@@ -1,0 +1,385 @@
+-- relaynet.jsonrpc: a strict JSON-RPC 2.0 server (https://www.jsonrpc.org/specification)
+-- in front of the peer mesh.
+--
+--   local jsonrpc = require("relaynet.jsonrpc")
+--   local out = jsonrpc.handle(text, ctx)   -- response text, or nil: send nothing
+--
+-- handle() runs inside a runtime coroutine: methods call the mesh, which may
+-- suspend. Requests of a batch run concurrently (one coroutine each) and the
+-- responses keep the order of the requests. `ctx` (optional) describes the
+-- transport, e.g. { transport = "http" } or { transport = "ws", peer = ... }.
+--
+-- Methods:
+--   remote_call          params {node_id, server_name, method, args, timeout}
+--                        or [node_id, server_name, method, args, timeout]
+--   <server>.<method>    a server exposed on this node (split at the first dot);
+--                        args = params (array), {params} (object) or {}
+--   p2p.peer.getStatus, p2p.registry, p2p.peers, p2p.routes
+--   Names starting with "rpc." or "p2p." are reserved: -32601 unless listed.
+--
+-- Strictness beyond parsing with cjson: the text must be valid UTF-8 without
+-- raw control characters inside strings; `[]` and `{}` are told apart (an
+-- empty array is marked with json.array); ids must be strings, finite numbers
+-- or null and are echoed exactly (integers as integers). An invalid request
+-- whose id is valid gets that id back; otherwise the id is null. Members a
+-- request object does not define are ignored.
+
+local json = require("relaynet.json")
+local sched = require("relaynet.sched")
+
+local M = {}
+
+M.LIMITS = {
+  max_request = 1024 * 1024, -- bytes of request text
+  max_batch = 100,           -- requests in one batch
+  max_depth = 32,            -- nesting of arrays/objects (at most json.MAX_DEPTH)
+}
+
+M.ERRORS = {
+  PARSE_ERROR = -32700,
+  INVALID_REQUEST = -32600,
+  METHOD_NOT_FOUND = -32601,
+  INVALID_PARAMS = -32602,
+  INTERNAL_ERROR = -32603,
+  -- mesh error codes (returned as error.data.code)
+  ETIMEDOUT = -32000,
+  ENOROUTE = -32001,
+  ENOSERVER = -32002,
+  ENOMETHOD = -32003,
+  EREMOTE = -32004,
+  ELINKLOST = -32005,
+  ETTL = -32006,
+  ECANCELED = -32007,
+  EINVAL = -32602,
+}
+local E = M.ERRORS
+
+--- The mesh module used by the methods; nil means require("relaynet.mesh")
+--- on first use. Tests may set it to a stand-in.
+M.mesh = nil
+
+local function get_mesh()
+  return M.mesh or require("relaynet.mesh")
+end
+
+local find, match, sub, format = string.find, string.match, string.sub, string.format
+local concat = table.concat
+local ulen = utf8.len
+local NULL = json.null
+local ARRAY_MT = getmetatable(json.array({}))
+
+-- errors ----------------------------------------------------------------------
+
+local function err(code, message, data)
+  return { code = code, message = message, data = data }
+end
+
+local function invalid_request(why)
+  return err(E.INVALID_REQUEST, "Invalid Request: " .. why)
+end
+
+local function invalid_params(why)
+  return err(E.INVALID_PARAMS, "Invalid params: " .. why)
+end
+
+-- Replaces every byte that is not part of valid UTF-8 with "?".
+local function valid_utf8(s)
+  if ulen(s) then return s end
+  local out, pos = {}, 1
+  while true do
+    local n, bad = ulen(s, pos)
+    if n then out[#out + 1] = sub(s, pos); break end
+    out[#out + 1] = sub(s, pos, bad - 1) .. "?"
+    pos = bad + 1
+    if pos > #s then break end
+  end
+  return concat(out)
+end
+
+-- Maps a mesh failure (nil, "CODE: message", "CODE") to an error object.
+local function mesh_error(msg, code)
+  msg = tostring(msg)
+  code = code or match(msg, "^(E[%u%d_]+):")
+  local rpc = code and E[code]
+  if not rpc or not match(code, "^E") then rpc = E.INTERNAL_ERROR end
+  return err(rpc, valid_utf8(msg), code and { code = code } or nil)
+end
+
+-- parsing ---------------------------------------------------------------------
+
+-- Checks the nesting depth against a limit lower than the decoder's own.
+-- Returns the value, or nil when it nests deeper than max_depth.
+local function check_depth(v, depth, max_depth)
+  if type(v) ~= "table" then return v end
+  if depth > max_depth then return nil end
+  for _, x in pairs(v) do
+    if type(x) == "table" and check_depth(x, depth + 1, max_depth) == nil then return nil end
+  end
+  return v
+end
+
+local function parse_error(why)
+  return err(E.PARSE_ERROR, "Parse error: " .. why)
+end
+
+-- Decodes the request text: value | nil, error object.
+local function parse(text)
+  local max_depth = math.min(M.LIMITS.max_depth, json.MAX_DEPTH)
+  local v, derr = json.decode(text)
+  if v == nil then
+    derr = tostring(derr)
+    if find(derr, "too many nested", 1, true) then
+      return nil, parse_error(format("nesting deeper than %d levels", max_depth))
+    end
+    return nil, parse_error(derr)
+  end
+  if max_depth < json.MAX_DEPTH then
+    v = check_depth(v, 1, max_depth)
+    if v == nil then return nil, parse_error(format("nesting deeper than %d levels", max_depth)) end
+  end
+  return v
+end
+
+local function is_array(t)
+  return type(t) == "table" and (t[1] ~= nil or getmetatable(t) == ARRAY_MT)
+end
+
+local function is_object(t)
+  return type(t) == "table" and t[1] == nil and getmetatable(t) ~= ARRAY_MT
+end
+
+local function is_empty(t)
+  return type(t) == "table" and next(t) == nil
+end
+
+-- Validates one request object. Returns a request record:
+-- { id, has_id, method, params } or { id, error } (always answered).
+local function check_request(r)
+  if not is_object(r) then return { error = invalid_request("expected a request object") } end
+  local id, has_id = r.id, r.id ~= nil
+  if has_id then
+    local t = type(id)
+    local ok = t == "string" or id == NULL
+      or (t == "number" and id == id and id ~= math.huge and id ~= -math.huge)
+    if not ok then return { error = invalid_request("'id' must be a string, a number or null") } end
+  end
+  if r.jsonrpc ~= "2.0" then return { id = id, error = invalid_request("'jsonrpc' must be \"2.0\"") } end
+  if type(r.method) ~= "string" then return { id = id, error = invalid_request("'method' must be a string") } end
+  local params = r.params
+  if params ~= nil and type(params) ~= "table" then
+    return { id = id, error = invalid_request("'params' must be an array or an object") }
+  end
+  return { id = id, has_id = has_id, method = r.method, params = params }
+end
+
+-- methods -----------------------------------------------------------------------
+
+local function is_name(v) return type(v) == "string" and v ~= "" end
+
+local REMOTE_CALL_PARAMS = { "node_id", "server_name", "method", "args", "timeout" }
+
+-- remote_call params -> node_id, server, method, args, timeout | nil, error
+local function remote_call_params(params)
+  local p = {}
+  if params == nil then
+    p = {}
+  elseif is_array(params) then
+    if #params > #REMOTE_CALL_PARAMS then
+      return nil, invalid_params(format("remote_call takes at most %d params, got %d",
+        #REMOTE_CALL_PARAMS, #params))
+    end
+    for i, name in ipairs(REMOTE_CALL_PARAMS) do p[name] = params[i] end
+  else
+    local known = {}
+    for _, name in ipairs(REMOTE_CALL_PARAMS) do known[name] = true end
+    for k, v in pairs(params) do
+      if not known[k] then return nil, invalid_params(format("unknown param '%s'", valid_utf8(tostring(k)))) end
+      p[k] = v
+    end
+  end
+  if not is_name(p.node_id) then return nil, invalid_params("'node_id' must be a non-empty string") end
+  if not is_name(p.server_name) then return nil, invalid_params("'server_name' must be a non-empty string") end
+  if not is_name(p.method) then return nil, invalid_params("'method' must be a non-empty string") end
+  local args = p.args
+  if args == NULL then args = nil end
+  if args ~= nil and not is_array(args) then return nil, invalid_params("'args' must be an array") end
+  local timeout = p.timeout
+  if timeout == NULL then timeout = nil end
+  if timeout ~= nil and not (type(timeout) == "number" and timeout > 0 and timeout ~= math.huge) then
+    return nil, invalid_params("'timeout' must be a positive number of seconds")
+  end
+  return p.node_id, p.server_name, p.method, args or json.array({}), timeout
+end
+
+-- Calls the mesh: ok, result | false, error object.
+local function call_mesh(node_id, server, method, args, timeout)
+  local result, msg, code = get_mesh().remote_call(node_id, server, method, args, timeout)
+  if result == nil and msg ~= nil then return false, mesh_error(msg, code) end
+  return true, result
+end
+
+local function no_params(name, fn)
+  return function(params)
+    if params ~= nil and not is_empty(params) then
+      return false, invalid_params(name .. " takes no params")
+    end
+    return true, fn(get_mesh())
+  end
+end
+
+local BUILTIN = {
+  remote_call = function(params)
+    local node_id, server, method, args, timeout = remote_call_params(params)
+    if not node_id then return false, server end
+    return call_mesh(node_id, server, method, args, timeout)
+  end,
+  ["p2p.peer.getStatus"] = no_params("p2p.peer.getStatus", function(mesh) return mesh.status() end),
+  ["p2p.registry"] = no_params("p2p.registry", function(mesh) return mesh.registry() end),
+  ["p2p.peers"] = no_params("p2p.peers", function(mesh) return mesh.peers() end),
+  ["p2p.routes"] = no_params("p2p.routes", function(mesh) return mesh.routes() end),
+}
+
+local function method_not_found(name)
+  return err(E.METHOD_NOT_FOUND, "Method not found: " .. valid_utf8(name))
+end
+
+-- Runs one valid request: ok, result | false, error object.
+local function execute(req)
+  local name = req.method
+  local builtin = BUILTIN[name]
+  if builtin then return builtin(req.params) end
+  if find(name, "^rpc%.") or find(name, "^p2p%.") then return false, method_not_found(name) end
+  local server, method = match(name, "^([^.]+)%.(.+)$")
+  if not server then return false, method_not_found(name) end
+  local params, args = req.params
+  if params == nil then args = json.array({})
+  elseif is_array(params) then args = params
+  else args = json.array({ params }) end
+  local mesh = get_mesh()
+  return call_mesh(mesh.node_id(), server, method, args, nil)
+end
+
+-- Runs a request, turning a raise into an internal error.
+local function run(req, ctx)
+  local ok, good, value = xpcall(execute, debug.traceback, req, ctx)
+  if ok then return good, value end
+  sched.report("jsonrpc: method " .. tostring(req.method) .. ": " .. tostring(good))
+  return false, err(E.INTERNAL_ERROR, "Internal error")
+end
+
+-- responses ---------------------------------------------------------------------
+
+local function encode_id(id)
+  if id == nil then return "null" end
+  return assert(json.encode(id)) -- a string, a finite number or null: always encodable
+end
+
+local function encode_error(id, e)
+  local s = '{"jsonrpc":"2.0","id":' .. encode_id(id) .. ',"error":{"code":' .. format("%d", e.code) ..
+    ',"message":' .. assert(json.encode(valid_utf8(e.message)))
+  if e.data ~= nil then
+    local data = json.encode(e.data)
+    if data and ulen(data) then s = s .. ',"data":' .. data end
+  end
+  return s .. "}}"
+end
+
+local function encode_result(id, method, value)
+  local s, eerr = json.encode(value)
+  if s and not ulen(s) then s, eerr = nil, "a string in it is not valid UTF-8" end
+  if not s then
+    sched.report("jsonrpc: method " .. tostring(method) .. ": the result cannot be encoded as JSON: " ..
+      tostring(eerr))
+    return encode_error(id, err(E.INTERNAL_ERROR, "Internal error: the result cannot be encoded as JSON"))
+  end
+  return '{"jsonrpc":"2.0","id":' .. encode_id(id) .. ',"result":' .. s .. "}"
+end
+
+-- Runs one checked request: the response text, or nil for a notification.
+local function respond(req, ctx)
+  if req.error then return encode_error(req.id, req.error) end
+  local ok, value = run(req, ctx)
+  if not req.has_id then return nil end
+  if ok then return encode_result(req.id, req.method, value) end
+  return encode_error(req.id, value)
+end
+
+local function canceled_error(id)
+  return encode_error(id, err(E.ECANCELED, "ECANCELED: the batch was canceled", { code = "ECANCELED" }))
+end
+
+-- Runs the checked requests of a batch concurrently; returns the responses
+-- in request order (nil for notifications).
+local function run_batch(reqs, ctx)
+  local n = #reqs
+  local out = {}
+  if not sched.can_wait() then -- outside the runtime nothing can suspend
+    for i = 1, n do out[i] = respond(reqs[i], ctx) end
+    return out, n
+  end
+  local pending, waiter, done = 0, nil, {}
+  for i = 1, n do
+    local req = reqs[i]
+    if req.error then
+      out[i], done[i] = encode_error(req.id, req.error), true
+    else
+      pending = pending + 1
+      sched.go(function()
+        local ok, resp = pcall(respond, req, ctx)
+        if not ok then
+          sched.report("jsonrpc: " .. tostring(resp))
+          resp = req.has_id and encode_error(req.id, err(E.INTERNAL_ERROR, "Internal error")) or nil
+        end
+        out[i], done[i] = resp, true
+        pending = pending - 1
+        if pending == 0 and waiter then
+          local w = waiter
+          waiter = nil
+          sched.wake(w[1], w[2])
+        end
+      end)
+    end
+  end
+  if pending > 0 then
+    sched.wait("jsonrpc batch", nil, function(co, id) waiter = { co, id } end)
+    waiter = nil
+    for i = 1, n do -- woken early (the loop is stopping): answer what is left
+      if not done[i] and reqs[i].has_id then out[i] = canceled_error(reqs[i].id) end
+    end
+  end
+  return out, n
+end
+
+--- Handles one JSON-RPC text (a request or a batch). Returns the response
+--- text, or nil when nothing must be sent (notifications only).
+function M.handle(text, ctx)
+  if type(text) ~= "string" then
+    error("relaynet.jsonrpc.handle: expected the request text as a string, got " .. type(text), 2)
+  end
+  local limits = M.LIMITS
+  if #text > limits.max_request then
+    return encode_error(nil, invalid_request(format("the request has %d bytes, more than %d",
+      #text, limits.max_request)))
+  end
+  local v, perr = parse(text)
+  if v == nil then return encode_error(nil, perr) end
+  if not is_array(v) then
+    return respond(check_request(v), ctx)
+  end
+  local n = #v
+  if n == 0 then return encode_error(nil, invalid_request("empty batch")) end
+  if n > limits.max_batch then
+    return encode_error(nil, invalid_request(format("a batch of %d requests, more than %d", n, limits.max_batch)))
+  end
+  local reqs = {}
+  for i = 1, n do reqs[i] = check_request(v[i]) end
+  local out = run_batch(reqs, ctx)
+  local list = {}
+  for i = 1, n do
+    if out[i] then list[#list + 1] = out[i] end
+  end
+  if #list == 0 then return nil end
+  return "[" .. concat(list, ",") .. "]"
+end
+
+return M
