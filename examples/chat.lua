@@ -162,14 +162,7 @@ if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
     io.stdout:flush()
     return true
   end
-  if rn.running() then
-    -- started by bin/relaynet, whose loop is already running
-    if not main() then os.exit(1) end
-  else
-    local ok = true
-    rn.run(function() ok = main() end)
-    os.exit(ok and 0 or 1)
-  end
+  rn.main(main)
 end
 
 return M

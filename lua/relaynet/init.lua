@@ -747,6 +747,32 @@ function M.run(fn, ...)
   return true
 end
 
+--- Runs fn(...) as a program's main function. Under the relaynet command
+--- (the loop already runs) it just calls fn; otherwise it runs the loop
+--- with fn and exits the process when the loop ends. Either way a main
+--- function that raises or returns false exits with status 1.
+function M.main(fn, ...)
+  if type(fn) ~= "function" then error("relaynet.main: expected a function", 2) end
+  if running then
+    if fn(...) == false then os.exit(1) end
+    return
+  end
+  local good = true
+  local ok = M.run(function(...)
+    local co = coroutine.running()
+    local fine, res = xpcall(fn, function(m) return debug.traceback(co, tostring(m), 2) end, ...)
+    if not fine then
+      io.stderr:write(tostring(res), "\n")
+      good = false
+      M.stop()
+    elseif res == false then
+      good = false
+      M.stop()
+    end
+  end, ...)
+  os.exit((good and ok) and 0 or 1)
+end
+
 --- Asks the loop to stop: WebSockets get 1001, then everything is freed.
 function M.stop()
   stopping = true
