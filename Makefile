@@ -104,3 +104,18 @@ install: build
 
 clean:
 	rm -rf build/obj build/relaynet
+
+# ---- benchmarks (bench/, docs/BENCHMARKS.md) -----------------------------------
+# Never part of `make test`. `make bench` installs the peers it compares
+# against (bench/setup.sh) and prints the table (~15 min); bench-quick is a
+# short smoke run of every scenario; bench-callgrind counts instructions per
+# echoed message (relaynet vs the libwebsockets C floor).
+.PHONY: bench bench-quick bench-callgrind
+bench: build
+	bench/setup.sh && bench/run.sh
+
+bench-quick: build
+	bench/setup.sh && bench/run.sh --quick
+
+bench-callgrind: build
+	bench/setup.sh && bench/callgrind.sh --symbols

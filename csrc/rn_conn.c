@@ -212,7 +212,16 @@ static int rn__utf8_check(const unsigned char *s, size_t len) {
     size_t need;
     unsigned lo = 0x80, hi = 0xBF;
     if (c < 0x80) {
-      i++;
+      /* ASCII runs, eight bytes at a time (memcpy: no alignment needed). */
+      while (i + 8 <= len) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL)
+          break;
+        i += 8;
+      }
+      while (i < len && s[i] < 0x80)
+        i++;
       continue;
     } else if (c >= 0xC2 && c <= 0xDF) {
       need = 1;

@@ -1,0 +1,613 @@
+#!/usr/bin/python3
+"""relaynet benchmark runner (python3 standard library only).
+
+Runs every scenario against relaynet and its peers, the server pinned to one
+core and the load client (bench/build/loadgen) to another, each measurement
+repeated (3 times by default, interleaved: for each scenario, round 1 runs
+every server, then round 2, ...; the server order rotates between rounds),
+and prints the median run of each, with ratios relaynet / peer measured in
+this same run.
+
+    bench/run.py [--quick] [--reps N] [--only SCENARIO,...] [--servers NAME,...]
+                 [--duration S] [--warmup S] [--json FILE]
+
+Every server is started fresh for every measurement (so idle memory and
+churn RSS start from the same state) and killed afterwards. Results (every
+run, and the medians) go to bench/results/latest.json and the tables to
+bench/results/latest.md as well as stdout (quick.json / quick.md with
+--quick).
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+LOADGEN = os.path.join(BENCH, "build", "loadgen")
+RESULTS = os.path.join(BENCH, "results")
+
+SERVER_CPU = "0"  # taskset cores
+OTHER_LIMIT = 15.0  # % of a core used by other processes during a run: run it again
+MAX_RETRIES = 2
+CLIENT_CPU = "1"
+
+# --------------------------------------------------------------------------
+# servers
+
+
+def rn_env():
+    env = dict(os.environ)
+    env["LUA_PATH_5_4"] = (f"{ROOT}/lua/?.lua;{ROOT}/lua/?/init.lua;"
+                           "/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;")
+    env["LUA_CPATH_5_4"] = f"{ROOT}/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;"
+    return env
+
+
+def luahttp_env():
+    # Debian ships lua-http's pure-Lua modules (and its pure-Lua deps) for
+    # 5.1-5.3 in /usr/share/lua/5.1; its C deps (cqueues, luaossl, lpeg) are
+    # built for 5.4. lua-http runs unchanged on 5.4 with this path.
+    env = dict(os.environ)
+    env["LUA_PATH_5_4"] = ("/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;"
+                           "/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;")
+    env.pop("LUA_CPATH_5_4", None)
+    return env
+
+
+NGINX_CONF = r"""
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 30000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log error;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events {{ worker_connections 25000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  lua_package_path "/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;";
+  lua_socket_log_errors off;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      content_by_lua_block {{
+        local server = require "nginx.websocket.server"  -- lua-resty-websocket
+        local wb = server:new{{ timeout = 3600000, max_payload_len = 1048576 }}
+        if not wb then return ngx.exit(444) end
+        while true do
+          local data, typ = wb:recv_frame()
+          if not data then
+            return ngx.exit(444)
+          elseif typ == "close" then
+            wb:send_close(1000, "")
+            return ngx.exit(ngx.OK)
+          elseif typ == "ping" then
+            wb:send_pong(data)
+          elseif typ == "text" then
+            wb:send_text(data)
+          elseif typ == "binary" then
+            wb:send_binary(data)
+          end
+        end
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def nginx_cmd(port, tmp):
+    d = tempfile.mkdtemp(prefix="nginx-", dir=tmp)
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(dir=d, port=port))
+    return ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "error.log")]
+
+
+# name -> how to start it per kind ("echo" or "broadcast"); None: not offered
+SERVERS = {
+    "relaynet": {
+        "label": "relaynet (Lua 5.4)",
+        "echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
+        "broadcast": lambda port, tmp: ["lua5.4", "bench/peers/rn_broadcast.lua", str(port)],
+        "env": rn_env,
+    },
+    "lws": {
+        "label": "lws C, libuv, direct write",
+        "echo": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port)],
+        "broadcast": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port), "--broadcast"],
+    },
+    "lws-writeable": {
+        "label": "lws C, libuv, WRITEABLE only",
+        "echo": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port), "--writeable"],
+    },
+    "node-ws": {
+        "label": "node ws",
+        "echo": lambda port, tmp: ["node", "bench/peers/node_echo.js", str(port)],
+        "broadcast": lambda port, tmp: ["node", "bench/peers/node_echo.js", str(port), "broadcast"],
+    },
+    "nginx-lua": {
+        "label": "nginx + lua-resty-websocket",
+        "echo": nginx_cmd,
+        # ngx_lua cannot write to another request's socket: no broadcast
+    },
+    "lua-http": {
+        "label": "lua-http (cqueues, Lua 5.4)",
+        "echo": lambda port, tmp: ["lua5.4", "bench/peers/luahttp_echo.lua", str(port)],
+        "broadcast": lambda port, tmp: ["lua5.4", "bench/peers/luahttp_echo.lua", str(port), "broadcast"],
+        "env": luahttp_env,
+    },
+}
+PEERS = ["lws", "node-ws", "nginx-lua", "lua-http"]  # ratio columns
+
+# --------------------------------------------------------------------------
+# scenarios
+#
+# Each scenario: name, kind (server kind), loadgen args, metric (the JSON key
+# compared), better ("higher"/"lower"), servers (None: every server offering
+# the kind).
+
+
+def echo_scenarios(quick, dur, warm):
+    out = []
+    if quick:
+        combos = [(1, 16), (10, 1024), (10, 65536)]
+    else:
+        combos = [(c, s) for c in (1, 100) for s in (16, 1024, 65536)]
+    for conns, size in combos:
+        servers = None
+        if size != 16:  # the WRITEABLE-only variant is shown at 16 B only
+            servers = [s for s in SERVERS if s != "lws-writeable"]
+        out.append({
+            "name": f"echo {conns}c {fmt_size(size)}",
+            "kind": "echo",
+            "args": ["--mode", "echo", "--conns", str(conns), "--inflight", "1", "--size", str(size),
+                     "--duration", str(dur), "--warmup", str(warm)],
+            "metric": "msgs_per_s", "unit": "msg/s", "better": "higher", "servers": servers,
+        })
+    return out
+
+
+def broadcast_scenarios(quick, dur, warm):
+    out = []
+    for n in ((100,) if quick else (1000, 10000)):
+        out.append({
+            "name": f"broadcast {n:,} recv",
+            "kind": "broadcast",
+            "args": ["--mode", "broadcast-recv", "--conns", str(n), "--inflight", "4", "--size", "16",
+                     "--duration", str(dur), "--warmup", str(warm)],
+            "metric": "deliveries_per_s", "unit": "deliveries/s", "better": "higher", "servers": None,
+            "timeout": 120,
+        })
+    return out
+
+
+def idle_scenarios(quick, dur, warm):
+    n = 200 if quick else 10000
+    return [{
+        "name": f"idle {n:,} conns",
+        "kind": "echo",
+        "args": ["--mode", "idle", "--conns", str(n), "--duration", "0.5" if quick else "1"],
+        "metric": "bytes_per_conn", "unit": "bytes/conn", "better": "lower",
+        "servers": [s for s in SERVERS if s != "lws-writeable"], "timeout": 120,
+    }]
+
+
+def churn_scenarios(quick, dur, warm):
+    n = 500 if quick else 10000
+    return [{
+        "name": f"churn {n:,} cycles",
+        "kind": "echo",
+        "args": ["--mode", "churn", "--conns", "4", "--count", str(n), "--warmup", "0.2" if quick else "0.5"],
+        "metric": "cycles_per_s", "unit": "cycles/s", "better": "higher",
+        "servers": [s for s in SERVERS if s != "lws-writeable"], "timeout": 180,
+    }]
+
+
+def remote_call_scenarios(quick, dur, warm):
+    """HOOK: remote_call scenarios (0, 1 and 3 hops) -- not implemented yet.
+
+    To add them, return scenario dicts like the ones above with
+    "servers": ["relaynet"] (and a plain relaynet echo round trip as the
+    floor), e.g. kind "remote_call_0hop" with a SERVERS["relaynet"] entry
+    for that kind that starts the node chain (examples/p2p) and a loadgen
+    mode (or a Lua client) that drives rn.remote_call and reports
+    calls/s and p50/p99 latency as JSON with the same keys
+    (msgs_per_s, lat_p50_us, lat_p99_us, ...).
+    """
+    return []
+
+
+def fmt_size(n):
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------
+# running
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    if hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server_pid):
+    """(server + loadgen CPU seconds so far, busy CPU seconds of the whole
+    machine, wall time)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # all but idle and iowait
+    try:
+        with open(f"/proc/{server_pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        server = (int(st[11]) + int(st[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        server = 0.0
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # loadgen, once it has exited
+    return server + ch.ru_utime + ch.ru_stime, busy, time.time()
+
+
+def wait_port(port, proc, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        # below the ephemeral range (32768-60999), where client sockets live
+        self.port = 10000 + (os.getpid() % 500) * 40
+        self.tmp = tempfile.mkdtemp(prefix="relaynet-bench-")
+        os.makedirs(RESULTS, exist_ok=True)
+        self.log = open(os.path.join(RESULTS, "servers.log"), "w")
+
+    def next_port(self):
+        self.port += 1
+        if self.port >= 32000:
+            self.port = 10000
+        return self.port
+
+    def run_one(self, scen, server):
+        spec = SERVERS[server]
+        port = self.next_port()
+        cmd = spec[scen["kind"]](port, self.tmp)
+        env = spec["env"]() if "env" in spec else dict(os.environ)
+        self.log.write(f"--- {scen['name']}: {server}: {' '.join(cmd)}\n")
+        self.log.flush()
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, cwd=ROOT, env=env,
+                                stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        try:
+            if not wait_port(port, proc):
+                return {"error": f"{server} did not start (see {self.log.name})"}
+            time.sleep(0.2)
+            lg = ["taskset", "-c", CLIENT_CPU, LOADGEN, "--url", f"ws://127.0.0.1:{port}/",
+                  "--server-pid", str(proc.pid)] + scen["args"]
+            c0, s0, w0 = cpu_snapshot(proc.pid)
+            try:
+                r = subprocess.run(lg, cwd=ROOT, capture_output=True, text=True,
+                                   timeout=scen.get("timeout", 60))
+            except subprocess.TimeoutExpired:
+                return {"error": "loadgen timed out"}
+            c1, s1, w1 = cpu_snapshot(proc.pid)
+            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+            try:
+                res = json.loads(line)
+            except ValueError:
+                return {"error": f"loadgen failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
+            if r.stderr.strip():
+                res["stderr"] = r.stderr.strip()[-300:]
+            # CPU used by everything but this server and this loadgen while
+            # loadgen ran (kernel threads and softirq included), in % of one core
+            res["other_cpu_pct"] = round(100.0 * ((s1 - s0) - (c1 - c0)) / max(1e-9, w1 - w0), 1)
+            return res
+        finally:
+            proc.kill()
+            proc.wait()
+
+    def close(self):
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def git_describe():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc", "lua"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" + uncommitted changes in csrc/ or lua/" if dirty else "")
+    except OSError:
+        return "?"
+
+
+def other_load():
+    """Share of both cores used by other processes during one second."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(1.0)
+    t1, i1 = snap()
+    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def median_run(runs, metric):
+    ok = [r for r in runs if "error" not in r and metric in r]
+    if not ok:
+        return None
+    ok.sort(key=lambda r: r[metric])
+    return ok[(len(ok) - 1) // 2]  # the median run (the lower one of two)
+
+
+def spread_pct(runs, metric):
+    vals = [r[metric] for r in runs or [] if "error" not in r and r.get(metric) is not None]
+    if len(vals) < 2:
+        return None
+    med = statistics.median(vals)
+    return 100.0 * (max(vals) - min(vals)) / med if med else None
+
+
+def fmt_num(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def per_msg_us(r, scen):
+    """Server CPU microseconds per message (or delivery / cycle)."""
+    n = {"msgs_per_s": "msgs", "deliveries_per_s": "deliveries", "cycles_per_s": "cycles"}.get(scen["metric"])
+    if not n or not r.get(n) or r.get("server_cpu_s") is None:
+        return None
+    return r["server_cpu_s"] / r[n] * 1e6
+
+
+def build_tables(scenarios, med, allruns):
+    lines = []
+    lines.append("### Summary: relaynet / peer, same run (median of the runs)")
+    lines.append("")
+    lines.append("For msg/s, deliveries/s and cycles/s above 1.00x means relaynet is faster; "
+                 "for bytes/conn below 1.00x means relaynet uses less memory. "
+                 "Spread % (in the tables per scenario) is (max - min) / median of the runs.")
+    lines.append("")
+    hdr = "| scenario | metric | relaynet | " + " | ".join(f"vs {p}" for p in PEERS) + " |"
+    lines.append(hdr)
+    lines.append("|" + "---|" * (3 + len(PEERS)))
+    for scen in scenarios:
+        m = med.get(scen["name"], {})
+        rn = m.get("relaynet")
+        rv = rn.get(scen["metric"]) if rn else None
+        cells = []
+        for p in PEERS:
+            pr = m.get(p)
+            cells.append(ratio(rv, pr.get(scen["metric"]) if pr else None))
+        lines.append(f"| {scen['name']} | {scen['unit']} | {fmt_num(rv)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Server CPU time per message (per delivery, per cycle), relaynet / peer: below 1.00x means "
+                 "relaynet spends less CPU. This one does not depend on which side saturates first.")
+    lines.append("")
+    lines.append("| scenario | relaynet us | " + " | ".join(f"vs {p}" for p in PEERS) + " |")
+    lines.append("|" + "---|" * (2 + len(PEERS)))
+    for scen in scenarios:
+        if scen["metric"] == "bytes_per_conn":
+            continue
+        m = med.get(scen["name"], {})
+        rn = m.get("relaynet")
+        rv = per_msg_us(rn, scen) if rn else None
+        cells = [ratio(rv, per_msg_us(m[p], scen) if m.get(p) else None) for p in PEERS]
+        lines.append(f"| {scen['name']} | {fmt_num(rv)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for scen in scenarios:
+        m = med.get(scen["name"], {})
+        if not m:
+            continue
+        lines.append(f"### {scen['name']}")
+        lines.append("")
+        metric = scen["metric"]
+        if metric in ("msgs_per_s", "deliveries_per_s"):
+            lat = "lat" if metric == "msgs_per_s" else "fanout"
+            lines.append(f"| server | {scen['unit']} | spread % | this / relaynet | p50 us | p99 us | server CPU % | "
+                         "server CPU us/msg | client CPU % | peak RSS MiB |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for name, r in m.items():
+                if r is None:
+                    lines.append(f"| {name} | failed | | | | | | | | |")
+                    continue
+                if r.get("disturbed"):
+                    name += " (disturbed)"
+                secs = r.get("seconds") or 1
+                sp = spread_pct(allruns.get(scen["name"], {}).get(name.split(" ")[0]), metric)
+                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    name, fmt_num(r.get(metric)), fmt_num(sp),
+                    ratio(r.get(metric), (m.get("relaynet") or {}).get(metric)),
+                    fmt_num(r.get(f"{lat}_p50_us")), fmt_num(r.get(f"{lat}_p99_us")),
+                    fmt_num(r.get("server_cpu_pct")), fmt_num(per_msg_us(r, scen)),
+                    fmt_num(100 * r.get("client_cpu_s", 0) / secs),
+                    fmt_num((r.get("server_hwm_kb") or 0) / 1024)))
+        elif metric == "bytes_per_conn":
+            lines.append("| server | bytes/conn | RSS before MiB | RSS after MiB | connect s |")
+            lines.append("|---|---:|---:|---:|---:|")
+            for name, r in m.items():
+                if r is None:
+                    lines.append(f"| {name} | failed | | | |")
+                    continue
+                lines.append("| {} | {} | {} | {} | {} |".format(
+                    name, fmt_num(r.get("bytes_per_conn")), fmt_num(r.get("rss_before_kb", 0) / 1024),
+                    fmt_num(r.get("rss_after_kb", 0) / 1024), fmt_num(r.get("connect_s"))))
+        elif metric == "cycles_per_s":
+            lines.append("| server | cycles/s | spread % | server CPU % | server CPU us/cycle | RSS before KiB | "
+                         "RSS after KiB | RSS max KiB | errors |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for name, r in m.items():
+                if r is None:
+                    lines.append(f"| {name} | failed | | | | | | | |")
+                    continue
+                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    name, fmt_num(r.get("cycles_per_s")),
+                    fmt_num(spread_pct(allruns.get(scen["name"], {}).get(name), "cycles_per_s")),
+                    fmt_num(r.get("server_cpu_pct")),
+                    fmt_num(per_msg_us(r, scen)), r.get("rss_before_kb"), r.get("rss_after_kb"),
+                    r.get("rss_max_kb"), r.get("errors")))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a short smoke run of every scenario")
+    ap.add_argument("--reps", type=int, default=None, help="runs per measurement (default 3, quick 1)")
+    ap.add_argument("--duration", type=float, default=None, help="measured seconds per echo/broadcast run")
+    ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds per echo/broadcast run")
+    ap.add_argument("--only", default="", help="comma-separated scenario name prefixes")
+    ap.add_argument("--servers", default="", help="comma-separated server names")
+    ap.add_argument("--json", default=None,
+                    help="where to save (default bench/results/latest.json; quick.json with --quick)")
+    ap.add_argument("--tables-from", metavar="JSON", help="only print the tables of a saved run")
+    args = ap.parse_args()
+    if args.tables_from:
+        with open(args.tables_from) as f:
+            saved = json.load(f)
+        print(build_tables(saved["scenarios"], saved["median"], saved["runs"]))
+        return
+
+    if not args.json:
+        args.json = os.path.join(RESULTS, "quick.json" if args.quick else "latest.json")
+    reps = args.reps or (1 if args.quick else 3)
+    dur = args.duration or (0.3 if args.quick else 3.0)
+    warm = args.warmup if args.warmup is not None else (0.1 if args.quick else 1.0)
+
+    for tool in ("taskset", "lua5.4", "node", "nginx", LOADGEN):
+        if not shutil.which(tool) and not os.path.exists(tool):
+            sys.exit(f"bench: {tool} is missing: run bench/setup.sh first")
+    if not os.path.exists(os.path.join(ROOT, "build", "relaynet", "core.so")):
+        sys.exit("bench: relaynet is not built: run `make build` first")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench: needs at least 2 cores (server and client pinned apart)")
+
+    nofile = raise_nofile()
+    scenarios = (echo_scenarios(args.quick, dur, warm) + broadcast_scenarios(args.quick, dur, warm)
+                 + idle_scenarios(args.quick, dur, warm) + churn_scenarios(args.quick, dur, warm)
+                 + remote_call_scenarios(args.quick, dur, warm))  # HOOK: remote_call (0/1/3 hops)
+    if args.only:
+        pref = [p.strip() for p in args.only.split(",") if p.strip()]
+        scenarios = [s for s in scenarios if any(s["name"].startswith(p) for p in pref)]
+    want = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for w in want:
+        if w not in SERVERS:
+            sys.exit(f"bench: unknown server {w} (known: {', '.join(SERVERS)})")
+
+    busy = other_load()
+    machine = {
+        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+        "nofile": nofile,
+        "other_load_pct_before": round(busy, 1),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "relaynet": git_describe(),
+    }
+    print(f"bench: relaynet {machine['relaynet']}; {machine['cores']} cores ({machine['cpu']}), server on core {SERVER_CPU}, "
+          f"client on core {CLIENT_CPU}, {reps} run(s) each, RLIMIT_NOFILE {nofile}")
+    if busy > 10:
+        print(f"bench: WARNING: {busy:.0f}% of the CPU was busy with other work before the run; "
+              "numbers will be noisy")
+    runner = Runner(args)
+    allruns = {}
+    med = {}
+    t0 = time.time()
+    try:
+        for scen in scenarios:
+            names = scen["servers"] or [s for s in SERVERS if scen["kind"] in SERVERS[s]]
+            names = [n for n in names if scen["kind"] in SERVERS[n] and (not want or n in want)]
+            runs = {n: [] for n in names}
+            for rep in range(reps):
+                order = names[rep % len(names):] + names[:rep % len(names)]
+                for n in order:
+                    for attempt in range(MAX_RETRIES + 1):
+                        r = runner.run_one(scen, n)
+                        other = r.get("other_cpu_pct", 0)
+                        if other <= OTHER_LIMIT or attempt == MAX_RETRIES:
+                            break
+                        print(f"  [{time.time() - t0:6.0f}s] {scen['name']:<22} run {rep + 1}/{reps} "
+                              f"{n:<14} disturbed ({other:.0f}% of a core used by other processes): again",
+                              flush=True)
+                        time.sleep(2)
+                    if r.get("other_cpu_pct", 0) > OTHER_LIMIT:
+                        r["disturbed"] = True
+                    runs[n].append(r)
+                    status = r.get("error") or f"{fmt_num(r.get(scen['metric']))} {scen['unit']}"
+                    print(f"  [{time.time() - t0:6.0f}s] {scen['name']:<22} run {rep + 1}/{reps} "
+                          f"{n:<14} {status}", flush=True)
+            allruns[scen["name"]] = runs
+            med[scen["name"]] = {n: median_run(runs[n], scen["metric"]) for n in names}
+    finally:
+        runner.close()
+    machine["seconds"] = round(time.time() - t0, 1)
+    machine["other_load_pct_after"] = round(other_load(), 1)
+    table = build_tables(scenarios, med, allruns)
+    print()
+    print(table)
+    print(f"\nbench: {machine['seconds']:.0f} s; other load before/after: "
+          f"{machine['other_load_pct_before']}% / {machine['other_load_pct_after']}%")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine, "quick": args.quick, "reps": reps, "duration": dur, "warmup": warm,
+                   "scenarios": scenarios and [{k: v for k, v in s.items()} for s in scenarios],
+                   "median": med, "runs": allruns}, f, indent=1, default=str)
+    with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+        f.write(f"relaynet {machine['relaynet']}. "
+                f"Machine: {machine['cores']} cores ({machine['cpu']}), kernel {machine['kernel']}; "
+                f"{reps} run(s) per cell, median shown; started {machine['started']}; "
+                f"other load before/after {machine['other_load_pct_before']}% / "
+                f"{machine['other_load_pct_after']}%.\n\n")
+        f.write(table + "\n")
+    print(f"bench: results in {args.json} and {os.path.splitext(args.json)[0]}.md")
+
+
+if __name__ == "__main__":
+    main()
