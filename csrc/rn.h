@@ -122,7 +122,6 @@ typedef struct rn_server {
   int websocket;      /* WebSocket upgrades allowed */
   int nconns;         /* established WebSockets */
   int closed;         /* server:close() was called */
-  int destroying;     /* lws_vhost_destroy was called */
   int finalized;      /* lws has freed the vhost */
   char **origins;     /* NULL: allow every Origin */
   int norigins;

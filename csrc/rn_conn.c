@@ -319,8 +319,8 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
   return 0;
 }
 
-/* The peer sent a close frame (in: 2-byte code + reason, or empty). Returns
- * nonzero when lws must not echo it (we already answered). */
+/* Records the code and reason of the peer's close frame (in: 2-byte code +
+ * reason, or empty: 1005). The caller has validated it. */
 void rn__conn_peer_close(rn_conn *c, const void *in, size_t len) {
   const unsigned char *p = (const unsigned char *)in;
   if (len >= 2) {

@@ -795,7 +795,6 @@ static int rn_server_close(lua_State *L) {
 static int rn_server_destroy(lua_State *L) {
   rn_server *s = rn__server_check(L, 1);
   s->closed = 1;
-  s->destroying = 1;
   return 0;
 }
 

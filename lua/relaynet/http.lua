@@ -18,24 +18,6 @@ function M.mime_type(path)
   return ext and MIME[ext:lower()] or "application/octet-stream"
 end
 
-local function unescape(s)
-  s = s:gsub("+", " ")
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-M.unescape = unescape
-
---- Parses a raw query string "a=1&b=x%20y" into { a = "1", b = "x y" }
---- (the last value wins).
-function M.parse_query(qs)
-  local t = {}
-  if not qs or qs == "" then return t end
-  for pair in qs:gmatch("[^&]+") do
-    local k, v = pair:match("^([^=]*)=(.*)$")
-    if k then t[unescape(k)] = unescape(v) else t[unescape(pair)] = "" end
-  end
-  return t
-end
-
 --- The server's query arguments arrive already decoded by libwebsockets, one
 --- "k=v" per NUL-terminated piece. Returns the table and a decoded
 --- "k=v&k2=v2" string.

@@ -31,6 +31,12 @@ local resolving = {}      -- ticket -> { co, id }
 local http_inflight = 0
 local running, stopping = false, false
 
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
 local function fail(code, fmt, ...)
   return nil, code .. ": " .. string.format(fmt, ...), code
 end
@@ -226,9 +232,7 @@ function Server:ws_connections()
 end
 
 function Server:connection_count()
-  local n = 0
-  for _ in pairs(self._conns) do n = n + 1 end
-  return n
+  return count(self._conns)
 end
 
 --- Stops accepting (new requests and upgrades get 503) and closes this
@@ -680,12 +684,6 @@ end
 local function active()
   if next(servers) or next(conns) or next(resolving) then return true end
   return sched.pending() > 0
-end
-
-local function count(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
 end
 
 local function graceful_shutdown()

@@ -159,14 +159,13 @@ end
 
 local function advert_for(link)
   local routes = { { path = { M.node_id() }, seq = my_seq, servers = json.array(local_servers()) } }
-  for dest, b in pairs(best) do
+  for _, b in pairs(best) do
     if b.next ~= link.peer and not contains(b.path, link.peer) and #b.path + 1 <= cfg.max_ttl then
       local path = { M.node_id() }
       for i = 1, #b.path do path[i + 1] = b.path[i] end
       routes[#routes + 1] = { path = path, seq = b.seq, servers = json.array(b.servers) }
       if #routes >= cfg.max_routes then break end
     end
-    local _ = dest
   end
   return { type = "registry_sync", id = new_id(), from = M.node_id(), to = link.peer,
     data = { seq = my_seq, routes = routes } }
