@@ -53,8 +53,10 @@ typedef struct rn_event {
   struct rn_conn *conn; /* holds a reference while queued */
   struct rn_req *req;   /* holds a reference while queued */
   uint64_t ticket;
-  char *data; /* malloc'd, owned by the event */
+  char *data; /* malloc'd, owned by the event; NULL when in_arena */
   size_t len;
+  size_t off;   /* in_arena: where the payload starts in rn_loop.arena */
+  int in_arena; /* the payload is in the loop's event arena (rn__arena_put) */
 } rn_event;
 
 /*
@@ -103,6 +105,12 @@ typedef struct rn_loop {
   size_t ev_head, ev_count, ev_cap;
   unsigned char *scratch; /* LWS_PRE + payload for direct writes */
   size_t scratch_cap;
+  unsigned char *arena;   /* payloads of queued message events (rn__arena_put) */
+  size_t arena_len, arena_cap;
+  rn_event cur;           /* the event dispatch is running for */
+  int cur_set;            /* cur holds references to release */
+  int dispatching;        /* inside core.poll's dispatch calls */
+  uint64_t poll_due;      /* uv time poll_timer is set for */
   uint64_t next_conn_id;
   uint64_t next_ticket;
   struct rn_conn *conns; /* every live connection (server and client) */
@@ -201,6 +209,7 @@ typedef struct rn_req {
 rn_loop *rn__loop_get(lua_State *L);
 rn_loop *rn__loop_ensure(lua_State *L);
 int rn__event_push(rn_loop *l, const rn_event *ev);
+int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off);
 void rn__conn_unref(rn_conn *c);
 void rn__req_unref(rn_req *r);
 void rn__server_unref(rn_server *s);

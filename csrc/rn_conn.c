@@ -275,10 +275,14 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     /* The whole message arrived in one piece: no reassembly buffer. */
     if (!c->rx_binary && rn__utf8_check((const unsigned char *)in, len) != 0)
       return rn__conn_fail(c, 1007, "invalid UTF-8");
-    ev.data = (char *)malloc(len ? len : 1);
-    if (!ev.data)
-      return rn__conn_fail(c, 1011, "out of memory");
-    memcpy(ev.data, in, len);
+    if (rn__arena_put(c->L, in, len, &ev.off) == 0) {
+      ev.in_arena = 1;
+    } else {
+      ev.data = (char *)malloc(len ? len : 1);
+      if (!ev.data)
+        return rn__conn_fail(c, 1011, "out of memory");
+      memcpy(ev.data, in, len);
+    }
     ev.len = len;
   } else {
     if (c->rxlen + len > c->rxcap) {
@@ -514,12 +518,30 @@ static int rn__conn_enqueue(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued)
 
 /* ---- Lua side ------------------------------------------------------------ */
 
+/* Every function in the connection metatable (and core.conn_send) has that
+ * metatable as its first upvalue, so checking the type of its first argument
+ * is a pointer comparison rather than a registry look-up by name. */
 static rn_conn **rn__conn_box(lua_State *L, int idx) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same)
+      return (rn_conn **)p;
+  }
   return (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
 }
 
 static rn_conn *rn__conn_check(lua_State *L, int idx) {
   rn_conn **b = rn__conn_box(L, idx);
+  if (!*b)
+    luaL_argerror(L, idx, "connection object is released");
+  return *b;
+}
+
+/* For functions registered without the upvalue (core.broadcast). */
+static rn_conn *rn__conn_check_named(lua_State *L, int idx) {
+  rn_conn **b = (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
   if (!*b)
     luaL_argerror(L, idx, "connection object is released");
   return *b;
@@ -532,23 +554,29 @@ void rn__conn_push(lua_State *L, rn_conn *c) {
   luaL_setmetatable(L, RN_CONN_MT);
 }
 
-/* conn:send(data [, binary [, notify]]) -> true | ticket | nil, msg, code.
+/* conn:send(data [, binary [, notify]]) -> true | ticket | nil, msg, code,
+ * or false when data is neither a string nor a number (the Lua caller raises
+ * the misuse error with its own function name).
  * With notify, a message that had to be queued returns a ticket number and
  * an RN_EV_WRITTEN event follows once it is written (or dropped). */
 static int rn_conn_send(lua_State *L) {
   rn_conn *c = rn__conn_check(L, 1);
   size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
+  const char *data = lua_tolstring(L, 2, &len);
   int binary = lua_toboolean(L, 3);
   int notify = lua_toboolean(L, 4);
   const rn_limits *lim = rn__conn_limits(c);
   uint64_t ticket = 0;
   int queued = 0;
 
+  if (!data) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   if (!c->wsi || c->state != RN_CS_OPEN)
-    return rn__fail(L, "ECLOSED", "connection %I is closed", (lua_Integer)c->id);
+    return rn__fail(L, "ECLOSED", "connection c%I is closed", (lua_Integer)c->id);
   if (c->qbytes + len > lim->send_queue && (c->qhead || lws_partial_buffered(c->wsi)))
-    return rn__fail(L, "EQUEUEFULL", "send queue of connection %I is full (%I bytes queued, limit %I)",
+    return rn__fail(L, "EQUEUEFULL", "send queue of connection c%I is full (%I bytes queued, limit %I)",
                     (lua_Integer)c->id, (lua_Integer)c->qbytes, (lua_Integer)lim->send_queue);
   if (!c->qhead && !lws_partial_buffered(c->wsi)) {
     /* Fast path: write at once from a scratch buffer; lws keeps any tail. */
@@ -561,7 +589,7 @@ static int rn_conn_send(lua_State *L) {
       c->state = RN_CS_CLOSING;
       lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
       lws_cancel_service(c->L->ctx);
-      return rn__fail(L, "ECLOSED", "connection %I failed while writing", (lua_Integer)c->id);
+      return rn__fail(L, "ECLOSED", "connection c%I failed while writing", (lua_Integer)c->id);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -574,7 +602,7 @@ static int rn_conn_send(lua_State *L) {
       ticket = c->L->next_ticket++;
     if (rn__conn_enqueue(c, m, ticket, &queued) < 0) {
       rn__msg_unref(m);
-      return rn__fail(L, "ECLOSED", "connection %I failed while writing", (lua_Integer)c->id);
+      return rn__fail(L, "ECLOSED", "connection c%I failed while writing", (lua_Integer)c->id);
     }
     rn__msg_unref(m);
   }
@@ -713,7 +741,7 @@ static int rn_broadcast(lua_State *L) {
   data = luaL_checklstring(L, 2, &len);
   binary = lua_toboolean(L, 3);
   if (!lua_isnoneornil(L, 4))
-    except = rn__conn_check(L, 4);
+    except = rn__conn_check_named(L, 4);
   if (!l->running) {
     lua_pushinteger(L, 0);
     return 1;
@@ -757,9 +785,16 @@ void rn__conn_open_lua(lua_State *L) {
     {"__tostring", rn_conn_tostring},
     {NULL, NULL}};
   luaL_newmetatable(L, RN_CONN_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, meta, 1);
+  luaL_newlibtable(L, methods);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, methods, 1);
   lua_setfield(L, -2, "__index");
+  /* core.conn_send: the send method without the __index look-up. */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, rn_conn_send, 1);
+  lua_setfield(L, -3, "conn_send");
   lua_pop(L, 1);
   lua_pushcfunction(L, rn_broadcast);
   lua_setfield(L, -2, "broadcast");

@@ -159,6 +159,35 @@ int rn__event_push(rn_loop *l, const rn_event *ev) {
   return 0;
 }
 
+/* The event arena: message events copy small payloads here instead of into
+ * a malloc'd buffer each, so a message costs no allocation on its way to Lua.
+ * The arena is emptied by rn_poll whenever the event queue is empty (every
+ * payload has been copied into a Lua string by then). Returns 0 and the
+ * payload's offset, or -1 when the arena is at its cap or out of memory (the
+ * caller then mallocs). */
+#define RN_ARENA_MAX (4u << 20)
+
+int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
+  size_t need = l->arena_len + len;
+  if (need > RN_ARENA_MAX)
+    return -1;
+  if (need > l->arena_cap) {
+    size_t cap = l->arena_cap ? l->arena_cap : 16384;
+    unsigned char *n;
+    while (cap < need)
+      cap *= 2;
+    n = (unsigned char *)realloc(l->arena, cap);
+    if (!n)
+      return -1;
+    l->arena = n;
+    l->arena_cap = cap;
+  }
+  memcpy(l->arena + l->arena_len, p, len);
+  *off = l->arena_len;
+  l->arena_len = need;
+  return 0;
+}
+
 unsigned char *rn__scratch(rn_loop *l, size_t len) {
   size_t need = LWS_PRE + len;
   if (need > l->scratch_cap) {
@@ -175,12 +204,18 @@ unsigned char *rn__scratch(rn_loop *l, size_t len) {
   return l->scratch + LWS_PRE;
 }
 
-/* Pushes the Lua values of one event and calls dispatch(type, ...). The event
- * has already been removed from the queue, so an error raised by dispatch
- * leaves the queue consistent; the references the event held are released
- * by the caller in every case (see rn__poll). */
-static int rn__dispatch_one(lua_State *L) {
-  rn_event *ev = (rn_event *)lua_touserdata(L, 1);
+static void rn__event_release(rn_event *ev) {
+  free(ev->data);
+  ev->data = NULL;
+  if (ev->conn)
+    rn__conn_unref(ev->conn);
+  if (ev->req)
+    rn__req_unref(ev->req);
+}
+
+/* Pushes the Lua values of one event and calls dispatch(type, ...) (the
+ * function at stack index 2). */
+static void rn__dispatch_one(lua_State *L, rn_loop *l, rn_event *ev) {
   int n = 1;
   lua_pushvalue(L, 2);
   lua_pushinteger(L, ev->type);
@@ -196,7 +231,10 @@ static int rn__dispatch_one(lua_State *L) {
     break;
   case RN_EV_MESSAGE:
     lua_pushinteger(L, (lua_Integer)ev->conn->id);
-    lua_pushlstring(L, ev->data ? ev->data : "", ev->len);
+    if (ev->in_arena)
+      lua_pushlstring(L, (const char *)l->arena + ev->off, ev->len);
+    else
+      lua_pushlstring(L, ev->data ? ev->data : "", ev->len);
     lua_pushboolean(L, ev->flag);
     n += 3;
     break;
@@ -241,53 +279,88 @@ static int rn__dispatch_one(lua_State *L) {
     break;
   }
   lua_call(L, n, 0);
-  return 0;
 }
 
-static void rn__event_release(rn_event *ev) {
-  free(ev->data);
-  ev->data = NULL;
-  if (ev->conn)
-    rn__conn_unref(ev->conn);
-  if (ev->req)
-    rn__req_unref(ev->req);
+/* Dispatches every queued event, in order, under the one protected call
+ * rn_poll makes (args: the loop, dispatch). Each event leaves the queue
+ * before dispatch sees it and sits in l->cur meanwhile, so when dispatch
+ * raises, rn_poll releases that event's references and the queue stays
+ * consistent. Returns the number of events dispatched. */
+static int rn__dispatch_all(lua_State *L) {
+  rn_loop *l = (rn_loop *)lua_touserdata(L, 1);
+  lua_Integer count = 0;
+  while (l->ev_count > 0) {
+    l->cur = l->ev[l->ev_head];
+    l->cur_set = 1;
+    l->ev_head = (l->ev_head + 1) % l->ev_cap;
+    l->ev_count--;
+    rn__dispatch_one(L, l, &l->cur);
+    l->cur_set = 0;
+    rn__event_release(&l->cur);
+    count++;
+  }
+  lua_pushinteger(L, count);
+  return 1;
 }
 
 /* core.poll(timeout_ms, dispatch): runs one iteration of the uv loop (blocking
  * at most timeout_ms; negative blocks until something happens; 0 never
  * blocks), then calls dispatch for every queued event. Returns the number of
  * events dispatched. Errors raised by dispatch propagate after the event's
- * references have been released. */
+ * references have been released; the events after it stay queued for the
+ * next call. dispatch must not call core.poll. */
 static int rn_poll(lua_State *L) {
   rn_loop *l = rn__loop_ensure(L);
   lua_Integer timeout = luaL_optinteger(L, 1, -1);
-  int count = 0;
+  int st;
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (l->dispatching)
+    return luaL_error(L, "relaynet: core.poll called from inside an event dispatch");
   if (l->ev_count == 0) {
+    l->arena_len = 0;
+    if (l->arena_cap > RN_ARENA_MAX / 4) {
+      /* A burst grew it: give the memory back. */
+      free(l->arena);
+      l->arena = NULL;
+      l->arena_cap = 0;
+    }
     if (timeout == 0) {
       uv_run(&l->loop, UV_RUN_NOWAIT);
     } else {
-      if (timeout > 0)
-        uv_timer_start(&l->poll_timer, rn__noop_timer, (uint64_t)timeout, 0);
+      if (timeout > 0) {
+        /* The scheduler's next deadline rarely moves between turns: keep the
+         * timer running when it is already set for (about) that time, so a
+         * busy loop does not pay a timer start and stop per turn. An early
+         * or late wake-up by a millisecond only costs one more turn. */
+        uint64_t due = uv_now(&l->loop) + (uint64_t)timeout;
+        if (!uv_is_active((uv_handle_t *)&l->poll_timer) || due + 1 < l->poll_due ||
+            l->poll_due + 1 < due) {
+          uv_timer_start(&l->poll_timer, rn__noop_timer, (uint64_t)timeout, 0);
+          l->poll_due = due;
+        }
+      } else if (uv_is_active((uv_handle_t *)&l->poll_timer)) {
+        uv_timer_stop(&l->poll_timer);
+      }
       uv_run(&l->loop, UV_RUN_ONCE);
-      uv_timer_stop(&l->poll_timer);
     }
   }
-  while (l->ev_count > 0) {
-    rn_event ev = l->ev[l->ev_head];
-    int st;
-    l->ev_head = (l->ev_head + 1) % l->ev_cap;
-    l->ev_count--;
-    lua_pushcfunction(L, rn__dispatch_one);
-    lua_pushlightuserdata(L, &ev);
-    lua_pushvalue(L, 2);
-    st = lua_pcall(L, 2, 0, 0);
-    rn__event_release(&ev);
-    count++;
-    if (st != LUA_OK)
-      return lua_error(L);
+  if (l->ev_count == 0) {
+    lua_pushinteger(L, 0);
+    return 1;
   }
-  lua_pushinteger(L, count);
+  lua_pushcfunction(L, rn__dispatch_all);
+  lua_pushlightuserdata(L, l);
+  lua_pushvalue(L, 2);
+  l->dispatching = 1;
+  st = lua_pcall(L, 2, 1, 0);
+  l->dispatching = 0;
+  if (st != LUA_OK) {
+    if (l->cur_set) {
+      l->cur_set = 0;
+      rn__event_release(&l->cur);
+    }
+    return lua_error(L);
+  }
   return 1;
 }
 
@@ -370,8 +443,11 @@ static int rn_loop_gc(lua_State *L) {
   }
   free(l->ev);
   free(l->scratch);
+  free(l->arena);
   l->ev = NULL;
   l->scratch = NULL;
+  l->arena = NULL;
+  l->arena_len = l->arena_cap = 0;
   return 0;
 }
 

@@ -311,7 +311,7 @@ describe("HttpServer", function()
       end
       assert.is_nil(ok)
       assert.equal("EQUEUEFULL", code)
-      assert.matches("^EQUEUEFULL: send queue of connection %d+ is full %(%d+ bytes queued, limit 32768%)$", err)
+      assert.matches("^EQUEUEFULL: send queue of connection c%d+ is full %(%d+ bytes queued, limit 32768%)$", err)
       c:close()
     end)
   end)

@@ -42,13 +42,12 @@ local function fail(code, fmt, ...)
 end
 
 -- connection records ------------------------------------------------------------
--- rec = { id, num, box, server, client, waiters = {ticket -> {co, id}},
---         drain = {co -> id}, closed, close_code, close_reason }
+-- rec = { id, num, box, server, client, closed, close_code, close_reason,
+--         waiters = {ticket -> {co, id}} and drain = {co -> id} (made when a
+--         send_async first waits: most connections never need them) }
 
 local function new_rec(box, num, server, client)
-  local id = "c" .. num
-  local rec = { id = id, num = num, box = box, server = server, client = client,
-    waiters = {}, drain = {}, msg_label = "message handler for " .. id }
+  local rec = { id = "c" .. num, num = num, box = box, server = server, client = client }
   conns[rec.id] = rec
   conns_by_num[num] = rec
   return rec
@@ -62,13 +61,15 @@ end
 
 local function wake_drain(rec, ...)
   local list = rec.drain
-  rec.drain = {}
+  if not list then return end
+  rec.drain = nil
   for co, id in pairs(list) do sched.wake(co, id, ...) end
 end
 
-local function run_handler(fn, label, ...)
-  sched.go_labeled(label, fn, ...)
-end
+-- Every connect, message and close handler runs through sched.handle: its own
+-- pooled coroutine, errors reported as "<label><conn id>: ...".
+local handle = sched.handle
+local CONNECT_LABEL, MESSAGE_LABEL, CLOSE_LABEL = "connect handler for ", "message handler for ", "close handler for "
 
 -- sending (shared by server connections and clients) -------------------------------
 
@@ -79,25 +80,34 @@ local function check_msg(msg, fname)
   end
 end
 
-local function rec_send(rec, msg, binary)
-  if rec.closed then return fail("ECLOSED", "connection %s is closed", rec.id) end
-  return rec.box:send(msg, binary)
-end
+-- core.conn_send(box, msg, binary [, notify]) returns true, a ticket, nil,
+-- msg, code (ECLOSED, EQUEUEFULL), or false when msg is not a string or a
+-- number; the senders then raise with check_msg, so the common path makes
+-- no extra call to check the message.
+local conn_send = core.conn_send
 
 local function rec_send_async(rec, msg, binary, timeout, what)
   if rec.closed then return fail("ECLOSED", "connection %s is closed", rec.id) end
   -- Back-pressure: wait while the queue is over its high-water mark.
   while rec.box:want_drain() do
-    local ok, err, code = sched.wait(what, timeout, function(co, id) rec.drain[co] = id end)
+    local ok, err, code = sched.wait(what, timeout, function(co, id)
+      local list = rec.drain
+      if not list then list = {}; rec.drain = list end
+      list[co] = id
+    end)
     if not ok then return nil, err, code end
     if rec.closed then return fail("ECLOSED", "connection %s closed while waiting to send", rec.id) end
   end
-  local r, err, code = rec.box:send(msg, binary, true)
+  local r, err, code = conn_send(rec.box, msg, binary, true)
   if r == true or r == nil then return r, err, code end
   -- r is a ticket: the message is queued; wait until it is written.
   local ticket = r
-  local written, werr, wcode = sched.wait(what, timeout, function(co, id) rec.waiters[ticket] = { co, id } end)
-  rec.waiters[ticket] = nil
+  local written, werr, wcode = sched.wait(what, timeout, function(co, id)
+    local list = rec.waiters
+    if not list then list = {}; rec.waiters = list end
+    list[ticket] = { co, id }
+  end)
+  if rec.waiters then rec.waiters[ticket] = nil end
   if written then return true end
   if werr then return nil, werr, wcode end
   return fail("ECLOSED", "connection %s closed before the message was written", rec.id)
@@ -109,7 +119,10 @@ local Server = {}
 Server.__index = Server
 Server.__name = "relaynet.HttpServer"
 
+local live = {} -- open server objects: the one check on the send path
+
 local function check_server(s, fname)
+  if live[s] then return s end
   if getmetatable(s) == Server then
     if s._closed then error("relaynet." .. fname .. ": server " .. s.id .. " is closed", 3) end
     return s
@@ -158,6 +171,7 @@ local function listen(opts, websocket)
     _max_static = opts.max_static_file or 16 * 1024 * 1024,
   }, Server)
   servers[self.id] = self
+  live[self] = true
   servers_by_port[port] = self
   self._mesh = opts.mesh ~= false
   if self._mesh then M._mesh_routes(self) end
@@ -201,11 +215,15 @@ function Server:on(event, fn)
 end
 
 function Server:ws_send(conn_id, msg, binary)
-  check_server(self, "ws_send")
-  check_msg(msg, "ws_send")
+  if not live[self] then self = check_server(self, "ws_send") end
   local rec = self._conns[conn_id]
-  if not rec then return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id) end
-  return rec_send(rec, msg, binary)
+  if rec then
+    local r, err, code = conn_send(rec.box, msg, binary)
+    if r == false then check_msg(msg, "ws_send") end
+    return r, err, code
+  end
+  check_msg(msg, "ws_send")
+  return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id)
 end
 
 function Server:ws_send_async(conn_id, msg, binary, timeout)
@@ -241,6 +259,7 @@ end
 function Server:close()
   if self._closed then return false end
   self._closed = true
+  live[self] = nil
   self._box:close()
   servers[self.id] = nil
   if next(self._conns) == nil then
@@ -281,10 +300,14 @@ M.HttpServer = HttpServer
 local WebSocket = {}
 
 function WebSocket.send(conn_id, msg, binary)
-  check_msg(msg, "WebSocket.send")
   local rec = conns[conn_id]
-  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
-  return rec_send(rec, msg, binary)
+  if rec then
+    local r, err, code = conn_send(rec.box, msg, binary)
+    if r == false then check_msg(msg, "WebSocket.send") end
+    return r, err, code
+  end
+  check_msg(msg, "WebSocket.send")
+  return fail("ENOTCONN", "no open connection %s", tostring(conn_id))
 end
 
 function WebSocket.send_async(conn_id, msg, binary, timeout)
@@ -416,8 +439,9 @@ function M.ws_connect(url, opts)
 end
 
 function Client:send(msg, binary)
-  check_msg(msg, "client:send")
-  return rec_send(self._rec, msg, binary)
+  local r, err, code = conn_send(self._rec.box, msg, binary)
+  if r == false then check_msg(msg, "client:send") end
+  return r, err, code
 end
 
 function Client:send_async(msg, binary, timeout)
@@ -564,29 +588,23 @@ local function on_open(box, num)
     info.id = rec.id
     info.server = srv.id
     info.num = nil
-    run_handler(h, "connect handler for " .. rec.id, rec.id, info)
+    handle(CONNECT_LABEL, rec.id, h, rec.id, info)
   end
 end
 
-local function on_message(num, data, binary)
-  local rec = conns_by_num[num]
-  if not rec then return end
+-- The rarer kinds of message; dispatch handles server connections itself.
+local function on_message(rec, data, binary)
   if rec.link then
     local ok, err = xpcall(mesh.on_link_message, debug.traceback, rec.link, data, binary)
     if not ok then sched.report("mesh link " .. rec.id .. ": " .. tostring(err)) end
     return
   elseif rec.rpc then
-    run_handler(M._rpc_ws, "JSON-RPC over WebSocket on " .. rec.id, rec, data, binary)
-    return
-  end
-  if rec.server then
-    local h = rec.server._handlers.message
-    if h then run_handler(h, rec.msg_label, rec.id, data, binary) end
+    handle("JSON-RPC over WebSocket on ", rec.id, M._rpc_ws, rec, data, binary)
     return
   end
   local client = rec.client
   if client._on_message then
-    run_handler(client._on_message, rec.msg_label, data, binary, client)
+    handle(MESSAGE_LABEL, rec.id, client._on_message, data, binary, client)
     return
   end
   local r = client._receiver
@@ -609,9 +627,12 @@ local function on_close(num, code, reason)
   rec.closed = true
   rec.close_code, rec.close_reason = code, reason
   forget_rec(rec)
-  for ticket, w in pairs(rec.waiters) do
-    rec.waiters[ticket] = nil
-    sched.wake(w[1], w[2], nil, string.format("ECLOSED: connection %s closed (%d)", rec.id, code), "ECLOSED")
+  local waiters = rec.waiters
+  if waiters then
+    for ticket, w in pairs(waiters) do
+      waiters[ticket] = nil
+      sched.wake(w[1], w[2], nil, string.format("ECLOSED: connection %s closed (%d)", rec.id, code), "ECLOSED")
+    end
   end
   wake_drain(rec, true)
   if rec.link then
@@ -623,7 +644,7 @@ local function on_close(num, code, reason)
   if rec.server then
     if rec.server._closed and next(rec.server._conns) == nil then rec.server:_destroy() end
     local h = rec.server._handlers.close
-    if h then run_handler(h, "close handler for " .. rec.id, rec.id, code, reason) end
+    if h then handle(CLOSE_LABEL, rec.id, h, rec.id, code, reason) end
     return
   end
   local client = rec.client
@@ -635,7 +656,7 @@ local function on_close(num, code, reason)
   end
   local w = client._close_waiter
   if w then sched.wake(w[1], w[2], true) end
-  if client._on_close then run_handler(client._on_close, "close handler for " .. rec.id, code, reason, client) end
+  if client._on_close then handle(CLOSE_LABEL, rec.id, client._on_close, code, reason, client) end
 end
 
 local function on_connerr(num, msg)
@@ -650,9 +671,10 @@ end
 local function on_written(num, ticket, ok)
   local rec = conns_by_num[num]
   if not rec then return end
-  local w = rec.waiters[ticket]
+  local waiters = rec.waiters
+  local w = waiters and waiters[ticket]
   if not w then return end
-  rec.waiters[ticket] = nil
+  waiters[ticket] = nil
   if ok then
     sched.wake(w[1], w[2], true)
   else
@@ -661,7 +683,18 @@ local function on_written(num, ticket, ok)
 end
 
 local function dispatch(ev, a, b, c)
-  if ev == EV_MESSAGE then on_message(a, b, c)
+  if ev == EV_MESSAGE then
+    -- The hot path: a message on a server WebSocket goes straight to its
+    -- handler (no extra Lua frame, no varargs).
+    local rec = conns_by_num[a]
+    if not rec then return end
+    local srv = rec.server
+    if srv and not rec.link and not rec.rpc then
+      local h = srv._handlers.message
+      if h then handle(MESSAGE_LABEL, rec.id, h, rec.id, b, c) end
+    else
+      on_message(rec, b, c)
+    end
   elseif ev == EV_HTTP then on_http(a)
   elseif ev == EV_OPEN then on_open(a, b)
   elseif ev == EV_CLOSE then on_close(a, b, c)

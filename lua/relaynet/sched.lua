@@ -101,30 +101,54 @@ M.now = core.now
 
 -- resuming -------------------------------------------------------------------
 
--- Finished handler coroutines go back to a small pool: a handler per
--- message is the common case, and reusing the coroutine saves creating one.
--- A worker runs fn(...), then yields IDLE and waits for its next function.
+-- Handler coroutines come from a small pool: a handler per message is the
+-- common case, and reusing a coroutine saves creating one. A worker runs
+-- fn(a, b, c, d), yields IDLE and waits for its next job; every job passes at
+-- most four arguments (M.go packs more into a closure), so nothing on this
+-- path forwards varargs. A handler that raises kills its coroutine: the error
+-- is reported with the dead coroutine's traceback and the coroutine is not
+-- pooled.
+--
+-- owned[co] is true, or, while a labeled handler (M.handle) is suspended,
+-- the label its errors are reported under.
 local pool, pool_n, POOL_MAX = {}, 0, 64
 
-local function worker(fn, ...)
-  fn(...)
-  return worker(co_yield(IDLE))
+local function worker(fn, a, b, c, d)
+  while true do
+    fn(a, b, c, d)
+    fn, a, b, c, d = co_yield(IDLE)
+  end
+end
+
+local function take_worker()
+  if pool_n > 0 then
+    local co = pool[pool_n]
+    pool[pool_n] = nil
+    pool_n = pool_n - 1
+    return co
+  end
+  local co = co_create(worker)
+  owned[co] = true
+  return co
 end
 
 local function finish(co, ok, r)
   if not ok then
+    local label = owned[co]
     owned[co] = nil
     waiting[co] = nil
-    M.report(traceback(co, tostring(r)))
-  elseif co_status(co) == "dead" then
-    owned[co] = nil
+    local msg = traceback(co, tostring(r))
+    M.report(type(label) == "string" and label .. ": " .. msg or msg)
   elseif r == IDLE then
     if pool_n < POOL_MAX then
+      owned[co] = true
       pool_n = pool_n + 1
       pool[pool_n] = co
     else
       owned[co] = nil
     end
+  elseif co_status(co) == "dead" then
+    owned[co] = nil
   elseif r ~= WAIT then
     -- a bare yield: run it again on the next turn
     ready_tail = ready_tail + 1
@@ -140,28 +164,34 @@ M.resume = resume
 --- Runs fn(...) in an owned coroutine right now (until it first waits).
 --- The coroutine may come from the pool of finished handlers.
 function M.go(fn, ...)
-  local co
-  if pool_n > 0 then
-    co = pool[pool_n]
-    pool[pool_n] = nil
-    pool_n = pool_n - 1
+  local co = take_worker()
+  local n = select("#", ...)
+  if n <= 4 then
+    resume(co, fn, ...)
   else
-    co = co_create(worker)
-    owned[co] = true
+    local args = table.pack(...)
+    resume(co, function() return fn(table.unpack(args, 1, n)) end)
   end
-  resume(co, fn, ...)
   return co
 end
 
-local function run_labeled(fn, label, ...)
-  local ok, err = xpcall(fn, traceback, ...)
-  if not ok then M.report(label .. ": " .. tostring(err)) end
-end
-
---- Like go, but a raised error is reported as "label: error" (with the
---- traceback) and the coroutine goes back to the pool.
-function M.go_labeled(label, fn, ...)
-  return M.go(run_labeled, fn, label, ...)
+--- The event path: runs fn(a, b, c, d) in a pooled coroutine right now. An
+--- error is reported as "<what><id>: error" with its traceback; the label
+--- string is only built when the handler suspends or fails.
+function M.handle(what, id, fn, a, b, c, d)
+  local co = take_worker()
+  local ok, r = co_resume(co, fn, a, b, c, d)
+  if ok and r == IDLE then
+    if pool_n < POOL_MAX then
+      pool_n = pool_n + 1
+      pool[pool_n] = co
+    else
+      owned[co] = nil
+    end
+    return
+  end
+  owned[co] = what .. id
+  finish(co, ok, r)
 end
 
 --- Creates an owned coroutine that starts on the next turn of the loop.
