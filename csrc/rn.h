@@ -19,7 +19,6 @@
 #include <uv.h>
 #include <libwebsockets.h>
 
-#define RN_LOOP_KEY "relaynet.loop"
 #define RN_SERVER_MT "relaynet.server"
 #define RN_CONN_MT "relaynet.conn"
 #define RN_REQ_MT "relaynet.request"
@@ -139,43 +138,48 @@ typedef struct rn_server {
 
 enum rn_conn_state { RN_CS_CONNECTING, RN_CS_OPEN, RN_CS_CLOSING, RN_CS_CLOSED };
 
+/* What only an outgoing (client) connection needs; server connections use
+ * their server's limits and carry none of it. */
+typedef struct rn_client_opts {
+  rn_limits lim;
+  lws_retry_bo_t retry;
+  char *path, *host, *origin, *address, *protocol;
+  int port;
+} rn_client_opts;
+
+/* One WebSocket connection. Kept small: an idle server connection costs
+ * this struct, its path and lws's own state, nothing else. */
 typedef struct rn_conn {
   struct rn_conn *next, *prev; /* in rn_loop.conns */
   rn_loop *L;
   rn_server *srv;    /* NULL for client connections */
   struct lws *wsi;   /* NULL once lws has closed it */
+  rn_client_opts *cl; /* client connections only */
   uint64_t id;
   int refcnt;        /* lws side + Lua box + queued events */
-  int state;
-  int client;
-  int opened;        /* RN_EV_OPEN was emitted */
-  int internal;      /* a mesh or RPC link: never part of a broadcast */
+  uint8_t state;     /* enum rn_conn_state */
+  uint8_t client;
+  uint8_t opened;    /* RN_EV_OPEN was emitted */
+  uint8_t internal;  /* a mesh or RPC link: never part of a broadcast */
+  uint8_t want_drain; /* emit RN_EV_DRAIN when qbytes falls below high water */
+  uint8_t rx_binary;
+  uint8_t rx_active; /* a fragmented message is being reassembled */
+  uint8_t close_sent;
   rn_qnode *qhead, *qtail;
   size_t qbytes;
-  int want_drain;    /* emit RN_EV_DRAIN when qbytes falls below high water */
   uint64_t over_since; /* uv_now() when qbytes first went over high water; 0: not over */
   /* receive side */
   unsigned char *rx;
   size_t rxlen, rxcap;
   size_t rx_valid;   /* bytes of rx known to be valid UTF-8 */
-  int rx_binary;
-  int rx_active;     /* a fragmented message is being reassembled */
-  /* close side */
+  /* close side: the reasons are allocated only once a close starts */
   int close_code;    /* code we send (when we initiate) */
-  char close_reason[124];
-  int close_reason_len;
   int peer_code;     /* code the peer sent, 1005 if none, 1006 if none at all */
-  char peer_reason[124];
-  int peer_reason_len;
-  int close_sent;
-  /* client side */
-  rn_limits lim;
-  lws_retry_bo_t retry;
-  char *cl_path, *cl_host, *cl_origin, *cl_address, *cl_protocol;
-  int cl_port;
+  char *close_reason, *peer_reason; /* NULL: none */
+  uint8_t close_reason_len, peer_reason_len;
   /* HTTP upgrade info captured at establish time */
   char *path;
-  char peer[64];
+  char peer[48];     /* the peer's address as text (an IPv6 address fits) */
 } rn_conn;
 
 typedef struct rn_req {

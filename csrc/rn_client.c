@@ -112,6 +112,7 @@ static char *rn__optdup(lua_State *L, int idx, const char *field) {
 static int rn_connect(lua_State *L) {
   rn_loop *l;
   rn_conn *c;
+  rn_client_opts *cl;
   struct lws_client_connect_info ci;
   struct lws *wsi = NULL;
   lua_Integer port;
@@ -126,33 +127,34 @@ static int rn_connect(lua_State *L) {
   if (!c)
     return luaL_error(L, "out of memory");
   rn__conn_push(L, c); /* the box keeps c alive whatever lws does below */
-  rn__limits_from_table(L, 1, &c->lim);
-  c->cl_address = rn__optdup(L, 1, "address");
-  c->cl_path = rn__optdup(L, 1, "path");
-  c->cl_host = rn__optdup(L, 1, "host");
-  c->cl_origin = rn__optdup(L, 1, "origin");
-  c->cl_protocol = rn__optdup(L, 1, "protocol");
-  c->cl_port = (int)port;
-  if (!c->cl_address)
+  cl = c->cl;
+  rn__limits_from_table(L, 1, &cl->lim);
+  cl->address = rn__optdup(L, 1, "address");
+  cl->path = rn__optdup(L, 1, "path");
+  cl->host = rn__optdup(L, 1, "host");
+  cl->origin = rn__optdup(L, 1, "origin");
+  cl->protocol = rn__optdup(L, 1, "protocol");
+  cl->port = (int)port;
+  if (!cl->address)
     return luaL_error(L, "relaynet: connect needs an address");
-  c->path = strdup(c->cl_path ? c->cl_path : "/");
-  c->retry.secs_since_valid_ping = (uint16_t)c->lim.ping_interval;
-  c->retry.secs_since_valid_hangup = (uint16_t)c->lim.pong_timeout;
+  c->path = strdup(cl->path ? cl->path : "/");
+  cl->retry.secs_since_valid_ping = (uint16_t)cl->lim.ping_interval;
+  cl->retry.secs_since_valid_hangup = (uint16_t)cl->lim.pong_timeout;
 
   memset(&ci, 0, sizeof ci);
   ci.context = l->ctx;
   ci.vhost = l->client_vh;
-  ci.address = c->cl_address;
-  ci.port = c->cl_port;
-  ci.path = c->cl_path ? c->cl_path : "/";
-  ci.host = c->cl_host ? c->cl_host : c->cl_address;
-  ci.origin = c->cl_origin;
-  ci.protocol = c->cl_protocol;
+  ci.address = cl->address;
+  ci.port = cl->port;
+  ci.path = cl->path ? cl->path : "/";
+  ci.host = cl->host ? cl->host : cl->address;
+  ci.origin = cl->origin;
+  ci.protocol = cl->protocol;
   ci.local_protocol_name = "rn-client";
   ci.ietf_version_or_minus_one = -1;
   ci.opaque_user_data = c;
   ci.pwsi = &wsi;
-  ci.retry_and_idle_policy = &c->retry; /* explicit: zero disables */
+  ci.retry_and_idle_policy = &cl->retry; /* explicit: zero disables */
   c->refcnt++; /* held across the call in case lws fails synchronously */
   if (!lws_client_connect_via_info(&ci)) {
     int failed_already = c->state == RN_CS_CLOSED;
@@ -161,7 +163,7 @@ static int rn_connect(lua_State *L) {
       rn__conn_unref(c); /* the lws side */
     }
     rn__conn_unref(c);
-    return rn__fail(L, "ECONNREFUSED", "cannot connect to %s:%d", c->cl_address, c->cl_port);
+    return rn__fail(L, "ECONNREFUSED", "cannot connect to %s:%d", cl->address, cl->port);
   }
   if (c->state == RN_CS_CONNECTING)
     c->wsi = wsi;

@@ -31,7 +31,7 @@ static const rn_limits rn__default_limits = {
 const rn_limits *rn__conn_limits(const rn_conn *c) {
   if (c->srv)
     return &c->srv->lim;
-  return &c->lim;
+  return &c->cl->lim;
 }
 
 rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client) {
@@ -45,7 +45,14 @@ rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client) {
   c->refcnt = 1; /* the lws side */
   c->state = RN_CS_CONNECTING;
   c->peer_code = 1006;
-  c->lim = rn__default_limits;
+  if (client) {
+    c->cl = (rn_client_opts *)calloc(1, sizeof *c->cl);
+    if (!c->cl) {
+      free(c);
+      return NULL;
+    }
+    c->cl->lim = rn__default_limits;
+  }
   if (srv)
     srv->refcnt++;
   c->next = l->conns;
@@ -107,11 +114,16 @@ void rn__conn_unref(rn_conn *c) {
     rn__server_unref(c->srv);
   free(c->rx);
   free(c->path);
-  free(c->cl_path);
-  free(c->cl_host);
-  free(c->cl_origin);
-  free(c->cl_address);
-  free(c->cl_protocol);
+  free(c->close_reason);
+  free(c->peer_reason);
+  if (c->cl) {
+    free(c->cl->path);
+    free(c->cl->host);
+    free(c->cl->origin);
+    free(c->cl->address);
+    free(c->cl->protocol);
+    free(c->cl);
+  }
   free(c);
 }
 
@@ -134,6 +146,20 @@ void rn__conn_established(rn_conn *c, struct lws *wsi) {
 static void rn__conn_set_timeout(rn_conn *c, int secs) {
   lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, secs);
   lws_cancel_service(c->L->ctx);
+}
+
+/* Keeps a copy of a close reason (at most 123 bytes) in *dst. A reason that
+ * cannot be allocated is dropped: the close code still goes out. */
+static void rn__set_reason(char **dst, uint8_t *dlen, const void *src, size_t len) {
+  free(*dst);
+  *dst = NULL;
+  *dlen = 0;
+  if (len > 123)
+    len = 123;
+  if (len == 0 || !(*dst = (char *)malloc(len)))
+    return;
+  memcpy(*dst, src, len);
+  *dlen = (uint8_t)len;
 }
 
 /* Writes a close frame with the given code and reason now. The caller has
@@ -163,9 +189,7 @@ static void rn__conn_start_close(rn_conn *c, int code, const char *reason, int r
   c->close_code = code;
   if (rlen > 123)
     rlen = 123;
-  c->close_reason_len = rlen;
-  if (rlen > 0)
-    memcpy(c->close_reason, reason, (size_t)rlen);
+  rn__set_reason(&c->close_reason, &c->close_reason_len, reason, (size_t)rlen);
   if (!graceful)
     rn__queue_clear(c);
   if (!c->qhead && !lws_partial_buffered(c->wsi))
@@ -188,8 +212,7 @@ static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
     return 0;
   c->state = RN_CS_CLOSING;
   c->close_code = code;
-  c->close_reason_len = rlen > 123 ? 123 : rlen;
-  memcpy(c->close_reason, reason, (size_t)c->close_reason_len);
+  rn__set_reason(&c->close_reason, &c->close_reason_len, reason, (size_t)rlen);
   rn__queue_clear(c);
   c->rx_active = 0;
   c->rxlen = 0;
@@ -329,15 +352,11 @@ void rn__conn_peer_close(rn_conn *c, const void *in, size_t len) {
   const unsigned char *p = (const unsigned char *)in;
   if (len >= 2) {
     int code = (p[0] << 8) | p[1];
-    size_t rlen = len - 2;
-    if (rlen > sizeof c->peer_reason)
-      rlen = sizeof c->peer_reason;
     c->peer_code = code;
-    memcpy(c->peer_reason, p + 2, rlen);
-    c->peer_reason_len = (int)rlen;
+    rn__set_reason(&c->peer_reason, &c->peer_reason_len, p + 2, len - 2);
   } else {
     c->peer_code = 1005;
-    c->peer_reason_len = 0;
+    rn__set_reason(&c->peer_reason, &c->peer_reason_len, NULL, 0);
   }
 }
 
@@ -367,7 +386,7 @@ int rn__conn_check_close(const void *in, size_t len) {
 /* Answers a bad close frame with our own close frame carrying `code`. */
 void rn__conn_answer_close(rn_conn *c, int code) {
   c->peer_code = 1006;
-  c->peer_reason_len = 0;
+  rn__set_reason(&c->peer_reason, &c->peer_reason_len, NULL, 0);
   rn__conn_fail(c, code, code == 1007 ? "invalid UTF-8 in close reason" : "invalid close frame");
   /* the caller returns -1: the peer is closing anyway */
 }
@@ -659,7 +678,7 @@ static int rn_conn_info(lua_State *L) {
   lua_setfield(L, -2, "path");
   lua_pushboolean(L, c->client);
   lua_setfield(L, -2, "client");
-  lua_pushinteger(L, c->srv ? c->srv->port : c->cl_port);
+  lua_pushinteger(L, c->srv ? c->srv->port : c->cl->port);
   lua_setfield(L, -2, "port");
   return 1;
 }

@@ -30,9 +30,14 @@ int rn__fail(lua_State *L, const char *code, const char *fmt, ...) {
 
 /* The loop lives in a full userdata anchored in the registry, so that its
  * memory is released with the Lua state even if shutdown never ran. */
+/* The loop context lives in the registry under the address of this
+ * variable: a light-userdata key costs no string look-up, and rn__loop_get
+ * runs several times per turn of the loop. */
+static const char rn__loop_key = 0;
+
 rn_loop *rn__loop_get(lua_State *L) {
   rn_loop *l;
-  lua_getfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
   l = (rn_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);
   return l;
@@ -468,7 +473,7 @@ int luaopen_relaynet_core(lua_State *L) {
     {NULL, NULL}};
   rn_loop *l;
 
-  lua_getfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     l = (rn_loop *)lua_newuserdatauv(L, sizeof *l, 0);
@@ -479,7 +484,7 @@ int luaopen_relaynet_core(lua_State *L) {
     lua_pushcfunction(L, rn_loop_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, RN_LOOP_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
   } else {
     lua_pop(L, 1);
   }

@@ -102,6 +102,54 @@ describe("the runtime", function()
     assert.matches("stack traceback", errors[1], 1, true)
   end)
 
+  it("labels errors of handlers that raise after suspending, and reuses no dead coroutine", function()
+    local errors = H.run(function()
+      local srv = H.listen()
+      srv:on("message", function(id, msg)
+        rn.sleep(0.01)
+        if msg == "late boom" then error("exploded after a wait") end
+        srv:ws_send(id, "ok " .. msg)
+      end)
+      local c = assert(rn.ws_connect(url(srv)))
+      assert(c:send("late boom"))
+      for i = 1, 3 do
+        assert(c:send(tostring(i)))
+        assert.equal("ok " .. i, c:receive(5))
+      end
+      c:close_wait()
+    end, { allow_errors = true })
+    assert.equal(1, #errors)
+    assert.matches("^message handler for c%d+: .*exploded after a wait", errors[1])
+    assert.matches("stack traceback", errors[1], 1, true)
+  end)
+
+  it("raises on a message that is not a string, on open connections too", function()
+    H.run(function()
+      local srv = H.listen()
+      local opened = {}
+      srv:on("connect", function(id) opened[#opened + 1] = id end)
+      local c = assert(rn.ws_connect(url(srv)))
+      while #opened == 0 do rn.sleep(0.01) end
+      local id = opened[1]
+      assert.has_error(function() srv:ws_send(id, {}) end,
+        "relaynet.ws_send: message must be a string, got table")
+      assert.has_error(function() srv:ws_send(id, nil) end,
+        "relaynet.ws_send: message must be a string, got nil")
+      assert.has_error(function() rn.WebSocket.send(id, true) end,
+        "relaynet.WebSocket.send: message must be a string, got boolean")
+      assert.has_error(function() c:send(print) end,
+        "relaynet.client:send: message must be a string, got function")
+      -- numbers are sent as their string form, as before
+      assert.is_true(srv:ws_send(id, 42))
+      assert.equal("42", c:receive(5))
+      c:close_wait()
+      local ok, err, code = c:send("after close")
+      assert.is_nil(ok)
+      assert.matches("^ECLOSED: connection c%d+ is closed$", err)
+      assert.equal("ECLOSED", code)
+    end)
+  end)
+
   it("times out waits with ETIMEDOUT", function()
     H.run(function()
       local srv = echo_server()

@@ -179,7 +179,15 @@ end
 --- error is reported as "<what><id>: error" with its traceback; the label
 --- string is only built when the handler suspends or fails.
 function M.handle(what, id, fn, a, b, c, d)
-  local co = take_worker()
+  local co
+  if pool_n > 0 then -- take_worker, inlined on this path
+    co = pool[pool_n]
+    pool[pool_n] = nil
+    pool_n = pool_n - 1
+  else
+    co = co_create(worker)
+    owned[co] = true
+  end
   local ok, r = co_resume(co, fn, a, b, c, d)
   if ok and r == IDLE then
     if pool_n < POOL_MAX then
