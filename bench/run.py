@@ -33,6 +33,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LOADGEN = os.path.join(BENCH, "build", "loadgen")
+RPC_SCRIPT = "bench/peers/rn_rpc_bench.lua"  # remote_call nodes and the Lua caller
 RESULTS = os.path.join(BENCH, "results")
 
 SERVER_CPU = "0"  # taskset cores
@@ -124,6 +125,12 @@ SERVERS = {
         "label": "relaynet (Lua 5.4)",
         "echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
         "broadcast": lambda port, tmp: ["lua5.4", "bench/peers/rn_broadcast.lua", str(port)],
+        # remote_call scenarios (driven by the Lua caller, not loadgen): the
+        # floor's echo server, and one mesh node of the chain
+        "rpc-echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
+        "remote_call": lambda port, tmp, node_id, peer: (
+            ["lua5.4", "bin/relaynet", RPC_SCRIPT, "node", "--host", "127.0.0.1", "--port", str(port),
+             "--node-id", node_id] + (["--add-peer", peer] if peer else [])),
         "env": rn_env,
     },
     "lws": {
@@ -219,17 +226,37 @@ def churn_scenarios(quick, dur, warm):
 
 
 def remote_call_scenarios(quick, dur, warm):
-    """HOOK: remote_call scenarios (0, 1 and 3 hops) -- not implemented yet.
+    """rn.remote_call through a chain of mesh nodes, and its floor.
 
-    To add them, return scenario dicts like the ones above with
-    "servers": ["relaynet"] (and a plain relaynet echo round trip as the
-    floor), e.g. kind "remote_call_0hop" with a SERVERS["relaynet"] entry
-    for that kind that starts the node chain (examples/p2p) and a loadgen
-    mode (or a Lua client) that drives rn.remote_call and reports
-    calls/s and p50/p99 latency as JSON with the same keys
-    (msgs_per_s, lat_p50_us, lat_p99_us, ...).
+    Not loadgen: a Lua caller (bench/peers/rn_rpc_bench.lua, on the client
+    core) keeps `conc` calls in flight, one per coroutine, 16 B string
+    payload, each call bench.echo(payload) on node bench-target. "N hops"
+    counts the relays between caller and target: 0 = the caller links to the
+    target directly (1 hop in rn.routes() terms), 1 = caller - relay1 -
+    target, 3 = caller - relay1 - relay2 - relay3 - target. Every node is
+    `bin/relaynet rn_rpc_bench.lua node` on the server core; each dials the
+    node before it, the caller dials the first. The floor ("rpc echo") is the
+    same Lua caller with one rn.ws_connect client per coroutine doing
+    send + receive round trips against examples/echo.lua.
     """
-    return []
+    out = []
+    for conc in ((16,) if quick else (16, 1)):
+        args = ["--conc", str(conc), "--size", "16", "--duration", str(dur), "--warmup", str(warm),
+                "--timeout", "5"]
+        out.append({
+            "name": f"rpc echo {conc}c 16 B",
+            "kind": "rpc-echo", "caller": "echo-caller", "relays": None, "conc": conc, "args": args,
+            "metric": "msgs_per_s", "unit": "calls/s", "better": "higher", "servers": ["relaynet"],
+            "timeout": 60,
+        })
+        for relays in (0, 1, 3):
+            out.append({
+                "name": f"remote_call {relays} hop{'' if relays == 1 else 's'} {conc}c",
+                "kind": "remote_call", "caller": "caller", "relays": relays, "conc": conc, "args": args,
+                "metric": "msgs_per_s", "unit": "calls/s", "better": "higher", "servers": ["relaynet"],
+                "timeout": 90,
+            })
+    return out
 
 
 def fmt_size(n):
@@ -260,16 +287,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def cpu_snapshot(server_pid):
     """(server + loadgen CPU seconds so far, busy CPU seconds of the whole
-    machine, wall time)."""
+    machine, wall time). server_pid may be a list (every node of a chain)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     busy = (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # all but idle and iowait
-    try:
-        with open(f"/proc/{server_pid}/stat") as f:
-            st = f.read().rsplit(")", 1)[1].split()
-        server = (int(st[11]) + int(st[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        server = 0.0
+    server = 0.0
+    for pid in (server_pid if isinstance(server_pid, (list, tuple)) else [server_pid]):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            server += (int(st[11]) + int(st[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            pass
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # loadgen, once it has exited
     return server + ch.ru_utime + ch.ru_stime, busy, time.time()
 
@@ -303,6 +332,8 @@ class Runner:
         return self.port
 
     def run_one(self, scen, server):
+        if scen.get("caller"):
+            return self.run_rpc(scen, server)
         spec = SERVERS[server]
         port = self.next_port()
         cmd = spec[scen["kind"]](port, self.tmp)
@@ -338,6 +369,71 @@ class Runner:
         finally:
             proc.kill()
             proc.wait()
+
+    def run_rpc(self, scen, server):
+        """A remote_call scenario (or its echo floor): starts the node chain
+        (or the echo server) pinned to the server core, runs the Lua caller
+        pinned to the client core, kills every node afterwards."""
+        spec = SERVERS[server]
+        env = spec["env"]() if "env" in spec else dict(os.environ)
+        if scen["caller"] == "echo-caller":
+            port = self.next_port()
+            nodes = [("echo", port, spec[scen["kind"]](port, self.tmp))]
+            target = ["--url", f"ws://127.0.0.1:{port}/"]
+        else:
+            # caller -> relay1 -> ... -> relayN -> target; each node dials the
+            # one before it, the caller dials the first
+            ids = [f"bench-relay{i}" for i in range(1, scen["relays"] + 1)] + ["bench-target"]
+            ports = [self.next_port() for _ in ids]
+            nodes = []
+            for i, (nid, port) in enumerate(zip(ids, ports)):
+                peer = f"ws://127.0.0.1:{ports[i - 1]}/ws/p2p" if i > 0 else None
+                nodes.append((nid.replace("bench-", ""), port, spec[scen["kind"]](port, self.tmp, nid, peer)))
+            target = ["--peer", f"ws://127.0.0.1:{ports[0]}/ws/p2p", "--target", "bench-target",
+                      "--hops", str(len(ids))]
+        procs = []
+        try:
+            for role, port, cmd in nodes:
+                self.log.write(f"--- {scen['name']}: {server}: {role}: {' '.join(cmd)}\n")
+                self.log.flush()
+                proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+                procs.append(proc)
+                if not wait_port(port, proc):
+                    return {"error": f"{server} {role} did not start (see {self.log.name})"}
+            time.sleep(0.2)
+            pids = [p.pid for p in procs]
+            cmd = (["taskset", "-c", CLIENT_CPU, "lua5.4", RPC_SCRIPT, scen["caller"]] + target + scen["args"]
+                   + ["--server-pids", ",".join(map(str, pids)), "--roles", ",".join(n[0] for n in nodes),
+                      "--clk-tck", str(CLK_TCK)])
+            self.log.write(f"--- {scen['name']}: caller: {' '.join(cmd)}\n")
+            self.log.flush()
+            c0, s0, w0 = cpu_snapshot(pids)
+            try:
+                r = subprocess.run(cmd, cwd=ROOT, env=rn_env(), capture_output=True, text=True,
+                                   timeout=scen.get("timeout", 60))
+            except subprocess.TimeoutExpired:
+                return {"error": "the Lua caller timed out"}
+            c1, s1, w1 = cpu_snapshot(pids)
+            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+            try:
+                res = json.loads(line)
+            except ValueError:
+                return {"error": f"the Lua caller failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
+            if r.stderr.strip():
+                res["stderr"] = r.stderr.strip()[-300:]
+            if r.returncode != 0 and "error" not in res:
+                res["error"] = f"the Lua caller exited with {r.returncode}"
+            dead = [n[0] for n, p in zip(nodes, procs) if p.poll() is not None]
+            if dead and "error" not in res:
+                res["error"] = f"node(s) exited during the run: {', '.join(dead)} (see {self.log.name})"
+            res["other_cpu_pct"] = round(100.0 * ((s1 - s0) - (c1 - c0)) / max(1e-9, w1 - w0), 1)
+            return res
+        finally:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.wait()
 
     def close(self):
         self.log.close()
@@ -407,7 +503,82 @@ def per_msg_us(r, scen):
     return r["server_cpu_s"] / r[n] * 1e6
 
 
+def rpc_table(scenarios, med, allruns):
+    """The remote_call scenarios against their floor (the plain Lua echo
+    round trip at the same concurrency), one row per scenario."""
+    lines = ["### remote_call vs plain echo round trip (relaynet only)", ""]
+    lines.append("One Lua caller process (client core) keeps N calls in flight, one per coroutine, 16 B string "
+                 "payload. rpc echo = the floor: the same caller with one `rn.ws_connect` client per coroutine, "
+                 "send + `receive()` round trips against `examples/echo.lua`. remote_call H hops = "
+                 "`rn.remote_call(target, \"bench\", \"echo\", {payload})` with H relay nodes between caller "
+                 "and target (0 hops: linked directly, route hops 1 in /routes). Every node runs on the server "
+                 "core, so throughput falls with each relay partly because one core serves them all: server "
+                 "CPU us/call (summed over all nodes, and per node) is the cost that does not depend on that. "
+                 "/ floor: calls/s over the floor's at the same concurrency; / previous: over the previous hop "
+                 "count; per added hop: (/ previous) ^ (1 / relays added).")
+    lines.append("")
+    lines.append("| scenario | calls/s | spread % | / floor | / previous | per added hop | p50 us | p99 us | "
+                 "max us | server CPU % | server CPU us/call | per node us/call (relays..., target) | "
+                 "client CPU % | errors |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    checks = []  # per concurrency: (what, ratio)
+    for conc in sorted({s["conc"] for s in scenarios}, reverse=True):
+        checks.append((conc, []))
+        group = [s for s in scenarios if s["conc"] == conc]
+        floor = next((s for s in group if s["relays"] is None), None)
+        fr = (med.get(floor["name"]) or {}).get("relaynet") if floor else None
+        fv = fr.get("msgs_per_s") if fr else None
+        prev = None  # (relays, calls/s) of the previous remote_call row
+        for scen in group:
+            r = (med.get(scen["name"]) or {}).get("relaynet")
+            if r is None:
+                runs = allruns.get(scen["name"], {}).get("relaynet") or []
+                why = next((x.get("error") for x in runs if x.get("error")), "no run")
+                lines.append(f"| {scen['name']} | failed: {why} |" + " |" * 12)
+                prev = None
+                continue
+            v = r.get("msgs_per_s")
+            name = scen["name"] + (" (disturbed)" if r.get("disturbed") else "")
+            vs_prev = per_hop = "-"
+            if scen["relays"] is not None and prev and prev[1]:
+                vs_prev = ratio(v, prev[1])
+                added = scen["relays"] - prev[0]
+                if added > 0 and v:
+                    per_hop = f"{(v / prev[1]) ** (1.0 / added):.2f}x"
+                    checks[-1][1].append((f"per added hop to {scen['relays']}", (v / prev[1]) ** (1.0 / added)))
+            if scen["relays"] == 0 and fv:
+                checks[-1][1].append(("0 hops / floor", v / fv))
+            if scen["relays"] is not None:
+                prev = (scen["relays"], v)
+            secs = r.get("seconds") or 1
+            per_node = []
+            for n in r.get("nodes") or []:
+                us = n["cpu_s"] / r["msgs"] * 1e6 if r.get("msgs") and n.get("cpu_s") is not None else None
+                per_node.append(fmt_num(us))
+            errs = str(r.get("errors", "?"))
+            if r.get("errors"):
+                errs += " (" + ", ".join(f"{k} {n}" for k, n in sorted((r.get("error_codes") or {}).items())) + ")"
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                name, fmt_num(v), fmt_num(spread_pct(allruns.get(scen["name"], {}).get("relaynet"), "msgs_per_s")),
+                ratio(v, fv) if scen["relays"] is not None else "1.00x", vs_prev, per_hop,
+                fmt_num(r.get("lat_p50_us")), fmt_num(r.get("lat_p99_us")), fmt_num(r.get("lat_max_us")),
+                fmt_num(r.get("server_cpu_pct")), fmt_num(per_msg_us(r, scen)), " / ".join(per_node) or "-",
+                fmt_num(100 * r.get("client_cpu_s", 0) / secs), errs))
+    lines.append("")
+    checks = [(c, x) for c, x in checks if x]
+    if checks:
+        lines.append("Targets: remote_call 0 hops >= 0.50x the floor's calls/s; each added hop keeps >= 0.75x "
+                     "of the throughput (costs <= 25%). Measured: " + "; ".join(
+                         f"{c} in flight: " + ", ".join(f"{n} {x:.2f}x" for n, x in xs) for c, xs in checks) + ".")
+        lines.append("")
+    return lines
+
+
 def build_tables(scenarios, med, allruns):
+    rpc = [s for s in scenarios if s.get("caller")]  # remote_call: a table of their own
+    scenarios = [s for s in scenarios if not s.get("caller")]
+    if not scenarios:
+        return "\n".join(rpc_table(rpc, med, allruns))
     lines = []
     lines.append("### Summary: relaynet / peer, same run (median of the runs)")
     lines.append("")
@@ -494,6 +665,8 @@ def build_tables(scenarios, med, allruns):
                     fmt_num(per_msg_us(r, scen)), r.get("rss_before_kb"), r.get("rss_after_kb"),
                     r.get("rss_max_kb"), r.get("errors")))
         lines.append("")
+    if rpc:
+        lines += rpc_table(rpc, med, allruns)
     return "\n".join(lines)
 
 
@@ -581,6 +754,8 @@ def main():
                         r["disturbed"] = True
                     runs[n].append(r)
                     status = r.get("error") or f"{fmt_num(r.get(scen['metric']))} {scen['unit']}"
+                    if r.get("errors") and not r.get("error"):
+                        status += f" ({r['errors']} errors: {str(r.get('first_error') or '?')[:80]})"
                     print(f"  [{time.time() - t0:6.0f}s] {scen['name']:<22} run {rep + 1}/{reps} "
                           f"{n:<14} {status}", flush=True)
             allruns[scen["name"]] = runs
