@@ -530,7 +530,9 @@ def rpc_table(scenarios, med, allruns):
         fv = fr.get("msgs_per_s") if fr else None
         prev = None  # (relays, calls/s) of the previous remote_call row
         for scen in group:
-            r = (med.get(scen["name"]) or {}).get("relaynet")
+            if not med.get(scen["name"]):
+                continue  # not run (--servers without relaynet)
+            r = med[scen["name"]].get("relaynet")
             if r is None:
                 runs = allruns.get(scen["name"], {}).get("relaynet") or []
                 why = next((x.get("error") for x in runs if x.get("error")), "no run")
@@ -575,7 +577,7 @@ def rpc_table(scenarios, med, allruns):
 
 
 def build_tables(scenarios, med, allruns):
-    rpc = [s for s in scenarios if s.get("caller")]  # remote_call: a table of their own
+    rpc = [s for s in scenarios if s.get("caller") and med.get(s["name"])]  # remote_call: a table of their own
     scenarios = [s for s in scenarios if not s.get("caller")]
     if not scenarios:
         return "\n".join(rpc_table(rpc, med, allruns))
@@ -737,6 +739,8 @@ def main():
         for scen in scenarios:
             names = scen["servers"] or [s for s in SERVERS if scen["kind"] in SERVERS[s]]
             names = [n for n in names if scen["kind"] in SERVERS[n] and (not want or n in want)]
+            if not names:
+                continue  # none of --servers offers this scenario
             runs = {n: [] for n in names}
             for rep in range(reps):
                 order = names[rep % len(names):] + names[:rep % len(names)]
