@@ -239,6 +239,8 @@ describe("mesh failures", function()
       m:join({ "k1" })
       m:wait_converged()
       assert.equal(1, call("k3", "counter", "increment"))
+      -- k2 itself calls k3 before it is killed (see the restart below)
+      assert.equal(2, m:call_via("k2", "k3", "counter", "increment", {}, 5))
 
       local result
       rn.spawn(function()
@@ -266,10 +268,37 @@ describe("mesh failures", function()
       -- the same node comes back on the same port: k1 and k3 relink by themselves
       m:restart("k2")
       m:wait_converged(20)
-      assert.equal(2, call("k3", "counter", "increment"))
+      assert.equal(3, call("k3", "counter", "increment"))
+      -- The restarted k2 numbers its calls from 1 again: k3, which remembers
+      -- k2's earlier call ids for its dedup window, must not take the new
+      -- calls for duplicates (ids carry a per-process random part).
+      assert.equal(4, m:call_via("k2", "k3", "counter", "increment", {}, 5))
+      assert.equal(0, m:status("k3").stats.duplicate_calls)
       assert.equal("k2", call("k2", "counter", "whoami"))
       assert.equal(0, call("k2", "counter", "get")) -- a fresh process
       stop_all_clean(m)
+    end)
+  end)
+
+  it("a node restarted under the same id: its first calls are not taken for duplicates", function()
+    MH.run(function(m)
+      m:start_topology("line", { "d1" })
+      m:wait_converged()
+      -- Two short-lived processes, one after the other, both node "dd": each
+      -- makes the same messages in the same order, so without a per-process
+      -- part in message ids the second one's call would repeat the first
+      -- one's id, and d1 would drop it as a duplicate (within its dedup window).
+      local script = 'local rn = require("relaynet")\n'
+        .. 'for _ = 1, 500 do if #rn.routes() > 0 then break end rn.sleep(0.01) end\n'
+        .. 'print(rn.remote_call("d1", "counter", "increment", {1}, 3))\n'
+        .. 'rn.stop()'
+      for i = 1, 2 do
+        local rc, out, err = H.sh("bin/relaynet -e " .. H.q(script) .. " --node-id dd --add-peer "
+          .. H.q(m:url("d1"))):wait(20)
+        assert.equal(0, rc, err)
+        assert.equal(tostring(i), out:match("^(%S+)"), out .. err)
+      end
+      assert.equal(0, m:status("d1").stats.duplicate_calls)
     end)
   end)
 

@@ -112,9 +112,16 @@ local function zero_stats()
 end
 zero_stats()
 
+-- Message ids: node id, a random per-process prefix, a counter. The prefix
+-- matters: a node restarted under the same id starts its counter again, and
+-- without it its first calls would repeat ids that peers still remember in
+-- their dedup window (they would drop them as duplicates).
+local id_prefix
+
 local function new_id()
   next_id = next_id + 1
-  return M.node_id() .. "-" .. next_id
+  if not id_prefix then id_prefix = "-" .. random_hex(4) .. "-" end
+  return M.node_id() .. id_prefix .. next_id
 end
 
 local function now() return sched.now() end
