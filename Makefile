@@ -13,7 +13,7 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter
 RN_CFLAGS  := $(CFLAGS) $(WARN) -fPIC -std=c99 -D_GNU_SOURCE $(LUA_INC)
-LIBS       := -lwebsockets -luv
+LIBS       := -lwebsockets -luv -lm
 PORT       ?= 8080
 
 SRC        := $(wildcard csrc/*.c)

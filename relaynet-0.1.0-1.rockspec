@@ -28,8 +28,9 @@ build = {
   type = "builtin",
   modules = {
     ["relaynet.core"] = {
-      sources = { "csrc/rn_loop.c", "csrc/rn_conn.c", "csrc/rn_server.c", "csrc/rn_client.c" },
-      libraries = { "websockets", "uv" },
+      sources = { "csrc/rn_loop.c", "csrc/rn_conn.c", "csrc/rn_server.c", "csrc/rn_client.c",
+                  "csrc/rn_json.c" },
+      libraries = { "websockets", "uv", "m" },
       incdirs = { "$(LIBWEBSOCKETS_INCDIR)", "$(LIBUV_INCDIR)" },
       libdirs = { "$(LIBWEBSOCKETS_LIBDIR)", "$(LIBUV_LIBDIR)" },
       defines = { "_GNU_SOURCE" },

@@ -233,6 +233,7 @@ void rn__conn_closed(rn_conn *c);
 void rn__conn_sweep(rn_loop *l);
 const rn_limits *rn__conn_limits(const rn_conn *c);
 void rn__conn_open_lua(lua_State *L);
+void rn__json_open_lua(lua_State *L);
 void rn__conn_push(lua_State *L, rn_conn *c);
 
 /* rn_server.c */

@@ -494,6 +494,7 @@ int luaopen_relaynet_core(lua_State *L) {
   rn__conn_open_lua(L);
   rn__server_open_lua(L);
   rn__client_open_lua(L);
+  rn__json_open_lua(L);
   lua_pushinteger(L, RN_EV_HTTP); lua_setfield(L, -2, "EV_HTTP");
   lua_pushinteger(L, RN_EV_OPEN); lua_setfield(L, -2, "EV_OPEN");
   lua_pushinteger(L, RN_EV_MESSAGE); lua_setfield(L, -2, "EV_MESSAGE");

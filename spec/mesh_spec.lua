@@ -413,6 +413,32 @@ describe("mesh failures", function()
     end)
   end)
 
+  it("remembers served call ids within a bound, at any call rate", function()
+    MH.run(function(m)
+      local saved = rn.mesh_config.max_dedup
+      rn.mesh_config.max_dedup = 8
+      local ok, err = pcall(function()
+        local served = 0
+        rn.expose("tally", { bump = function() served = served + 1; return served end })
+        m:join({}, { listen = true })
+        m:start("q1", { peers = { "tester" } })
+        m:wait_converged()
+        for i = 1, 20 do
+          assert.equal(i, m:call_via("q1", "tester", "tally", "bump", {}, 5))
+        end
+        local st = rn.mesh_status().stats
+        assert.equal(8, st.dedup_entries)
+        assert.equal(12, st.dedup_evicted)
+        assert.equal(0, st.duplicate_calls)
+        assert.equal(20, st.calls_served)
+        rn.unexpose("tally")
+      end)
+      rn.mesh_config.max_dedup = saved
+      assert(ok, err)
+      stop_all_clean(m)
+    end)
+  end)
+
   it("peers() shows direction and rtt", function()
     MH.run(function(m)
       m:join({}, { listen = true })

@@ -36,7 +36,8 @@ M.config = {
   max_pending_links = 64, -- accepted links still waiting for hello
   max_routes = 4096,      -- entries accepted in one advert
   max_servers = 256,      -- server names per node in an advert
-  dedup_window = 300,     -- seconds a served call id is remembered
+  dedup_window = 300,     -- at most this many seconds a served call id is remembered
+  max_dedup = 65536,      -- served call ids remembered at most (oldest forgotten first)
 }
 
 local cfg = M.config
@@ -96,7 +97,13 @@ local rib = {}           -- neighbour id -> { [dest] = { path, seq, servers } }
 local best = {}          -- dest -> { next, path, seq, servers }
 local calls = {}         -- call id -> { co, wid, first_hop, node }
 local forwards = {}      -- call id -> { from, to, deadline }
+-- Served call ids, for dropping duplicates: key -> expiry time, and the keys
+-- in the order they were added (a queue), so that pruning costs only what
+-- expired and the count stays under cfg.max_dedup at any call rate. An id
+-- is kept for the call's own timeout plus a second (capped by
+-- cfg.dedup_window): a copy arriving later than that finds its caller gone.
 local executed = {}      -- caller .. "\0" .. call id -> expiry time
+local exec_q, exec_head, exec_tail = {}, 1, 0
 local my_seq = 1
 local next_id = 0
 local advert_timer, health_started = nil, false
@@ -107,7 +114,7 @@ local function zero_stats()
   stats = {
     bad_messages = 0, dropped_loops = 0, unknown_replies = 0, hello_rejected = 0,
     ttl_expired = 0, duplicate_calls = 0, no_route = 0, calls_sent = 0, calls_served = 0,
-    forwarded = 0, links_up = 0, links_down = 0, links_refused = 0,
+    forwarded = 0, links_up = 0, links_down = 0, links_refused = 0, dedup_evicted = 0,
   }
 end
 zero_stats()
@@ -394,15 +401,39 @@ local function reply(link, call, result, err, code)
   })
 end
 
+local function prune_executed(t, force)
+  while exec_head <= exec_tail do
+    local key = exec_q[exec_head]
+    local expiry = executed[key]
+    if not force and expiry and expiry >= t then break end
+    exec_q[exec_head] = nil
+    exec_head = exec_head + 1
+    executed[key] = nil
+    force = false
+  end
+  if exec_head > exec_tail then exec_q, exec_head, exec_tail = {}, 1, 0 end
+end
+
+local function remember_executed(key, keep)
+  if exec_tail - exec_head + 1 >= cfg.max_dedup then
+    stats.dedup_evicted = stats.dedup_evicted + 1
+    prune_executed(now(), true) -- forget the oldest one
+  end
+  executed[key] = now() + keep
+  exec_tail = exec_tail + 1
+  exec_q[exec_tail] = key
+end
+
 local function serve_call(link, env)
   local data = env.data
   local key = env.from .. "\0" .. env.id
-  if executed[key] then
+  local seen = executed[key]
+  if seen and seen >= now() then
     stats.duplicate_calls = stats.duplicate_calls + 1
     return
   end
-  executed[key] = now() + cfg.dedup_window
   local remaining = (tonumber(data.timeout_ms) or 0) / 1000
+  remember_executed(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window))
   if remaining <= 0 then
     return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. M.node_id(),
       "ETIMEDOUT")
@@ -736,9 +767,7 @@ local function health()
     for id, f in pairs(forwards) do
       if f.deadline + 1 < t then forwards[id] = nil end
     end
-    for key, expiry in pairs(executed) do
-      if expiry < t then executed[key] = nil end
-    end
+    prune_executed(t)
     if t - (M._last_full_advert or 0) >= cfg.advert_interval then
       M._last_full_advert = t
       send_adverts()
@@ -849,6 +878,7 @@ function M.reset()
   for _, link in pairs(links) do link.state = "closed" end
   links, pending_links, rib, best = {}, {}, {}, {}
   calls, forwards, executed = {}, {}, {}
+  exec_q, exec_head, exec_tail = {}, 1, 0
   advert_timer, health_started = nil, false
   M._last_full_advert = nil
   for _, p in pairs(peer_urls) do p.running = false; p.client = nil end
@@ -921,6 +951,7 @@ function M.status()
   s.pending_calls = count(calls)
   s.forwarded_in_flight = count(forwards)
   s.pending_links = count(pending_links)
+  s.dedup_entries = exec_tail - exec_head + 1
   return {
     node_id = M.node_id(),
     version = M.PROTOCOL_VERSION,
