@@ -234,6 +234,9 @@ void rn__conn_sweep(rn_loop *l);
 const rn_limits *rn__conn_limits(const rn_conn *c);
 void rn__conn_open_lua(lua_State *L);
 void rn__json_open_lua(lua_State *L);
+/* 0: s is complete, valid UTF-8; > 0: valid but for an incomplete sequence
+ * of that many bytes at the end; < 0: invalid. */
+int rn__utf8_check(const unsigned char *s, size_t len);
 void rn__conn_push(lua_State *L, rn_conn *c);
 
 /* rn_server.c */

@@ -228,7 +228,7 @@ static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
 /* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
  * Returns the number of bytes of a trailing incomplete sequence (0..3) when
  * the text is valid so far, or -1 when it is invalid. */
-static int rn__utf8_check(const unsigned char *s, size_t len) {
+int rn__utf8_check(const unsigned char *s, size_t len) {
   size_t i = 0;
   while (i < len) {
     unsigned char c = s[i];

@@ -23,8 +23,45 @@ describe("relaynet.json", function()
     local deep = string.rep("[", 33) .. string.rep("]", 33)
     local v, err = json.decode(deep)
     assert.is_nil(v)
-    assert.matches("too many nested", err)
+    assert.equal("nesting deeper than 32 levels at character 33", err)
     assert.is_table(json.decode(string.rep("[", 32) .. string.rep("]", 32)))
+  end)
+
+  it("decodes strictly and says where the text went wrong", function()
+    local cases = {
+      { "", "expected a value but the text ended at character 1" },
+      { "[1,2", "expected ',' or ']' at character 5" },
+      { [[{"a":1,}]], "expected a string key at character 8" },
+      { [[{"a" 1}]], "expected ':' after a key at character 6" },
+      { "[01]", "expected ',' or ']' at character 3" },
+      { "[1.]", "invalid number at character 2" },
+      { "[.5]", "expected a value at character 2" },
+      { "[NaN]", "expected a value at character 2" },
+      { "[0x10]", "expected ',' or ']' at character 3" },
+      { [["\q"]], "invalid escape in a string at character 2" },
+      { [["\u12"]], [[invalid \u escape in a string at character 2]] },
+      { [["\udc00"]], [[unpaired surrogate in a \u escape at character 2]] },
+      { [["abc]], "unterminated string at character 1" },
+      { "1 2", "unexpected text after the value at character 3" },
+      { "tru", "expected a value at character 1" },
+    }
+    for _, c in ipairs(cases) do
+      assert.same({ nil, c[2] }, { json.decode(c[1]) }, c[1])
+    end
+  end)
+
+  it("decodes escapes, surrogate pairs, integers beyond 2^53 and huge numbers", function()
+    assert.equal('a"\\/\b\f\n\r\t' .. "é€😀",
+      json.decode([["a\"\\\/\b\f\n\r\t\u00e9\u20ac\ud83d\ude00"]]))
+    assert.equal(math.maxinteger, json.decode("9223372036854775807"))
+    assert.equal(math.mininteger, json.decode("-9223372036854775808"))
+    assert.equal("float", math.type(json.decode("9223372036854775808")))
+    assert.equal(12345678901234567, json.decode("12345678901234567"))
+    assert.equal('{"n":12345678901234567}', json.encode(json.decode('{"n":12345678901234567}')))
+    assert.equal(math.huge, json.decode("1e400"))
+    assert.equal(json.null, json.decode("null"))
+    assert.same({ 1, json.null, 3 }, json.decode(" [ 1 , null , 3 ] "))
+    assert.same({ a = { b = {} } }, json.decode('{"a":{"b":{}},"a":{"b":{}}}'))
   end)
 
   it("refuses values JSON cannot carry", function()

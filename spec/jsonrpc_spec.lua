@@ -312,31 +312,31 @@ describe("JSON-RPC 2.0 on this node", function()
       local deep33 = string.rep("[", 33) .. string.rep("]", 33)
       check_cases(srv, {
         { name = "empty", send = "", only = "ws", -- over HTTP: the next test
-          expect = E("null", -32700, "Parse error: Expected value but found T_END at character 1") },
+          expect = E("null", -32700, "Parse error: expected a value but the text ended at character 1") },
         { name = "truncated", send = '{"jsonrpc":"2.0","id":1,"method":"echo.same"',
-          expect = E("null", -32700, "Parse error: Expected comma or object end but found T_END at character 45") },
+          expect = E("null", -32700, "Parse error: expected ',' or '}' at character 45") },
         { name = "a bare word", send = "hello",
-          expect = E("null", -32700, "Parse error: Expected value but found invalid token at character 1") },
+          expect = E("null", -32700, "Parse error: expected a value at character 1") },
         { name = "trailing garbage", send = call(1, "echo.none") .. "x",
-          expect = E("null", -32700, "Parse error: Expected the end but found invalid token at character 46") },
+          expect = E("null", -32700, "Parse error: unexpected text after the value at character 46") },
         { name = "two values", send = call(1, "echo.none") .. call(2, "echo.none"),
-          expect = E("null", -32700, "Parse error: Expected the end but found T_OBJ_BEGIN at character 46") },
+          expect = E("null", -32700, "Parse error: unexpected text after the value at character 46") },
         { name = "trailing comma", send = '{"jsonrpc":"2.0","id":1,"method":"echo.none",}',
-          expect = E("null", -32700, "Parse error: Expected object key string but found T_OBJ_END at character 46") },
+          expect = E("null", -32700, "Parse error: expected a string key at character 46") },
         { name = "single quotes", send = "{'jsonrpc':'2.0'}",
           expect = E("null", -32700,
-            "Parse error: Expected object key string but found invalid token at character 2") },
+            "Parse error: expected a string key at character 2") },
         { name = "NaN", send = call(1, "echo.same", "[NaN]"),
-          expect = E("null", -32700, "Parse error: Expected value but found invalid token at character 56") },
+          expect = E("null", -32700, "Parse error: expected a value at character 56") },
         { name = "lone surrogate", send = call(1, "echo.same", '["\\ud800"]'),
           expect = E("null", -32700,
-            "Parse error: Expected value but found invalid unicode escape code at character 57") },
+            "Parse error: unpaired surrogate in a \\u escape at character 57") },
         { name = "raw control character in a string", send = '{"jsonrpc":"2.0","id":"a\1b","method":"echo.none"}',
           expect = E("null", -32700, "Parse error: raw control character in a string at character 25") },
         { name = "raw newline in a string", send = '{"jsonrpc":"2.0","id":"a\nb","method":"echo.none"}',
           expect = E("null", -32700, "Parse error: raw control character in a string at character 25") },
         { name = "the id of a broken text is unknown", send = '{"jsonrpc":"2.0","id":7,"method":"x.y",,}',
-          expect = E("null", -32700, "Parse error: Expected object key string but found T_COMMA at character 40") },
+          expect = E("null", -32700, "Parse error: expected a string key at character 40") },
         { name = "nesting of 32 levels is fine", send = deep32,
           expect = batch({ E("null", -32600, "Invalid Request: expected a request object") }) },
         { name = "nesting of 33 levels", send = deep33,
@@ -358,7 +358,7 @@ describe("JSON-RPC 2.0 on this node", function()
   it("answers -32700 to an empty HTTP body, once", function()
     H.run(function()
       local srv = H.listen {}
-      local empty = E("null", -32700, "Parse error: Expected value but found T_END at character 1")
+      local empty = E("null", -32700, "Parse error: expected a value but the text ended at character 1")
       local status, ctype, body = curl_post(http_url(srv), "")
       assert.are.equal(200, status)
       assert.are.equal("application/json", ctype)

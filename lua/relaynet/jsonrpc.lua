@@ -128,7 +128,7 @@ local function parse(text)
   local v, derr = json.decode(text)
   if v == nil then
     derr = tostring(derr)
-    if find(derr, "too many nested", 1, true) then
+    if find(derr, "nesting deeper than", 1, true) then
       return nil, parse_error(format("nesting deeper than %d levels", max_depth))
     end
     return nil, parse_error(derr)

@@ -37,7 +37,7 @@ M.config = {
   max_routes = 4096,      -- entries accepted in one advert
   max_servers = 256,      -- server names per node in an advert
   dedup_window = 300,     -- at most this many seconds a served call id is remembered
-  max_dedup = 65536,      -- served call ids remembered at most (oldest forgotten first)
+  max_dedup = 65536,      -- served call ids remembered at most (oldest half forgotten first)
 }
 
 local cfg = M.config
@@ -97,13 +97,15 @@ local rib = {}           -- neighbour id -> { [dest] = { path, seq, servers } }
 local best = {}          -- dest -> { next, path, seq, servers }
 local calls = {}         -- call id -> { co, wid, first_hop, node }
 local forwards = {}      -- call id -> { from, to, deadline }
--- Served call ids, for dropping duplicates: key -> expiry time, and the keys
--- in the order they were added (a queue), so that pruning costs only what
--- expired and the count stays under cfg.max_dedup at any call rate. An id
--- is kept for the call's own timeout plus a second (capped by
--- cfg.dedup_window): a copy arriving later than that finds its caller gone.
-local executed = {}      -- caller .. "\0" .. call id -> expiry time
-local exec_q, exec_head, exec_tail = {}, 1, 0
+-- Served call ids, for dropping duplicates: caller .. "\0" .. call id ->
+-- expiry time (the call's own timeout plus a second; a copy arriving later
+-- finds its caller gone). Two generations of tables: new ids go into
+-- `dedup_new`; when it holds half of cfg.max_dedup ids, or is older than
+-- cfg.dedup_window, it becomes `dedup_old` and the previous old generation is
+-- dropped whole. So memory stays under max_dedup ids at any call rate, and
+-- nothing is ever deleted key by key (a Lua table that is full of deleted
+-- keys rehashes on every insert).
+local dedup_new, dedup_old, dedup_new_n, dedup_old_n, dedup_born = {}, {}, 0, 0, 0
 local my_seq = 1
 local next_id = 0
 local advert_timer, health_started = nil, false
@@ -294,9 +296,8 @@ local function pack_results(res, first)
   return out
 end
 
---- Calls a method of a server exposed on this node, in its own coroutine,
---- waiting at most `timeout` seconds.
-local function call_local(server, method, args, timeout)
+-- The function behind server.method on this node: fn | nil, msg, code.
+local function find_method(server, method)
   local methods = exposed[server]
   if not methods then
     return fail("ENOSERVER", "no server '%s' on node %s", server, M.node_id())
@@ -305,13 +306,43 @@ local function call_local(server, method, args, timeout)
   if type(fn) ~= "function" or method:sub(1, 1) == "_" then
     return fail("ENOMETHOD", "server '%s' on node %s has no method '%s'", server, M.node_id(), method)
   end
-  local done, waiter
-  sched.go(function()
-    local res = table.pack(xpcall(fn, debug.traceback, table.unpack(args, 1, args.n or #args)))
-    done = res
+  return fn
+end
+
+-- Runs job.fn(table.unpack(job.args)) (in a coroutine of its own, started by
+-- sched.go) and stores xpcall's packed results in job.res; then calls
+-- job.on_done() if someone waits for it.
+local function run_job(job)
+  local args = job.args
+  job.res = table.pack(xpcall(job.fn, debug.traceback, table.unpack(args, 1, args.n or #args)))
+  local on_done = job.on_done
+  if on_done then on_done() end
+end
+
+-- The outcome of a finished job: result | nil, msg, "EREMOTE".
+local function job_result(job, server, method)
+  local done = job.res
+  if not done[1] then
+    local msg = tostring(done[2])
+    sched.report("relaynet.mesh: " .. server .. "." .. method .. " raised: " .. msg)
+    msg = msg:match("^([^\n]*)") or msg
+    return fail("EREMOTE", "%s.%s on node %s raised: %s", server, method, M.node_id(), msg)
+  end
+  return pack_results(done, 2)
+end
+
+--- Calls a method of a server exposed on this node, in its own coroutine,
+--- waiting at most `timeout` seconds (the caller must be able to wait).
+local function call_local(server, method, args, timeout)
+  local fn, ferr, fcode = find_method(server, method)
+  if not fn then return nil, ferr, fcode end
+  local job = { fn = fn, args = args }
+  local waiter
+  job.on_done = function()
     if waiter then sched.wake(waiter[1], waiter[2], true) end
-  end)
-  if not done then
+  end
+  sched.go(run_job, job)
+  if not job.res then
     local ok, err, code = sched.wait("remote_call " .. server .. "." .. method, timeout, function(co, wid)
       waiter = { co, wid }
     end)
@@ -323,13 +354,7 @@ local function call_local(server, method, args, timeout)
       return nil, err, code
     end
   end
-  if not done[1] then
-    local msg = tostring(done[2])
-    sched.report("relaynet.mesh: " .. server .. "." .. method .. " raised: " .. msg)
-    msg = msg:match("^([^\n]*)") or msg
-    return fail("EREMOTE", "%s.%s on node %s raised: %s", server, method, M.node_id(), msg)
-  end
-  return pack_results(done, 2)
+  return job_result(job, server, method)
 end
 
 local function check_call_args(node, server, method, args, timeout, level)
@@ -401,48 +426,67 @@ local function reply(link, call, result, err, code)
   })
 end
 
-local function prune_executed(t, force)
-  while exec_head <= exec_tail do
-    local key = exec_q[exec_head]
-    local expiry = executed[key]
-    if not force and expiry and expiry >= t then break end
-    exec_q[exec_head] = nil
-    exec_head = exec_head + 1
-    executed[key] = nil
-    force = false
+local function rotate_dedup(t, evicting)
+  if evicting then
+    for _, expiry in pairs(dedup_old) do
+      if expiry >= t then stats.dedup_evicted = stats.dedup_evicted + 1 end
+    end
   end
-  if exec_head > exec_tail then exec_q, exec_head, exec_tail = {}, 1, 0 end
+  dedup_old, dedup_old_n = dedup_new, dedup_new_n
+  dedup_new, dedup_new_n, dedup_born = {}, 0, t
 end
 
-local function remember_executed(key, keep)
-  if exec_tail - exec_head + 1 >= cfg.max_dedup then
-    stats.dedup_evicted = stats.dedup_evicted + 1
-    prune_executed(now(), true) -- forget the oldest one
-  end
-  executed[key] = now() + keep
-  exec_tail = exec_tail + 1
-  exec_q[exec_tail] = key
+local function seen_call(key, t)
+  local expiry = dedup_new[key] or dedup_old[key]
+  return expiry ~= nil and expiry >= t
+end
+
+local function remember_call(key, keep, t)
+  if dedup_new_n >= cfg.max_dedup // 2 then rotate_dedup(t, true) end
+  dedup_new[key] = t + keep
+  dedup_new_n = dedup_new_n + 1
 end
 
 local function serve_call(link, env)
   local data = env.data
   local key = env.from .. "\0" .. env.id
-  local seen = executed[key]
-  if seen and seen >= now() then
+  local t = now()
+  if seen_call(key, t) then
     stats.duplicate_calls = stats.duplicate_calls + 1
     return
   end
   local remaining = (tonumber(data.timeout_ms) or 0) / 1000
-  remember_executed(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window))
+  remember_call(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window), t)
   if remaining <= 0 then
     return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. M.node_id(),
       "ETIMEDOUT")
   end
   remaining = math.min(remaining, cfg.max_timeout)
   stats.calls_served = stats.calls_served + 1
-  sched.go(function()
-    local result, err, code = call_local(data.server, data.method, data.args, remaining)
-    reply(link, env, result, err, code)
+  local server, method = data.server, data.method
+  local fn, ferr, fcode = find_method(server, method)
+  if not fn then return reply(link, env, nil, ferr, fcode) end
+  -- Run the method in a coroutine of its own. Most methods return without
+  -- suspending: then the reply goes out at once, with no coroutine or timer
+  -- left waiting for it. One that suspends is answered when it finishes, or
+  -- with ETIMEDOUT at the call's deadline, whichever comes first.
+  local job = { fn = fn, args = data.args }
+  sched.go(run_job, job)
+  if job.res then
+    return reply(link, env, job_result(job, server, method))
+  end
+  local timer
+  job.on_done = function()
+    if job.replied then return end
+    job.replied = true
+    timer.cancel()
+    reply(link, env, job_result(job, server, method))
+  end
+  timer = sched.after(remaining, function()
+    if job.replied then return end
+    job.replied = true
+    reply(link, env, nil, string.format("ETIMEDOUT: %s.%s on node %s did not answer within %g s",
+      server, method, M.node_id(), remaining), "ETIMEDOUT")
   end)
 end
 
@@ -498,7 +542,7 @@ local function on_call(link, env)
   end
 end
 
-local function on_response(link, env)
+local function on_response(link, env, text)
   if not is_name(env.reply_to) or not is_name(env.to, 64) or type(env.data) ~= "table" then
     stats.bad_messages = stats.bad_messages + 1
     return
@@ -527,7 +571,10 @@ local function on_response(link, env)
     return
   end
   forwards[env.reply_to] = nil
-  send(links[f.from], env)
+  -- A response travels unchanged: pass on the text as it came, rather than
+  -- encoding the decoded envelope again.
+  local back = links[f.from]
+  if back and back.state ~= "closed" then back.send(text) end
 end
 
 -- route_message: a payload delivered to a node's message handler --------------------
@@ -727,7 +774,7 @@ function M.on_link_message(link, text, binary)
     stats.bad_messages = stats.bad_messages + 1
     return
   end
-  h(link, env)
+  h(link, env, text)
 end
 
 --- A link's WebSocket is gone.
@@ -767,7 +814,7 @@ local function health()
     for id, f in pairs(forwards) do
       if f.deadline + 1 < t then forwards[id] = nil end
     end
-    prune_executed(t)
+    if t - dedup_born >= cfg.dedup_window then rotate_dedup(t, false) end
     if t - (M._last_full_advert or 0) >= cfg.advert_interval then
       M._last_full_advert = t
       send_adverts()
@@ -877,8 +924,8 @@ function M.reset()
   for link in pairs(pending_links) do link.state = "closed" end
   for _, link in pairs(links) do link.state = "closed" end
   links, pending_links, rib, best = {}, {}, {}, {}
-  calls, forwards, executed = {}, {}, {}
-  exec_q, exec_head, exec_tail = {}, 1, 0
+  calls, forwards = {}, {}
+  dedup_new, dedup_old, dedup_new_n, dedup_old_n, dedup_born = {}, {}, 0, 0, now()
   advert_timer, health_started = nil, false
   M._last_full_advert = nil
   for _, p in pairs(peer_urls) do p.running = false; p.client = nil end
@@ -951,7 +998,7 @@ function M.status()
   s.pending_calls = count(calls)
   s.forwarded_in_flight = count(forwards)
   s.pending_links = count(pending_links)
-  s.dedup_entries = exec_tail - exec_head + 1
+  s.dedup_entries = dedup_new_n + dedup_old_n
   return {
     node_id = M.node_id(),
     version = M.PROTOCOL_VERSION,
