@@ -525,8 +525,8 @@ static int rn__jdec_number(lua_State *L, rn_jdec *d) {
       p++;
   }
   d->p = p;
-  if (is_int && p - start <= 19) {
-    /* At most 19 digits (and a sign): accumulate; anything beyond int64 is
+  if (is_int && p - start - (*start == '-') <= 19) {
+    /* At most 19 digits (plus a sign): accumulate; anything beyond int64 is
      * caught by the overflow check and falls through to a float. */
     const char *q = start;
     int neg = *q == '-';

@@ -55,6 +55,8 @@ describe("relaynet.json", function()
       json.decode([["a\"\\\/\b\f\n\r\t\u00e9\u20ac\ud83d\ude00"]]))
     assert.equal(math.maxinteger, json.decode("9223372036854775807"))
     assert.equal(math.mininteger, json.decode("-9223372036854775808"))
+    assert.equal(-4801702825219610270, json.decode("-4801702825219610270"))
+    assert.equal("float", math.type(json.decode("-9223372036854775809")))
     assert.equal("float", math.type(json.decode("9223372036854775808")))
     assert.equal(12345678901234567, json.decode("12345678901234567"))
     assert.equal('{"n":12345678901234567}', json.encode(json.decode('{"n":12345678901234567}')))
@@ -62,6 +64,60 @@ describe("relaynet.json", function()
     assert.equal(json.null, json.decode("null"))
     assert.same({ 1, json.null, 3 }, json.decode(" [ 1 , null , 3 ] "))
     assert.same({ a = { b = {} } }, json.decode('{"a":{"b":{}},"a":{"b":{}}}'))
+  end)
+
+  it("round-trips random values and survives random corruption of their text", function()
+    math.randomseed(20261123)
+    local function rstr()
+      local t = {}
+      for i = 1, math.random(0, 8) do
+        local r = math.random()
+        if r < 0.1 then t[i] = string.char(math.random(0, 31))
+        elseif r < 0.2 then t[i] = ({ '"', "\\", "/", "\127" })[math.random(4)]
+        elseif r < 0.3 then t[i] = ({ "é", "€", "😀" })[math.random(3)]
+        else t[i] = string.char(math.random(32, 126)) end
+      end
+      return table.concat(t)
+    end
+    local function rval(depth)
+      local r = math.random(1, depth > 3 and 4 or 7)
+      if r == 1 then return rstr()
+      elseif r == 2 then
+        return ({ math.random(math.mininteger, math.maxinteger), math.random(-1000, 1000),
+          (math.random() - 0.5) * 10 ^ math.random(-30, 30), 0.1, 1 / 3 })[math.random(5)]
+      elseif r == 3 then return math.random() < 0.5
+      elseif r == 4 then return json.null
+      elseif r == 5 then
+        local t = {}
+        for i = 1, math.random(0, 4) do t[i] = rval(depth + 1) end
+        return t
+      elseif r == 6 then
+        local t = json.array()
+        for i = 1, math.random(0, 3) do t[i] = rval(depth + 1) end
+        return t
+      end
+      local t = {}
+      for _ = 1, math.random(0, 4) do t[rstr()] = rval(depth + 1) end
+      return t
+    end
+    local pieces = { "", "[", "]", "{", "}", ",", ":", '"', "\\", "\\u", "\\ud800", "1", "-", ".", "e",
+      " ", "\1", "\255", "tru", "null", "1e999", "0x1" }
+    for _ = 1, 2000 do
+      local text = assert(json.encode(rval(0)))
+      -- decode(encode(v)) gives v back: the same text again
+      local back, err = json.decode(text)
+      assert.is_nil(err)
+      assert.equal(text, json.encode(back))
+      for _ = 1, 3 do
+        local pos = math.random(1, #text)
+        local bad = text:sub(1, pos - 1) .. pieces[math.random(#pieces)] .. text:sub(pos + 1)
+        local v, err = json.decode(bad)
+        if v == nil then
+          assert.is_string(err)
+          assert.truthy(err == "the text is not valid UTF-8" or err:match(" at character %d+$"), err)
+        end
+      end
+    end
   end)
 
   it("refuses values JSON cannot carry", function()
