@@ -105,8 +105,8 @@ describe("relaynet.json", function()
     for _ = 1, 2000 do
       local text = assert(json.encode(rval(0)))
       -- decode(encode(v)) gives v back: the same text again
-      local back, err = json.decode(text)
-      assert.is_nil(err)
+      local back, derr = json.decode(text)
+      assert.is_nil(derr)
       assert.equal(text, json.encode(back))
       for _ = 1, 3 do
         local pos = math.random(1, #text)
