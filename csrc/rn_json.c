@@ -7,6 +7,10 @@
  * back as the same value, object keys sorted bytewise (number keys by their
  * printed form), control characters and DEL escaped, other bytes as they
  * are. An empty table is {} unless its metatable is the array marker.
+ * Tables are read raw (lua_next, lua_rawget, lua_rawlen): metamethods such
+ * as __index, __pairs and __len are not consulted, so a proxy table encodes
+ * as what it holds itself. That is what makes the traversal safe (no Lua
+ * code runs while keys are being walked).
  *
  * Errors never unwind through the encoder: it returns them, so the output
  * buffer (plain malloc'd memory) is always freed. Nothing it calls on the
@@ -19,6 +23,11 @@
 #include <string.h>
 
 #include "rn.h"
+
+/* Whatever relaynet.json.MAX_DEPTH says, neither direction nests deeper than
+ * this: both recurse on the C stack, and the encoder's cycle check keeps one
+ * slot per level. */
+#define RN_JSON_DEPTH_CAP 63
 
 typedef struct rn_jbuf {
   char *p;
@@ -245,7 +254,8 @@ static int rn__jtable(lua_State *L, rn_jbuf *b, int idx, int depth) {
         cap *= 2;
       }
       if (!lua_checkstack(L, 4)) {
-        b->err = "out of memory";
+        /* Every key is parked on the Lua stack (at most ~1,000,000 slots). */
+        b->err = "cannot encode an object with this many keys (the limit is about 1,000,000)";
         rc = -1;
         break;
       }
@@ -338,8 +348,8 @@ static int rn_json_encode(lua_State *L) {
   int rc;
   memset(&b, 0, sizeof b);
   b.max_depth = (int)luaL_checkinteger(L, 4);
-  if (b.max_depth > 63)
-    b.max_depth = 63;
+  if (b.max_depth > RN_JSON_DEPTH_CAP)
+    b.max_depth = RN_JSON_DEPTH_CAP;
   b.null_idx = 2;
   b.array_mt_idx = 3;
   lua_settop(L, 4);
@@ -682,6 +692,8 @@ static int rn_json_decode(lua_State *L) {
   d.p = d.s;
   d.e = d.s + len;
   d.max_depth = (int)luaL_checkinteger(L, 4);
+  if (d.max_depth > RN_JSON_DEPTH_CAP) /* both recurse on the C stack */
+    d.max_depth = RN_JSON_DEPTH_CAP;
   d.null_idx = 2;
   d.array_mt_idx = 3;
   lua_settop(L, 4);

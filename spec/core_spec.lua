@@ -150,6 +150,26 @@ describe("the runtime", function()
     end)
   end)
 
+  it("gives handlers exactly their arguments", function()
+    H.run(function()
+      local srv = H.listen()
+      local counts = {}
+      srv:on("connect", function(...) counts.connect = select("#", ...) end)
+      srv:on("message", function(...) counts.message = select("#", ...); srv:ws_send((...), "ok") end)
+      srv:on("close", function(...) counts.close = select("#", ...) end)
+      local c = assert(rn.ws_connect(url(srv)))
+      assert(c:send("x"))
+      assert.equal("ok", c:receive(5))
+      c:close_wait()
+      while not counts.close do rn.sleep(0.01) end
+      local later
+      rn.after(0, function(...) later = select("#", ...) end)
+      while not later do rn.sleep(0.01) end
+      assert.same({ connect = 2, message = 3, close = 3 }, counts)
+      assert.equal(0, later)
+    end)
+  end)
+
   it("times out waits with ETIMEDOUT", function()
     H.run(function()
       local srv = echo_server()

@@ -120,6 +120,19 @@ describe("relaynet.json", function()
     end
   end)
 
+  it("caps nesting at 63 levels whatever MAX_DEPTH says, and reads tables raw", function()
+    local saved = json.MAX_DEPTH
+    json.MAX_DEPTH = 1e7
+    local ok, v, err = pcall(json.decode, string.rep("[", 100000) .. string.rep("]", 100000))
+    json.MAX_DEPTH = saved
+    assert.is_true(ok)
+    assert.is_nil(v)
+    assert.equal("nesting deeper than 63 levels at character 64", err)
+    -- metamethods are not consulted: a proxy encodes as what it holds itself
+    local proxy = setmetatable({ own = 1 }, { __index = { other = 2 }, __pairs = function() error("not called") end })
+    assert.equal('{"own":1}', json.encode(proxy))
+  end)
+
   it("refuses values JSON cannot carry", function()
     assert.same({ nil, "cannot encode NaN or infinity" }, { json.encode(0 / 0) })
     local t = {}

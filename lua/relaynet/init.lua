@@ -67,7 +67,8 @@ local function wake_drain(rec, ...)
 end
 
 -- Every connect, message and close handler runs through sched.handle: its own
--- pooled coroutine, errors reported as "<label><conn id>: ...".
+-- pooled coroutine, exactly the arguments given (a count, then up to three),
+-- errors reported as "<label><conn id>: ...".
 local handle = sched.handle
 local CONNECT_LABEL, MESSAGE_LABEL, CLOSE_LABEL = "connect handler for ", "message handler for ", "close handler for "
 
@@ -588,7 +589,7 @@ local function on_open(box, num)
     info.id = rec.id
     info.server = srv.id
     info.num = nil
-    handle(CONNECT_LABEL, rec.id, h, rec.id, info)
+    handle(CONNECT_LABEL, rec.id, h, 2, rec.id, info)
   end
 end
 
@@ -599,12 +600,12 @@ local function on_message(rec, data, binary)
     if not ok then sched.report("mesh link " .. rec.id .. ": " .. tostring(err)) end
     return
   elseif rec.rpc then
-    handle("JSON-RPC over WebSocket on ", rec.id, M._rpc_ws, rec, data, binary)
+    handle("JSON-RPC over WebSocket on ", rec.id, M._rpc_ws, 3, rec, data, binary)
     return
   end
   local client = rec.client
   if client._on_message then
-    handle(MESSAGE_LABEL, rec.id, client._on_message, data, binary, client)
+    handle(MESSAGE_LABEL, rec.id, client._on_message, 3, data, binary, client)
     return
   end
   local r = client._receiver
@@ -644,7 +645,7 @@ local function on_close(num, code, reason)
   if rec.server then
     if rec.server._closed and next(rec.server._conns) == nil then rec.server:_destroy() end
     local h = rec.server._handlers.close
-    if h then handle(CLOSE_LABEL, rec.id, h, rec.id, code, reason) end
+    if h then handle(CLOSE_LABEL, rec.id, h, 3, rec.id, code, reason) end
     return
   end
   local client = rec.client
@@ -656,7 +657,7 @@ local function on_close(num, code, reason)
   end
   local w = client._close_waiter
   if w then sched.wake(w[1], w[2], true) end
-  if client._on_close then handle(CLOSE_LABEL, rec.id, client._on_close, code, reason, client) end
+  if client._on_close then handle(CLOSE_LABEL, rec.id, client._on_close, 3, code, reason, client) end
 end
 
 local function on_connerr(num, msg)
@@ -691,7 +692,7 @@ local function dispatch(ev, a, b, c)
     local srv = rec.server
     if srv and not rec.link and not rec.rpc then
       local h = srv._handlers.message
-      if h then handle(MESSAGE_LABEL, rec.id, h, rec.id, b, c) end
+      if h then handle(MESSAGE_LABEL, rec.id, h, 3, rec.id, b, c) end
     else
       on_message(rec, b, c)
     end

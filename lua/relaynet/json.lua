@@ -14,7 +14,9 @@
 -- decode(s) -> value | nil, message ("... at character N").
 -- encode(v) -> string | nil, message.
 -- M.null is the JSON null sentinel (cjson.null); an empty Lua table encodes
--- as {} unless it is marked with M.array.
+-- as {} unless it is marked with M.array. Tables are encoded by what they
+-- hold themselves: metamethods (__index, __pairs, __len) are not consulted.
+-- Nesting is capped at 63 levels whatever MAX_DEPTH says.
 
 local core = require("relaynet.core")
 local cjson = require("cjson.safe")

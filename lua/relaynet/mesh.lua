@@ -312,9 +312,18 @@ end
 -- Runs job.fn(table.unpack(job.args)) (in a coroutine of its own, started by
 -- sched.go) and stores xpcall's packed results in job.res; then calls
 -- job.on_done() if someone waits for it.
+local function call_unpacked(fn, args, n)
+  return fn(table.unpack(args, 1, n))
+end
+
 local function run_job(job)
   local args = job.args
-  job.res = table.pack(xpcall(job.fn, debug.traceback, table.unpack(args, 1, args.n or #args)))
+  -- args.n only counts when it is an integer (a remote caller may send
+  -- {"n": "x"}); the unpacking itself runs inside the xpcall, so even an
+  -- impossible count comes back as EREMOTE rather than a lost reply.
+  local n = args.n
+  if math.type(n) ~= "integer" then n = #args end
+  job.res = table.pack(xpcall(call_unpacked, debug.traceback, job.fn, args, n))
   local on_done = job.on_done
   if on_done then on_done() end
 end

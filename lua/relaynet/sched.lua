@@ -103,9 +103,9 @@ M.now = core.now
 
 -- Handler coroutines come from a small pool: a handler per message is the
 -- common case, and reusing a coroutine saves creating one. A worker runs
--- fn(a, b, c, d), yields IDLE and waits for its next job; every job passes at
--- most four arguments (M.go packs more into a closure), so nothing on this
--- path forwards varargs. A handler that raises kills its coroutine: the error
+-- fn with n (at most four) arguments, yields IDLE and waits for its next
+-- job; M.go packs more into a closure, so nothing on this path forwards
+-- varargs. A handler that raises kills its coroutine: the error
 -- is reported with the dead coroutine's traceback and the coroutine is not
 -- pooled.
 --
@@ -113,10 +113,15 @@ M.now = core.now
 -- the label its errors are reported under.
 local pool, pool_n, POOL_MAX = {}, 0, 64
 
-local function worker(fn, a, b, c, d)
+local function worker(fn, n, a, b, c, d)
   while true do
-    fn(a, b, c, d)
-    fn, a, b, c, d = co_yield(IDLE)
+    -- exactly n arguments, so a handler sees select("#", ...) as given
+    if n == 3 then fn(a, b, c)
+    elseif n == 2 then fn(a, b)
+    elseif n == 1 then fn(a)
+    elseif n == 0 then fn()
+    else fn(a, b, c, d) end
+    fn, n, a, b, c, d = co_yield(IDLE)
   end
 end
 
@@ -167,18 +172,18 @@ function M.go(fn, ...)
   local co = take_worker()
   local n = select("#", ...)
   if n <= 4 then
-    resume(co, fn, ...)
+    resume(co, fn, n, ...)
   else
     local args = table.pack(...)
-    resume(co, function() return fn(table.unpack(args, 1, n)) end)
+    resume(co, function() return fn(table.unpack(args, 1, n)) end, 0)
   end
   return co
 end
 
---- The event path: runs fn(a, b, c, d) in a pooled coroutine right now. An
+--- The event path: runs fn with n (0..3) of a, b, c in a pooled coroutine right now. An
 --- error is reported as "<what><id>: error" with its traceback; the label
 --- string is only built when the handler suspends or fails.
-function M.handle(what, id, fn, a, b, c, d)
+function M.handle(what, id, fn, n, a, b, c)
   local co
   if pool_n > 0 then -- take_worker, inlined on this path
     co = pool[pool_n]
@@ -188,7 +193,7 @@ function M.handle(what, id, fn, a, b, c, d)
     co = co_create(worker)
     owned[co] = true
   end
-  local ok, r = co_resume(co, fn, a, b, c, d)
+  local ok, r = co_resume(co, fn, n, a, b, c)
   if ok and r == IDLE then
     if pool_n < POOL_MAX then
       pool_n = pool_n + 1
