@@ -539,7 +539,9 @@ static int rn__conn_enqueue(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued)
 
 /* Every function in the connection metatable (and core.conn_send) has that
  * metatable as its first upvalue, so checking the type of its first argument
- * is a pointer comparison rather than a registry look-up by name. */
+ * is a pointer comparison rather than a registry look-up by name. A function
+ * without upvalues (core.broadcast) gets 0 from lua_rawequal on the missing
+ * upvalue and takes the luaL_checkudata path. */
 static rn_conn **rn__conn_box(lua_State *L, int idx) {
   void *p = lua_touserdata(L, idx);
   if (p && lua_getmetatable(L, idx)) {
@@ -553,14 +555,6 @@ static rn_conn **rn__conn_box(lua_State *L, int idx) {
 
 static rn_conn *rn__conn_check(lua_State *L, int idx) {
   rn_conn **b = rn__conn_box(L, idx);
-  if (!*b)
-    luaL_argerror(L, idx, "connection object is released");
-  return *b;
-}
-
-/* For functions registered without the upvalue (core.broadcast). */
-static rn_conn *rn__conn_check_named(lua_State *L, int idx) {
-  rn_conn **b = (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
   if (!*b)
     luaL_argerror(L, idx, "connection object is released");
   return *b;
@@ -760,7 +754,7 @@ static int rn_broadcast(lua_State *L) {
   data = luaL_checklstring(L, 2, &len);
   binary = lua_toboolean(L, 3);
   if (!lua_isnoneornil(L, 4))
-    except = rn__conn_check_named(L, 4);
+    except = rn__conn_check(L, 4);
   if (!l->running) {
     lua_pushinteger(L, 0);
     return 1;

@@ -179,10 +179,10 @@ static int rn__jis_array(lua_State *L, rn_jbuf *b, int idx, lua_Integer *len) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_Integer k;
-    int isint;
     lua_pop(L, 1);
-    k = lua_tointegerx(L, -1, &isint);
-    if (!isint || !lua_isinteger(L, -1) || k < 1 || k > n) {
+    /* Lua stores integral float keys as integers: a float key is never 1..n. */
+    k = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+    if (k < 1 || k > n) {
       lua_pop(L, 1);
       return 0;
     }

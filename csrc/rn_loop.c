@@ -164,6 +164,24 @@ int rn__event_push(rn_loop *l, const rn_event *ev) {
   return 0;
 }
 
+/* Grows *buf (capacity *cap, first allocation `initial`) by doubling until
+ * it holds `need` bytes. Returns 0, or -1 when out of memory (*buf intact). */
+static int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial) {
+  size_t ncap;
+  unsigned char *n;
+  if (need <= *cap)
+    return 0;
+  ncap = *cap ? *cap : initial;
+  while (ncap < need)
+    ncap *= 2;
+  n = (unsigned char *)realloc(*buf, ncap);
+  if (!n)
+    return -1;
+  *buf = n;
+  *cap = ncap;
+  return 0;
+}
+
 /* The event arena: message events copy small payloads here instead of into
  * a malloc'd buffer each, so a message costs no allocation on its way to Lua.
  * The arena is emptied by rn_poll whenever the event queue is empty (every
@@ -174,19 +192,8 @@ int rn__event_push(rn_loop *l, const rn_event *ev) {
 
 int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
   size_t need = l->arena_len + len;
-  if (need > RN_ARENA_MAX)
+  if (need > RN_ARENA_MAX || rn__grow(&l->arena, &l->arena_cap, need, 16384) < 0)
     return -1;
-  if (need > l->arena_cap) {
-    size_t cap = l->arena_cap ? l->arena_cap : 16384;
-    unsigned char *n;
-    while (cap < need)
-      cap *= 2;
-    n = (unsigned char *)realloc(l->arena, cap);
-    if (!n)
-      return -1;
-    l->arena = n;
-    l->arena_cap = cap;
-  }
   memcpy(l->arena + l->arena_len, p, len);
   *off = l->arena_len;
   l->arena_len = need;
@@ -194,19 +201,16 @@ int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
 }
 
 unsigned char *rn__scratch(rn_loop *l, size_t len) {
-  size_t need = LWS_PRE + len;
-  if (need > l->scratch_cap) {
-    size_t cap = l->scratch_cap ? l->scratch_cap : 4096;
-    unsigned char *n;
-    while (cap < need)
-      cap *= 2;
-    n = (unsigned char *)realloc(l->scratch, cap);
-    if (!n)
-      return NULL;
-    l->scratch = n;
-    l->scratch_cap = cap;
-  }
+  if (rn__grow(&l->scratch, &l->scratch_cap, LWS_PRE + len, 4096) < 0)
+    return NULL;
   return l->scratch + LWS_PRE;
+}
+
+/* Takes the oldest event off the queue (the caller checked ev_count). */
+static void rn__event_pop(rn_loop *l, rn_event *ev) {
+  *ev = l->ev[l->ev_head];
+  l->ev_head = (l->ev_head + 1) % l->ev_cap;
+  l->ev_count--;
 }
 
 static void rn__event_release(rn_event *ev) {
@@ -295,10 +299,8 @@ static int rn__dispatch_all(lua_State *L) {
   rn_loop *l = (rn_loop *)lua_touserdata(L, 1);
   lua_Integer count = 0;
   while (l->ev_count > 0) {
-    l->cur = l->ev[l->ev_head];
+    rn__event_pop(l, &l->cur);
     l->cur_set = 1;
-    l->ev_head = (l->ev_head + 1) % l->ev_cap;
-    l->ev_count--;
     rn__dispatch_one(L, l, &l->cur);
     l->cur_set = 0;
     rn__event_release(&l->cur);
@@ -412,9 +414,8 @@ static int rn_shutdown(lua_State *L) {
   rn__servers_release(l);
   /* Events still queued refer to connections lws has now closed. */
   while (l->ev_count > 0) {
-    rn_event ev = l->ev[l->ev_head];
-    l->ev_head = (l->ev_head + 1) % l->ev_cap;
-    l->ev_count--;
+    rn_event ev;
+    rn__event_pop(l, &ev);
     rn__event_release(&ev);
   }
   uv_walk(&l->loop, rn__walk_count, &left);
