@@ -283,6 +283,11 @@ local function fail(code, fmt, ...)
   return nil, code .. ": " .. string.format(fmt, ...), code
 end
 
+-- The ETIMEDOUT a call gets when server.method on `node` did not answer.
+local function no_answer(server, method, node, timeout)
+  return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, node, timeout)
+end
+
 local function pack_results(res, first)
   local n = res.n - first + 1
   if n <= 0 then return nil end
@@ -358,7 +363,7 @@ local function call_local(server, method, args, timeout)
     waiter = nil
     if not ok then
       if code == "ETIMEDOUT" then
-        return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, M.node_id(), timeout)
+        return no_answer(server, method, M.node_id(), timeout)
       end
       return nil, err, code
     end
@@ -417,7 +422,7 @@ function M.remote_call(node, server, method, args, timeout)
   if ok == true then return a end
   if ok == false then return nil, a, c end
   if c == "ETIMEDOUT" then
-    return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, node, timeout)
+    return no_answer(server, method, node, timeout)
   end
   return nil, a, c
 end
@@ -494,8 +499,7 @@ local function serve_call(link, env)
   timer = sched.after(remaining, function()
     if job.replied then return end
     job.replied = true
-    reply(link, env, nil, string.format("ETIMEDOUT: %s.%s on node %s did not answer within %g s",
-      server, method, M.node_id(), remaining), "ETIMEDOUT")
+    reply(link, env, no_answer(server, method, M.node_id(), remaining))
   end)
 end
 
