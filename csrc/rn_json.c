@@ -417,6 +417,17 @@ static int rn__jhex4(const char *p, const char *e, unsigned *out) {
   return 0;
 }
 
+/* Drops a decoding buffer on an error path. A luaL_Buffer that has grown
+ * past LUAL_BUFFERSIZE keeps its storage in a to-be-closed box on the stack;
+ * in Lua 5.4.4 popping that slot with lua_pop/lua_settop runs __close and then
+ * sets the top from a pointer taken before the call, which is stale if the
+ * call reallocated the stack (heap corruption). luaL_pushresult closes the
+ * slot properly and leaves one string, which is then safe to pop. */
+static void rn__jbuf_drop(lua_State *L, luaL_Buffer *b) {
+  luaL_pushresult(b);
+  lua_pop(L, 1);
+}
+
 /* Parses the string starting at d->p (on the opening quote) and pushes it. */
 static int rn__jdec_string(lua_State *L, rn_jdec *d) {
   const char *start = ++d->p, *q = start;
@@ -439,7 +450,7 @@ static int rn__jdec_string(lua_State *L, rn_jdec *d) {
       return 0;
     }
     if (c < 0x20) {
-      lua_pop(L, 1); /* the buffer's box, if any: see below */
+      rn__jbuf_drop(L, &b);
       return rn__jfail(d, "raw control character in a string", q);
     }
     if (c != '\\') {
@@ -463,19 +474,19 @@ static int rn__jdec_string(lua_State *L, rn_jdec *d) {
       char u8[4];
       int n;
       if (rn__jhex4(q + 2, d->e, &cp) < 0) {
-        lua_pop(L, 1);
+        rn__jbuf_drop(L, &b);
         return rn__jfail(d, "invalid \\u escape in a string", q);
       }
       if (cp >= 0xD800 && cp <= 0xDBFF) {
         if (d->e - (q + 6) < 6 || q[6] != '\\' || q[7] != 'u' || rn__jhex4(q + 8, d->e, &lo) < 0 ||
             lo < 0xDC00 || lo > 0xDFFF) {
-          lua_pop(L, 1);
+          rn__jbuf_drop(L, &b);
           return rn__jfail(d, "unpaired surrogate in a \\u escape", q);
         }
         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         q += 6;
       } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-        lua_pop(L, 1);
+        rn__jbuf_drop(L, &b);
         return rn__jfail(d, "unpaired surrogate in a \\u escape", q);
       }
       if (cp < 0x80) {
@@ -494,12 +505,12 @@ static int rn__jdec_string(lua_State *L, rn_jdec *d) {
       continue;
     }
     default:
-      lua_pop(L, 1);
+      rn__jbuf_drop(L, &b);
       return rn__jfail(d, "invalid escape in a string", q);
     }
     q += 2;
   }
-  lua_pop(L, 1);
+  rn__jbuf_drop(L, &b);
   return rn__jfail(d, "unterminated string", start - 1);
 }
 
