@@ -289,7 +289,19 @@ static int rn__jtable(lua_State *L, rn_jbuf *b, int idx, int depth) {
       } else {
         qsort(keys, nk, sizeof *keys, rn__jkey_cmp);
       }
-      rc = rn__jput(b, "{", 1);
+      /* Sorted keys with the same text are a number key and a string key
+       * that print alike ({[1] = .., ["1"] = ..}): JSON would hold the key
+       * twice, and a reader would keep only one of the values. */
+      for (k = 1; k < nk; k++)
+        if (rn__jkey_cmp(&keys[k - 1], &keys[k]) == 0) {
+          snprintf(b->errbuf, sizeof b->errbuf, "cannot encode a table with the key \"%.24s\" both as a number and as a string",
+                   RN_JKEY_TEXT(&keys[k]));
+          b->err = b->errbuf;
+          rc = -1;
+          break;
+        }
+      if (rc == 0)
+        rc = rn__jput(b, "{", 1);
       for (k = 0; rc == 0 && k < nk; k++) {
         if ((k > 0 && rn__jput(b, ",", 1) < 0) || rn__jstring(b, RN_JKEY_TEXT(&keys[k]), keys[k].len) < 0 ||
             rn__jput(b, ":", 1) < 0) {
@@ -371,7 +383,7 @@ static int rn_json_encode(lua_State *L) {
  * control characters in strings, numbers by the JSON grammar only (no NaN,
  * no hex, no leading zeros), any value at the top level, nothing after it
  * but whitespace. Integers that fit in 64 bits decode as Lua integers;
- * other numbers as floats (beyond the double range: an infinity), except
+ * other numbers as floats (beyond the double range: an error), except
  * that an integral float within +-2^53 (1.0, 3e2) becomes an integer too. null is the sentinel the caller passes
  * (cjson.null); an empty array gets the array marker metatable so that it
  * encodes as [] again; duplicate object keys: the last one wins.
@@ -585,9 +597,11 @@ static int rn__jdec_number(lua_State *L, rn_jdec *d) {
       f = strtod(big, NULL);
       free(big);
     }
-    /* A number beyond the double range (1e400) decodes as an infinity, as
-     * strtod gives it: the text is valid JSON, and whoever reads the value
-     * decides (relaynet.json.encode refuses to send infinities on). */
+    /* A number beyond the double range (1e400, -1e400) is refused: an
+     * infinity could not be encoded again, so a relay would fail on it
+     * later, far from the cause. Underflow (1e-400) is a plain zero. */
+    if (f == (double)HUGE_VAL || f == -(double)HUGE_VAL)
+      return rn__jfail(d, "number out of range", start);
     if (f >= -9007199254740992.0 && f <= 9007199254740992.0 && f == floor(f))
       lua_pushinteger(L, (lua_Integer)f);
     else

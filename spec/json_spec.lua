@@ -50,7 +50,7 @@ describe("relaynet.json", function()
     end
   end)
 
-  it("decodes escapes, surrogate pairs, integers beyond 2^53 and huge numbers", function()
+  it("decodes escapes, surrogate pairs, integers beyond 2^53, refuses infinite numbers", function()
     assert.equal('a"\\/\b\f\n\r\t' .. "é€😀",
       json.decode([["a\"\\\/\b\f\n\r\t\u00e9\u20ac\ud83d\ude00"]]))
     assert.equal(math.maxinteger, json.decode("9223372036854775807"))
@@ -60,7 +60,10 @@ describe("relaynet.json", function()
     assert.equal("float", math.type(json.decode("9223372036854775808")))
     assert.equal(12345678901234567, json.decode("12345678901234567"))
     assert.equal('{"n":12345678901234567}', json.encode(json.decode('{"n":12345678901234567}')))
-    assert.equal(math.huge, json.decode("1e400"))
+    -- beyond the double range: refused (an infinity could not be sent on)
+    assert.same({ nil, "number out of range at character 2" }, { json.decode("[1e400]") })
+    assert.same({ nil, "number out of range at character 1" }, { json.decode("-1e400") })
+    assert.equal(0, json.decode("1e-400"))
     assert.equal(json.null, json.decode("null"))
     assert.same({ 1, json.null, 3 }, json.decode(" [ 1 , null , 3 ] "))
     assert.same({ a = { b = {} } }, json.decode('{"a":{"b":{}},"a":{"b":{}}}'))
@@ -139,5 +142,11 @@ describe("relaynet.json", function()
     t.self = t
     assert.same({ nil, "cannot encode a table that contains itself" }, { json.encode(t) })
     assert.same({ nil, "cannot encode a value of type function" }, { json.encode(print) })
+    -- a number key and a string key that print alike would be one JSON key twice
+    assert.same({ nil, 'cannot encode a table with the key "1" both as a number and as a string' },
+      { json.encode({ [1] = "a", ["1"] = "b", x = 1 }) })
+    assert.same({ nil, 'cannot encode a table with the key "0.5" both as a number and as a string' },
+      { json.encode({ [0.5] = 1, ["0.5"] = 2 }) })
+    assert.equal('{"1":"a","x":1}', json.encode({ [1] = "a", x = 1 }))
   end)
 end)

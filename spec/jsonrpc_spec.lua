@@ -209,12 +209,14 @@ end
 
 describe("JSON-RPC 2.0 on this node", function()
   it("exports the limits and the error codes", function()
-    assert.are.same({ max_request = 1024 * 1024, max_batch = 100, max_depth = 32 }, jsonrpc.LIMITS)
+    assert.are.same({ max_request = 1024 * 1024, max_batch = 100, max_depth = 32,
+      max_calls_per_connection = 256 }, jsonrpc.LIMITS)
     assert.are.same({
       PARSE_ERROR = -32700, INVALID_REQUEST = -32600, METHOD_NOT_FOUND = -32601,
       INVALID_PARAMS = -32602, INTERNAL_ERROR = -32603,
       ETIMEDOUT = -32000, ENOROUTE = -32001, ENOSERVER = -32002, ENOMETHOD = -32003,
-      EREMOTE = -32004, ELINKLOST = -32005, ETTL = -32006, ECANCELED = -32007, EINVAL = -32602,
+      EREMOTE = -32004, ELINKLOST = -32005, ETTL = -32006, ECANCELED = -32007, EBUSY = -32008,
+      EINVAL = -32602,
     }, jsonrpc.ERRORS)
   end)
 
@@ -399,8 +401,8 @@ describe("JSON-RPC 2.0 on this node", function()
         { send = call("true", "echo.none"), expect = E("null", -32600, BAD_ID) },
         { send = call("{}", "echo.none"), expect = E("null", -32600, BAD_ID) },
         { send = call("[1]", "echo.none"), expect = E("null", -32600, BAD_ID) },
-        { name = "an id that is not a finite number", send = call("1e400", "echo.none"),
-          expect = E("null", -32600, BAD_ID) },
+        { name = "an id beyond the double range", send = call("1e400", "echo.none"),
+          expect = E("null", -32700, "Parse error: number out of range at character 23") },
         -- an invalid request is answered even without an id (spec examples)
         { send = '{"jsonrpc":"2.0","method":1,"params":"bar"}', expect = E("null", -32600, BAD_METHOD) },
         { send = '{"jsonrpc":"1.0","method":"echo.none"}', expect = E("null", -32600, BAD_VERSION) },
@@ -455,7 +457,8 @@ describe("JSON-RPC 2.0 on this node", function()
         { send = call(33, "remote_call", '["n","echo","same",[],0]'), expect = E(33, -32602, TIMEOUT) },
         { send = call(34, "remote_call", '["n","echo","same",[],-1]'), expect = E(34, -32602, TIMEOUT) },
         { send = call(35, "remote_call", '["n","echo","same",[],"5"]'), expect = E(35, -32602, TIMEOUT) },
-        { send = call(36, "remote_call", '["n","echo","same",[],1e400]'), expect = E(36, -32602, TIMEOUT) },
+        { send = call(36, "remote_call", '["n","echo","same",[],1e400]'),
+          expect = E("null", -32700, "Parse error: number out of range at character 80") },
         { send = call(37, "remote_call", '["n","echo","same",[],1,"extra"]'),
           expect = E(37, -32602, "Invalid params: remote_call takes at most 5 params, got 6") },
         { send = call(38, "remote_call", '{"node_id":"n","server":"echo","method":"same"}'),
@@ -551,7 +554,8 @@ describe("JSON-RPC 2.0 on this node", function()
       local srv = H.listen {}
       local cases = {}
       local codes = { ETIMEDOUT = -32000, ENOROUTE = -32001, ENOSERVER = -32002, ENOMETHOD = -32003,
-        EREMOTE = -32004, ELINKLOST = -32005, ETTL = -32006, ECANCELED = -32007, EINVAL = -32602 }
+        EREMOTE = -32004, ELINKLOST = -32005, ETTL = -32006, ECANCELED = -32007, EBUSY = -32008,
+        EINVAL = -32602 }
       for name, code in pairs(codes) do
         cases[#cases + 1] = { send = call('"' .. name .. '"', "inject." .. name),
           expect = ME('"' .. name .. '"', code, name, name .. ": injected failure") }
