@@ -88,7 +88,39 @@ typedef struct rn_limits {
   int ping_interval;      /* seconds idle before lws sends a ping */
   int pong_timeout;       /* seconds idle before lws hangs up */
   size_t rx_buffer;       /* lws per-connection receive buffer */
+  /* Hostile-input bounds (issue 8). A value of 0 switches a bound off. */
+  double body_timeout;    /* seconds from the headers to the last body byte (408) */
+  size_t body_min_rate;   /* bytes/s a body must average after RN_BODY_GRACE_MS (408) */
+  int max_connections_per_ip; /* TCP connections per source address (IPv6: per /64) */
+  size_t ws_msg_rate;     /* WS messages/s per server connection (close 1008) */
+  size_t ws_msg_burst;    /* ... token bucket size, in messages */
+  size_t ws_byte_rate;    /* WS bytes/s per server connection (close 1008) */
+  size_t ws_byte_burst;   /* ... token bucket size, in bytes (at least max_message) */
 } rn_limits;
+
+/* The body rate is only checked once a body has had this long to start. */
+#define RN_BODY_GRACE_MS 5000
+
+/* Counters of refusals by the bounds above (core.stats(), server:stats()).
+ * Every field is a count of events since the server (or the process, for
+ * the loop-wide totals) started. */
+typedef struct rn_counters {
+  uint64_t conn_refused_per_ip;  /* TCP connections closed at accept: per-address limit */
+  uint64_t http_body_timeouts;   /* 408: body deadline or minimum rate */
+  uint64_t http_body_too_large;  /* 413: body over max_body */
+  uint64_t ws_refused_full;      /* 503 upgrades: max_connections */
+  uint64_t ws_rate_closes;       /* 1008 closes: message or byte rate */
+  uint64_t ws_too_big;           /* 1009 closes: max_message */
+  uint64_t ws_slow_closes;       /* 1008 closes: slow consumer */
+} rn_counters;
+
+/* One source address's share of a server's connections (rn_server.c). */
+typedef struct rn_ipent {
+  struct rn_ipent *next;
+  unsigned char addr[16]; /* IPv6, or IPv4-mapped; IPv6 keeps only its /64 */
+  int count;
+} rn_ipent;
+#define RN_IP_BUCKETS 1024
 
 /* The per-Lua-state loop context: one uv loop and one lws context. */
 typedef struct rn_loop {
@@ -116,6 +148,8 @@ typedef struct rn_loop {
   struct rn_server *servers;
   lws_retry_bo_t client_retry;
   int oom; /* an allocation failed inside a callback */
+  struct rn_req *body_reqs; /* requests whose body is still arriving */
+  rn_counters counters;     /* totals over every server of this process */
 } rn_loop;
 
 typedef struct rn_server {
@@ -134,6 +168,9 @@ typedef struct rn_server {
   int norigins;
   int refcnt;         /* Lua box + live connections/requests */
   char *host;
+  rn_ipent **ips;     /* RN_IP_BUCKETS chains, allocated on first accept */
+  int nips_conns;     /* connections counted in ips (each holds a server ref) */
+  rn_counters counters;
 } rn_server;
 
 enum rn_conn_state { RN_CS_CONNECTING, RN_CS_OPEN, RN_CS_CLOSING, RN_CS_CLOSED };
@@ -165,6 +202,9 @@ typedef struct rn_conn {
   uint8_t rx_binary;
   uint8_t rx_active; /* a fragmented message is being reassembled */
   uint8_t close_sent;
+  /* receive rate token buckets (server connections; see rn__conn_receive) */
+  double rl_msgs, rl_bytes;
+  uint64_t rl_at;     /* uv_now() of the last refill; 0: buckets not started */
   rn_qnode *qhead, *qtail;
   size_t qbytes;
   uint64_t over_since; /* uv_now() when qbytes first went over high water; 0: not over */
@@ -193,9 +233,13 @@ typedef struct rn_req {
   size_t query_len;
   char *headers;   /* "name\0value\0"... for the standard headers */
   size_t headers_len;
-  unsigned char *body;
-  size_t body_len, body_expect;
+  unsigned char *body; /* grows as bytes arrive, up to body_expect */
+  size_t body_len, body_expect, body_cap;
   int body_refused; /* a limit answered already */
+  int body_timed_out; /* the sweep found the body late: answer 408 when writeable */
+  uint64_t body_start; /* uv_now() when the headers were complete */
+  struct rn_req *bnext, *bprev; /* in rn_loop.body_reqs while the body arrives */
+  int in_body_list;
   int ready;        /* RN_EV_HTTP was emitted */
   char peer[64];
   /* response */
@@ -241,6 +285,8 @@ void rn__conn_push(lua_State *L, rn_conn *c);
 
 /* rn_server.c */
 void rn__servers_release(rn_loop *l);
+void rn__body_sweep(rn_loop *l);
+void rn__counters_push(lua_State *L, const rn_counters *c);
 void rn__server_open_lua(lua_State *L);
 int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, void *in, size_t len);

@@ -13,9 +13,14 @@
  */
 #include "rn.h"
 
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The built-in defaults. The RELAYNET_LIMITS environment variable
+ * ("name=value,name=value") overrides them for every server and client of
+ * the process (see rn__limits_base); Lua options override both. */
 static const rn_limits rn__default_limits = {
   1 << 20,       /* max_message */
   1 << 20,       /* max_body */
@@ -25,7 +30,14 @@ static const rn_limits rn__default_limits = {
   10000,         /* max_connections */
   30,            /* ping_interval */
   60,            /* pong_timeout */
-  1024           /* rx_buffer */
+  1024,          /* rx_buffer */
+  30.0,          /* body_timeout */
+  1024,          /* body_min_rate */
+  256,           /* max_connections_per_ip */
+  1000,          /* ws_msg_rate */
+  2000,          /* ws_msg_burst */
+  4 << 20,       /* ws_byte_rate */
+  8 << 20        /* ws_byte_burst */
 };
 
 const rn_limits *rn__conn_limits(const rn_conn *c) {
@@ -274,6 +286,42 @@ int rn__utf8_check(const unsigned char *s, size_t len) {
   return 0;
 }
 
+/* Refills the receive token buckets of a server connection and charges
+ * `bytes` (and one message when `msg`). Returns 1 (messages) or 2 (bytes)
+ * when that bucket would go negative: the peer sends faster than
+ * ws_msg_rate / ws_byte_rate allow beyond their bursts, 0 otherwise. A rate
+ * of 0 switches its bucket off. */
+static int rn__rate_exceeded(rn_conn *c, const rn_limits *lim, size_t bytes, int msg) {
+  uint64_t now;
+  if (!lim->ws_msg_rate && !lim->ws_byte_rate)
+    return 0;
+  now = uv_now(&c->L->loop);
+  if (!c->rl_at) {
+    c->rl_msgs = (double)lim->ws_msg_burst;
+    c->rl_bytes = (double)lim->ws_byte_burst;
+  } else if (now > c->rl_at) {
+    double dt = (double)(now - c->rl_at) / 1000.0;
+    c->rl_msgs += dt * (double)lim->ws_msg_rate;
+    if (c->rl_msgs > (double)lim->ws_msg_burst)
+      c->rl_msgs = (double)lim->ws_msg_burst;
+    c->rl_bytes += dt * (double)lim->ws_byte_rate;
+    if (c->rl_bytes > (double)lim->ws_byte_burst)
+      c->rl_bytes = (double)lim->ws_byte_burst;
+  }
+  c->rl_at = now ? now : 1;
+  if (msg && lim->ws_msg_rate) {
+    if (c->rl_msgs < 1.0)
+      return 1;
+    c->rl_msgs -= 1.0;
+  }
+  if (lim->ws_byte_rate) {
+    if (c->rl_bytes < (double)bytes)
+      return 2;
+    c->rl_bytes -= (double)bytes;
+  }
+  return 0;
+}
+
 int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
   const rn_limits *lim = rn__conn_limits(c);
   int final = lws_is_final_fragment(wsi);
@@ -281,14 +329,26 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
 
   if (c->state != RN_CS_OPEN)
     return 0; /* closing: drop what the peer still sends */
+  if (c->srv) {
+    int over = rn__rate_exceeded(c, lim, len, !c->rx_active);
+    if (over) {
+      c->srv->counters.ws_rate_closes++;
+      c->L->counters.ws_rate_closes++;
+      return rn__conn_fail(c, 1008, over == 1 ? "message rate limit exceeded" : "byte rate limit exceeded");
+    }
+  }
   if (!c->rx_active) {
     c->rx_active = 1;
     c->rx_binary = lws_frame_is_binary(wsi);
     c->rxlen = 0;
     c->rx_valid = 0;
   }
-  if (c->rxlen + len > lim->max_message)
+  if (c->rxlen + len > lim->max_message) {
+    if (c->srv)
+      c->srv->counters.ws_too_big++;
+    c->L->counters.ws_too_big++;
     return rn__conn_fail(c, 1009, "message too big");
+  }
 
   memset(&ev, 0, sizeof ev);
   ev.type = RN_EV_MESSAGE;
@@ -321,9 +381,10 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
       c->rx = n;
       c->rxcap = cap;
     }
-    memcpy(c->rx + c->rxlen, in, len);
+    if (len) /* an empty fragment may come before any buffer exists */
+      memcpy(c->rx + c->rxlen, in, len);
     c->rxlen += len;
-    if (!c->rx_binary) {
+    if (!c->rx_binary && c->rxlen > c->rx_valid) {
       /* Validate only what is new (plus an incomplete sequence carried
        * over), so tiny fragments cannot make validation quadratic. */
       int tail = rn__utf8_check(c->rx + c->rx_valid, c->rxlen - c->rx_valid);
@@ -502,8 +563,12 @@ void rn__conn_sweep(rn_loop *l) {
   for (c = l->conns; c; c = c->next) {
     const rn_limits *lim = rn__conn_limits(c);
     if (c->wsi && c->over_since && c->state == RN_CS_OPEN &&
-        (double)(now - c->over_since) >= lim->slow_timeout * 1000.0)
+        (double)(now - c->over_since) >= lim->slow_timeout * 1000.0) {
+      if (c->srv)
+        c->srv->counters.ws_slow_closes++;
+      l->counters.ws_slow_closes++;
       rn__conn_start_close(c, 1008, "slow consumer", 13, 0);
+    }
   }
 }
 
@@ -813,63 +878,157 @@ void rn__conn_open_lua(lua_State *L) {
   lua_setfield(L, -2, "broadcast");
 }
 
+/* The Lua-visible limits: name, kind and where each lives in rn_limits.
+ * Kinds: 'z' size_t, 'i' int, 'd' double (seconds). 'O' marks a bound that
+ * 0 or false switches off; the others must be positive where noted below. */
+typedef struct rn_limit_desc {
+  const char *name;
+  char kind;
+  char off_ok; /* false is accepted as 0 */
+  size_t offset;
+} rn_limit_desc;
+
+static const rn_limit_desc rn__limit_descs[] = {
+  {"max_message", 'z', 0, offsetof(rn_limits, max_message)},
+  {"max_body", 'z', 0, offsetof(rn_limits, max_body)},
+  {"send_queue", 'z', 0, offsetof(rn_limits, send_queue)},
+  {"send_high_water", 'z', 0, offsetof(rn_limits, send_high_water)},
+  {"slow_timeout", 'd', 0, offsetof(rn_limits, slow_timeout)},
+  {"max_connections", 'i', 0, offsetof(rn_limits, max_connections)},
+  {"ping_interval", 'i', 0, offsetof(rn_limits, ping_interval)},
+  {"pong_timeout", 'i', 0, offsetof(rn_limits, pong_timeout)},
+  {"rx_buffer", 'z', 0, offsetof(rn_limits, rx_buffer)},
+  {"body_timeout", 'd', 1, offsetof(rn_limits, body_timeout)},
+  {"body_min_rate", 'z', 1, offsetof(rn_limits, body_min_rate)},
+  {"max_connections_per_ip", 'i', 1, offsetof(rn_limits, max_connections_per_ip)},
+  {"ws_msg_rate", 'z', 1, offsetof(rn_limits, ws_msg_rate)},
+  {"ws_msg_burst", 'z', 0, offsetof(rn_limits, ws_msg_burst)},
+  {"ws_byte_rate", 'z', 1, offsetof(rn_limits, ws_byte_rate)},
+  {"ws_byte_burst", 'z', 0, offsetof(rn_limits, ws_byte_burst)},
+  {NULL, 0, 0, 0}};
+
+/* Stores v in the field d describes; returns NULL, or what is wrong. */
+static const char *rn__limit_set(rn_limits *lim, const rn_limit_desc *d, double v) {
+  char *p = (char *)lim + d->offset;
+  if (d->kind == 'd') {
+    if (!(v >= 0) || (v == 0 && !d->off_ok) || v > 1e9)
+      return d->off_ok ? "must be a non-negative number" : "must be a positive number";
+    *(double *)p = v;
+    return NULL;
+  }
+  if (!(v >= 0) || v != (double)(long long)v || v > 9.0e15)
+    return "must be a non-negative integer";
+  if (!strcmp(d->name, "ping_interval") || !strcmp(d->name, "pong_timeout"))
+    v = v > 65535 ? 65535 : v;
+  else if (!strcmp(d->name, "rx_buffer"))
+    v = v < 128 ? 128 : v;
+  if (d->kind == 'i')
+    *(int *)p = v > 2147483647.0 ? 2147483647 : (int)v;
+  else
+    *(size_t *)p = (size_t)v;
+  return NULL;
+}
+
+/* Keeps related limits consistent. */
+static void rn__limits_fix(rn_limits *lim) {
+  if (lim->send_high_water > lim->send_queue)
+    lim->send_high_water = lim->send_queue;
+  /* A bucket must hold at least one message, and the byte bucket one
+   * message of the largest size allowed. */
+  if (lim->ws_msg_burst < 1)
+    lim->ws_msg_burst = 1;
+  if (lim->ws_byte_burst < lim->max_message)
+    lim->ws_byte_burst = lim->max_message;
+}
+
+static rn_limits rn__base_limits;
+static int rn__base_ready;
+
+/* The defaults in effect: the built-in ones overridden by RELAYNET_LIMITS
+ * (read once per process). Raises on an unknown name or a bad value. */
+static const rn_limits *rn__limits_base(lua_State *L) {
+  const char *env;
+  rn_limits lim;
+  char buf[1024], *tok, *save = NULL;
+  if (rn__base_ready)
+    return &rn__base_limits;
+  lim = rn__default_limits;
+  env = getenv("RELAYNET_LIMITS");
+  if (env && *env) {
+    if (strlen(env) >= sizeof buf)
+      luaL_error(L, "RELAYNET_LIMITS is longer than %d bytes", (int)sizeof buf - 1);
+    strcpy(buf, env);
+    for (tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+      const rn_limit_desc *d;
+      char *eq = strchr(tok, '='), *end;
+      const char *bad;
+      double v;
+      if (!eq)
+        luaL_error(L, "RELAYNET_LIMITS: expected name=value, got '%s'", tok);
+      *eq = '\0';
+      for (d = rn__limit_descs; d->name && strcmp(d->name, tok); d++)
+        ;
+      if (!d->name)
+        luaL_error(L, "RELAYNET_LIMITS: unknown limit '%s'", tok);
+      v = strtod(eq + 1, &end);
+      if (end == eq + 1 || *end)
+        luaL_error(L, "RELAYNET_LIMITS: limit '%s' needs a number", tok);
+      if ((bad = rn__limit_set(&lim, d, v)) != NULL)
+        luaL_error(L, "RELAYNET_LIMITS: limit '%s' %s", tok, bad);
+    }
+  }
+  rn__limits_fix(&lim);
+  rn__base_limits = lim;
+  rn__base_ready = 1;
+  return &rn__base_limits;
+}
+
 /* Copies Lua-visible limits from a table at idx into lim (missing fields
- * keep their values). Raises on a wrong type or a non-positive value. */
+ * keep their defaults). Raises on a wrong type or an out-of-range value.
+ * Bounds that can be switched off take 0 or false. */
 void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim) {
-  static const char *names[] = {"max_message", "max_body", "send_queue", "send_high_water",
-                                "max_connections", "ping_interval", "pong_timeout", "rx_buffer", NULL};
-  int i;
-  *lim = rn__default_limits;
+  const rn_limit_desc *d;
+  *lim = *rn__limits_base(L);
   if (lua_isnoneornil(L, idx))
     return;
-  for (i = 0; names[i]; i++) {
-    lua_Integer v;
+  for (d = rn__limit_descs; d->name; d++) {
+    const char *bad;
+    double v;
     int isnum;
-    lua_getfield(L, idx, names[i]);
+    lua_getfield(L, idx, d->name);
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
       continue;
     }
-    v = lua_tointegerx(L, -1, &isnum);
-    if (!isnum || v < 0)
-      luaL_error(L, "limit '%s' must be a non-negative integer", names[i]);
-    lua_pop(L, 1);
-    switch (i) {
-    case 0: lim->max_message = (size_t)v; break;
-    case 1: lim->max_body = (size_t)v; break;
-    case 2: lim->send_queue = (size_t)v; break;
-    case 3: lim->send_high_water = (size_t)v; break;
-    case 4: lim->max_connections = (int)v; break;
-    case 5: lim->ping_interval = (int)(v > 65535 ? 65535 : v); break;
-    case 6: lim->pong_timeout = (int)(v > 65535 ? 65535 : v); break;
-    case 7: lim->rx_buffer = (size_t)(v < 128 ? 128 : v); break;
+    if (d->off_ok && lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+      v = 0;
+    } else {
+      v = (double)lua_tonumberx(L, -1, &isnum);
+      if (!isnum)
+        v = -1;
     }
+    lua_pop(L, 1);
+    if ((bad = rn__limit_set(lim, d, v)) != NULL)
+      luaL_error(L, "limit '%s' %s", d->name, bad);
   }
-  lua_getfield(L, idx, "slow_timeout");
-  if (!lua_isnil(L, -1)) {
-    int isnum;
-    lua_Number v = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || v <= 0)
-      luaL_error(L, "limit 'slow_timeout' must be a positive number");
-    lim->slow_timeout = v;
-  }
-  lua_pop(L, 1);
-  if (lim->send_high_water > lim->send_queue)
-    lim->send_high_water = lim->send_queue;
+  rn__limits_fix(lim);
 }
 
-/* Pushes the default limits as a table (for documentation and tests). */
+/* Pushes the default limits in effect as a table (for documentation and
+ * tests): the built-in ones, or RELAYNET_LIMITS's where it sets them. */
 int rn__limits_defaults(lua_State *L) {
-  const rn_limits *d = &rn__default_limits;
-  lua_createtable(L, 0, 9);
-  lua_pushinteger(L, (lua_Integer)d->max_message); lua_setfield(L, -2, "max_message");
-  lua_pushinteger(L, (lua_Integer)d->max_body); lua_setfield(L, -2, "max_body");
-  lua_pushinteger(L, (lua_Integer)d->send_queue); lua_setfield(L, -2, "send_queue");
-  lua_pushinteger(L, (lua_Integer)d->send_high_water); lua_setfield(L, -2, "send_high_water");
-  lua_pushnumber(L, d->slow_timeout); lua_setfield(L, -2, "slow_timeout");
-  lua_pushinteger(L, d->max_connections); lua_setfield(L, -2, "max_connections");
-  lua_pushinteger(L, d->ping_interval); lua_setfield(L, -2, "ping_interval");
-  lua_pushinteger(L, d->pong_timeout); lua_setfield(L, -2, "pong_timeout");
-  lua_pushinteger(L, (lua_Integer)d->rx_buffer); lua_setfield(L, -2, "rx_buffer");
+  const rn_limits *b = rn__limits_base(L);
+  const rn_limit_desc *d;
+  lua_createtable(L, 0, 16);
+  for (d = rn__limit_descs; d->name; d++) {
+    const char *p = (const char *)b + d->offset;
+    if (d->kind == 'd')
+      lua_pushnumber(L, *(const double *)p);
+    else if (d->kind == 'i')
+      lua_pushinteger(L, *(const int *)p);
+    else
+      lua_pushinteger(L, (lua_Integer) * (const size_t *)p);
+    lua_setfield(L, -2, d->name);
+  }
   return 1;
 }

@@ -47,6 +47,7 @@ static void rn__noop_timer(uv_timer_t *t) { (void)t; }
 
 static void rn__sweep_cb(uv_timer_t *t) {
   rn__conn_sweep((rn_loop *)t->data);
+  rn__body_sweep((rn_loop *)t->data);
 }
 
 static void rn__signal_cb(uv_signal_t *s, int signum) {
@@ -192,6 +193,10 @@ static int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initia
 
 int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
   size_t need = l->arena_len + len;
+  if (len == 0) { /* the arena may not exist yet: no memcpy to NULL */
+    *off = l->arena_len;
+    return 0;
+  }
   if (need > RN_ARENA_MAX || rn__grow(&l->arena, &l->arena_cap, need, 16384) < 0)
     return -1;
   memcpy(l->arena + l->arena_len, p, len);
@@ -240,7 +245,7 @@ static void rn__dispatch_one(lua_State *L, rn_loop *l, rn_event *ev) {
     break;
   case RN_EV_MESSAGE:
     lua_pushinteger(L, (lua_Integer)ev->conn->id);
-    if (ev->in_arena)
+    if (ev->in_arena && ev->len)
       lua_pushlstring(L, (const char *)l->arena + ev->off, ev->len);
     else
       lua_pushlstring(L, ev->data ? ev->data : "", ev->len);

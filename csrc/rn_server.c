@@ -26,6 +26,130 @@ typedef struct rn_pss {
   rn_conn *conn;
 } rn_pss;
 
+/* ---- connections per source address ------------------------------------- */
+
+/* The key of a peer address: IPv4 as an IPv4-mapped IPv6 address, IPv6 cut
+ * to its /64 (one host usually owns a whole /64). Returns -1 for other
+ * families (not counted). */
+static int rn__ip_key(const struct sockaddr *sa, unsigned char key[16]) {
+  memset(key, 0, 16);
+  if (sa->sa_family == AF_INET) {
+    key[10] = key[11] = 0xff;
+    memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    return 0;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    memcpy(key, a, !memcmp(a, mapped, 12) ? 16 : 8);
+    return 0;
+  }
+  return -1;
+}
+
+static unsigned rn__ip_hash(const unsigned char key[16]) {
+  uint32_t h = 2166136261u;
+  int i;
+  for (i = 0; i < 16; i++)
+    h = (h ^ key[i]) * 16777619u;
+  return h % RN_IP_BUCKETS;
+}
+
+static rn_ipent *rn__ip_find(rn_server *s, const unsigned char key[16]) {
+  rn_ipent *e;
+  if (!s->ips)
+    return NULL;
+  for (e = s->ips[rn__ip_hash(key)]; e; e = e->next)
+    if (!memcmp(e->addr, key, 16))
+      return e;
+  return NULL;
+}
+
+static void rn__ips_free(rn_server *s) {
+  int i;
+  if (!s->ips)
+    return;
+  for (i = 0; i < RN_IP_BUCKETS; i++) {
+    rn_ipent *e = s->ips[i], *next;
+    for (; e; e = next) {
+      next = e->next;
+      free(e);
+    }
+  }
+  free(s->ips);
+  s->ips = NULL;
+}
+
+/* FILTER_NETWORK_CONNECTION: 1 refuses a new TCP connection whose address
+ * already has max_connections_per_ip connections to this server (lws then
+ * closes the socket before reading anything). */
+static int rn__ip_filter(rn_server *s, const struct lws_filter_network_conn_args *a) {
+  unsigned char key[16];
+  rn_ipent *e;
+  if (!a || s->lim.max_connections_per_ip <= 0)
+    return 0;
+  if (rn__ip_key((const struct sockaddr *)&a->cli_addr, key) < 0)
+    return 0;
+  e = rn__ip_find(s, key);
+  if (e && e->count >= s->lim.max_connections_per_ip) {
+    s->counters.conn_refused_per_ip++;
+    s->L->counters.conn_refused_per_ip++;
+    return 1;
+  }
+  return 0;
+}
+
+/* SERVER_NEW_CLIENT_INSTANTIATED: counts the connection under its address.
+ * The entry rides on the wsi (opaque user data) until WSI_DESTROY, and the
+ * count holds a server reference so the table outlives every counted wsi. */
+static void rn__ip_count(rn_server *s, struct lws *wsi) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  unsigned char key[16];
+  rn_ipent *e;
+  int fd;
+  if (s->lim.max_connections_per_ip <= 0)
+    return;
+  fd = (int)lws_get_socket_fd(wsi);
+  if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+      rn__ip_key((const struct sockaddr *)&ss, key) < 0)
+    return;
+  if (!s->ips && !(s->ips = (rn_ipent **)calloc(RN_IP_BUCKETS, sizeof *s->ips)))
+    return;
+  e = rn__ip_find(s, key);
+  if (!e) {
+    unsigned h = rn__ip_hash(key);
+    if (!(e = (rn_ipent *)calloc(1, sizeof *e)))
+      return;
+    memcpy(e->addr, key, 16);
+    e->next = s->ips[h];
+    s->ips[h] = e;
+  }
+  e->count++;
+  s->nips_conns++;
+  s->refcnt++;
+  lws_set_opaque_user_data(wsi, e);
+}
+
+/* WSI_DESTROY: the counted connection is gone. */
+static void rn__ip_uncount(rn_server *s, struct lws *wsi) {
+  rn_ipent *e = (rn_ipent *)lws_get_opaque_user_data(wsi);
+  if (!e)
+    return;
+  lws_set_opaque_user_data(wsi, NULL);
+  if (--e->count == 0 && s->ips) {
+    rn_ipent **pp = &s->ips[rn__ip_hash(e->addr)];
+    for (; *pp; pp = &(*pp)->next)
+      if (*pp == e) {
+        *pp = e->next;
+        break;
+      }
+    free(e);
+  }
+  s->nips_conns--;
+  rn__server_unref(s);
+}
+
 void rn__server_unref(rn_server *s) {
   rn_server **pp;
   int i;
@@ -39,15 +163,82 @@ void rn__server_unref(rn_server *s) {
   for (i = 0; i < s->norigins; i++)
     free(s->origins[i]);
   free(s->origins);
+  rn__ips_free(s);
   free(s->host);
   free(s);
 }
 
 /* ---- requests ------------------------------------------------------------ */
 
+/* The list of requests whose body is still arriving (rn__body_sweep). */
+static void rn__body_track(rn_req *r) {
+  rn_loop *l = r->L;
+  if (r->in_body_list)
+    return;
+  r->bprev = NULL;
+  r->bnext = l->body_reqs;
+  if (l->body_reqs)
+    l->body_reqs->bprev = r;
+  l->body_reqs = r;
+  r->in_body_list = 1;
+}
+
+static void rn__body_untrack(rn_req *r) {
+  if (!r->in_body_list)
+    return;
+  if (r->bprev)
+    r->bprev->bnext = r->bnext;
+  else
+    r->L->body_reqs = r->bnext;
+  if (r->bnext)
+    r->bnext->bprev = r->bprev;
+  r->bnext = r->bprev = NULL;
+  r->in_body_list = 0;
+}
+
+/* 1 when the body is past its deadline (body_timeout after the headers) or,
+ * once RN_BODY_GRACE_MS have passed, arrives slower than body_min_rate on
+ * average. */
+static int rn__body_late(const rn_req *r, uint64_t now) {
+  const rn_limits *lim = &r->srv->lim;
+  double ms = now > r->body_start ? (double)(now - r->body_start) : 0;
+  if (lim->body_timeout > 0 && ms >= lim->body_timeout * 1000.0)
+    return 1;
+  if (lim->body_min_rate > 0 && ms >= RN_BODY_GRACE_MS &&
+      (double)r->body_len < (double)lim->body_min_rate * ms / 1000.0)
+    return 1;
+  return 0;
+}
+
+static void rn__count_body_timeout(rn_req *r) {
+  r->srv->counters.http_body_timeouts++;
+  r->L->counters.http_body_timeouts++;
+}
+
+/* Runs from the loop's one-second sweep timer: a late body is answered with
+ * 408 from the next HTTP_WRITEABLE callback (lws must write it). */
+void rn__body_sweep(rn_loop *l) {
+  rn_req *r = l->body_reqs, *next;
+  uint64_t now = uv_now(&l->loop);
+  for (; r; r = next) {
+    next = r->bnext;
+    if (!r->wsi || !r->srv) {
+      rn__body_untrack(r);
+      continue;
+    }
+    if (rn__body_late(r, now)) {
+      rn__body_untrack(r);
+      r->body_timed_out = 1;
+      rn__count_body_timeout(r);
+      lws_callback_on_writable(r->wsi);
+    }
+  }
+}
+
 void rn__req_unref(rn_req *r) {
   if (--r->refcnt > 0)
     return;
+  rn__body_untrack(r);
   if (r->srv)
     rn__server_unref(r->srv);
   free(r->uri);
@@ -67,6 +258,7 @@ static void rn__req_detach(rn_pss *pss) {
   pss->req = NULL;
   r->wsi = NULL;
   r->done = 1;
+  rn__body_untrack(r);
   rn__req_unref(r);
 }
 
@@ -140,6 +332,7 @@ static void rn__req_ready(rn_req *r) {
   if (r->ready)
     return;
   r->ready = 1;
+  rn__body_untrack(r);
   memset(&ev, 0, sizeof ev);
   ev.type = RN_EV_HTTP;
   ev.req = r;
@@ -218,33 +411,72 @@ static int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss) {
     v = strtoull(buf, &end, 10);
     if (errno || *end || end == buf)
       return rn__http_refuse(wsi, pss, 400);
-    if (v > s->lim.max_body)
+    if (v > s->lim.max_body) {
+      s->counters.http_body_too_large++;
+      s->L->counters.http_body_too_large++;
       return rn__http_refuse(wsi, pss, 413);
+    }
     r->body_expect = (size_t)v;
   }
   if (r->body_expect == 0) {
     rn__req_ready(r);
     return 0;
   }
-  r->body = (unsigned char *)malloc(r->body_expect);
-  if (!r->body)
-    return -1;
+  /* The body buffer grows as bytes arrive: a declared length alone costs
+   * nothing. The clock for body_timeout starts now. */
+  r->body_start = uv_now(&s->L->loop);
+  rn__body_track(r);
   return 0;
+}
+
+/* Answers 408 and drops the connection: the rest of the body is unread, so
+ * the connection cannot carry another request. */
+static int rn__http_timeout(struct lws *wsi, rn_pss *pss) {
+  rn__req_detach(pss);
+  lws_return_http_status(wsi, 408, NULL);
+  return -1;
 }
 
 static int rn__http_body(rn_pss *pss, struct lws *wsi, const void *in, size_t len) {
   rn_req *r = pss->req;
   if (!r)
     return 0;
-  if (r->body_len + len > r->body_expect)
+  if (r->body_timed_out)
+    return rn__http_timeout(wsi, pss);
+  if (r->body_len + len > r->body_expect) {
+    r->srv->counters.http_body_too_large++;
+    r->L->counters.http_body_too_large++;
     return rn__http_refuse(wsi, pss, 413);
-  memcpy(r->body + r->body_len, in, len);
+  }
+  if (rn__body_late(r, uv_now(&r->L->loop))) {
+    rn__count_body_timeout(r);
+    return rn__http_timeout(wsi, pss);
+  }
+  if (r->body_len + len > r->body_cap) {
+    /* Geometric growth from 16 KiB, capped at the declared length (itself
+     * at most max_body). */
+    size_t cap = r->body_cap ? r->body_cap : 16384;
+    unsigned char *n;
+    while (cap < r->body_len + len)
+      cap *= 2;
+    if (cap > r->body_expect)
+      cap = r->body_expect;
+    n = (unsigned char *)realloc(r->body, cap);
+    if (!n)
+      return -1;
+    r->body = n;
+    r->body_cap = cap;
+  }
+  if (len)
+    memcpy(r->body + r->body_len, in, len);
   r->body_len += len;
   return 0;
 }
 
 static int rn__http_writeable(rn_pss *pss, struct lws *wsi) {
   rn_req *r = pss->req;
+  if (r && r->body_timed_out)
+    return rn__http_timeout(wsi, pss);
   if (!r || !r->responded)
     return 0;
   if (!r->headers_sent) {
@@ -341,6 +573,14 @@ static int rn__origin_allowed(rn_server *s, struct lws *wsi) {
   return 0;
 }
 
+/* The server owning the vhost a wsi belongs to (for wsis no protocol is
+ * bound to yet). */
+static rn_server *rn__vhost_server(struct lws *wsi) {
+  struct lws_vhost *vh = lws_get_vhost(wsi);
+  const struct lws_protocols *p = vh ? lws_vhost_name_to_protocol(vh, "rn-server") : NULL;
+  return p ? (rn_server *)p->user : NULL;
+}
+
 int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, void *in, size_t len) {
   const struct lws_protocols *prot = lws_get_protocol(wsi);
@@ -348,6 +588,25 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
   rn_pss *pss = (rn_pss *)user;
 
   switch (reason) {
+  case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+    /* lws 4.1.6 calls protocols[0] of the listening vhost with the peer's
+     * address before it adopts the socket; the listening wsi has no
+     * protocol bound, so find the server through the vhost. */
+    if (!s)
+      s = rn__vhost_server(wsi);
+    return s ? rn__ip_filter(s, (const struct lws_filter_network_conn_args *)user) : 0;
+  case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    if (!s)
+      s = rn__vhost_server(wsi);
+    if (s)
+      rn__ip_count(s, wsi);
+    return 0;
+  case LWS_CALLBACK_WSI_DESTROY:
+    if (!s)
+      s = rn__vhost_server(wsi);
+    if (s)
+      rn__ip_uncount(s, wsi);
+    return 0;
   case LWS_CALLBACK_HTTP:
     if (!s || !pss)
       return -1;
@@ -393,6 +652,8 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
       return 1;
     }
     if (s->nconns >= s->lim.max_connections) {
+      s->counters.ws_refused_full++;
+      s->L->counters.ws_refused_full++;
       lws_return_http_status(wsi, 503, NULL);
       return 1;
     }
@@ -772,6 +1033,46 @@ static int rn_server_port(lua_State *L) {
   return 1;
 }
 
+/* Pushes a table of refusal counters (names as in rn_counters). */
+void rn__counters_push(lua_State *L, const rn_counters *c) {
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, (lua_Integer)c->conn_refused_per_ip);
+  lua_setfield(L, -2, "conn_refused_per_ip");
+  lua_pushinteger(L, (lua_Integer)c->http_body_timeouts);
+  lua_setfield(L, -2, "http_body_timeouts");
+  lua_pushinteger(L, (lua_Integer)c->http_body_too_large);
+  lua_setfield(L, -2, "http_body_too_large");
+  lua_pushinteger(L, (lua_Integer)c->ws_refused_full);
+  lua_setfield(L, -2, "ws_refused_full");
+  lua_pushinteger(L, (lua_Integer)c->ws_rate_closes);
+  lua_setfield(L, -2, "ws_rate_closes");
+  lua_pushinteger(L, (lua_Integer)c->ws_too_big);
+  lua_setfield(L, -2, "ws_too_big");
+  lua_pushinteger(L, (lua_Integer)c->ws_slow_closes);
+  lua_setfield(L, -2, "ws_slow_closes");
+}
+
+/* server:stats() -> { <counters>, tcp_connections = n, websockets = n }:
+ * this server's refusal counters since it started, the TCP connections
+ * counted per address (0 when max_connections_per_ip is off) and the open
+ * WebSockets. */
+static int rn_server_stats(lua_State *L) {
+  rn_server *s = rn__server_check(L, 1);
+  rn__counters_push(L, &s->counters);
+  lua_pushinteger(L, s->nips_conns);
+  lua_setfield(L, -2, "tcp_connections");
+  lua_pushinteger(L, s->nconns);
+  lua_setfield(L, -2, "websockets");
+  return 1;
+}
+
+/* core.stats() -> the refusal counters summed over every server this
+ * process has run (they survive core.shutdown()). */
+static int rn_core_stats(lua_State *L) {
+  rn__counters_push(L, &rn__loop_get(L)->counters);
+  return 1;
+}
+
 static int rn_server_nconns(lua_State *L) {
   lua_pushinteger(L, rn__server_check(L, 1)->nconns);
   return 1;
@@ -833,6 +1134,7 @@ void rn__server_open_lua(lua_State *L) {
   static const luaL_Reg smethods[] = {
     {"port", rn_server_port},
     {"connection_count", rn_server_nconns},
+    {"stats", rn_server_stats},
     {"close", rn_server_close},
     {"destroy", rn_server_destroy},
     {NULL, NULL}};
@@ -863,4 +1165,6 @@ void rn__server_open_lua(lua_State *L) {
   lua_setfield(L, -2, "listen");
   lua_pushcfunction(L, rn__limits_defaults);
   lua_setfield(L, -2, "default_limits");
+  lua_pushcfunction(L, rn_core_stats);
+  lua_setfield(L, -2, "stats");
 }
