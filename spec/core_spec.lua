@@ -509,3 +509,102 @@ describe("the WebSocket client", function()
     end)
   end)
 end)
+
+describe("hostile-input bounds (in process)", function()
+  it("parses the new limits: 0 or false switch a bound off, bad values raise", function()
+    H.run(function()
+      for _, k in ipairs({ "body_timeout", "body_min_rate", "max_connections_per_ip", "ws_msg_rate",
+        "ws_msg_burst", "ws_byte_rate", "ws_byte_burst" }) do
+        assert.is_number(rn.DEFAULT_LIMITS[k], k)
+      end
+      assert.truthy(H.listen { ws_msg_rate = false, ws_byte_rate = 0, max_connections_per_ip = false,
+        body_timeout = false, body_min_rate = 0 })
+      assert.has_error(function() H.listen { ws_msg_rate = -1 } end,
+        "limit 'ws_msg_rate' must be a non-negative integer")
+      assert.has_error(function() H.listen { body_timeout = "soon" } end,
+        "limit 'body_timeout' must be a non-negative number")
+      assert.has_error(function() H.listen { ws_msg_burst = false } end,
+        "limit 'ws_msg_burst' must be a non-negative integer")
+    end)
+  end)
+
+  it("refuses TCP connections past max_connections_per_ip and counts them", function()
+    H.run(function()
+      local before = rn.stats().limits.conn_refused_per_ip
+      local srv = echo_server { max_connections_per_ip = 2 }
+      local a = assert(rn.ws_connect(url(srv)))
+      local b = assert(rn.ws_connect(url(srv)))
+      local c, _, code = rn.ws_connect(url(srv))
+      assert.is_nil(c)
+      assert.truthy(code)
+      local st = srv:stats()
+      assert.equal(1, st.conn_refused_per_ip)
+      assert.equal(2, st.tcp_connections)
+      assert.equal(before + 1, rn.stats().limits.conn_refused_per_ip)
+      a:close_wait()
+      rn.sleep(0.1)
+      assert.equal(1, srv:stats().tcp_connections)
+      local d = assert(rn.ws_connect(url(srv)))
+      assert(d:send("in"))
+      assert.equal("in", d:receive(5))
+      b:close_wait(); d:close_wait()
+      -- switched off: no share, nothing counted
+      local off = echo_server { max_connections_per_ip = 0 }
+      local conns = {}
+      for i = 1, 4 do conns[i] = assert(rn.ws_connect(url(off))) end
+      assert.equal(0, off:stats().tcp_connections)
+      for i = 1, 4 do conns[i]:close_wait() end
+    end)
+  end)
+
+  it("closes a WebSocket over its message rate with 1008, and not when switched off", function()
+    H.run(function()
+      local srv = echo_server { ws_msg_rate = 10, ws_msg_burst = 5 }
+      local c = assert(rn.ws_connect(url(srv)))
+      for i = 1, 20 do c:send("m" .. i) end
+      local err
+      for _ = 1, 21 do
+        local m, e = c:receive(5)
+        if not m then err = e; break end
+      end
+      assert.equal("ECLOSED: connection closed (1008 message rate limit exceeded)", err)
+      assert.equal(1, srv:stats().ws_rate_closes)
+      local free = echo_server { ws_msg_rate = false, ws_byte_rate = false }
+      local f = assert(rn.ws_connect(url(free)))
+      for i = 1, 3000 do f:send("m" .. i) end
+      for i = 1, 3000 do assert.equal("m" .. i, f:receive(5)) end
+      assert.equal(0, free:stats().ws_rate_closes)
+      f:close_wait()
+    end)
+  end)
+
+  it("answers a body slower than body_min_rate with 408", function()
+    H.run(function()
+      local srv = H.listen { body_timeout = 3 }
+      srv:route("POST", "/up", function(req) return 200, "got " .. #req.body end)
+      local py = "import socket,time\n" ..
+        "s=socket.create_connection(('127.0.0.1'," .. srv.port .. "))\n" ..
+        "s.sendall(b'POST /up HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100000\\r\\n\\r\\n')\n" ..
+        "s.settimeout(0.5)\n" ..
+        "t=time.time()\n" ..
+        "while time.time()-t<15:\n" ..
+        "  try:\n" ..
+        "    r=s.recv(100)\n" ..
+        "    print(r.split(b'\\r\\n')[0].decode() if r else 'EOF'); break\n" ..
+        "  except socket.timeout:\n" ..
+        "    s.send(b'a')\n"
+      local rc, out = H.sh(H.PY .. " -c " .. H.q(py)):wait(30)
+      assert.equal(0, rc)
+      assert.equal("HTTP/1.1 408 Request Timeout\n", out)
+      assert.equal(1, srv:stats().http_body_timeouts)
+      -- a body that arrives in time is served, in pieces grown as it comes
+      local status, body = H.curl("-X POST --data-binary @" .. H.q(H.ROOT .. "/README.md") ..
+        " http://127.0.0.1:" .. srv.port .. "/up")
+      assert.equal(200, status)
+      local f = assert(io.open(H.ROOT .. "/README.md", "rb"))
+      local n = #f:read("a")
+      f:close()
+      assert.equal("got " .. n, body)
+    end)
+  end)
+end)

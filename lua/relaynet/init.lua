@@ -254,6 +254,13 @@ function Server:connection_count()
   return count(self._conns)
 end
 
+--- This server's refusal counters (see rn.stats().limits), its TCP
+--- connections counted per address and its open WebSockets.
+function Server:stats()
+  check_server(self, "stats")
+  return self._box:stats()
+end
+
 --- Stops accepting (new requests and upgrades get 503) and closes this
 --- server's WebSockets with 1001. libwebsockets 4.1.6 cannot close a
 --- listening vhost, so the port itself stays bound until rn.run() returns.
@@ -833,6 +840,8 @@ function M.stats()
     connections = count(conns),
     waiting = sched.waiting_count(),
     http_inflight = http_inflight,
+    -- refusals by the C core's bounds, summed over every server of the process
+    limits = core.stats(),
   }
 end
 
