@@ -10,6 +10,9 @@
  */
 #include "rn.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -441,6 +444,20 @@ static int rn_hrtime(lua_State *L) {
   return 1;
 }
 
+/* core.trim_memory(): gives freed heap memory back to the system
+ * (glibc's malloc_trim; elsewhere a no-op). Lua frees many small blocks
+ * between survivors, which glibc keeps mapped: the mesh calls this after a
+ * full collection when a link that held a large table went down. Returns
+ * true when memory was released. */
+static int rn_trim_memory(lua_State *L) {
+#ifdef __GLIBC__
+  lua_pushboolean(L, malloc_trim(0));
+#else
+  lua_pushboolean(L, 0);
+#endif
+  return 1;
+}
+
 static int rn_running(lua_State *L) {
   lua_pushboolean(L, rn__loop_get(L)->running);
   return 1;
@@ -473,6 +490,7 @@ int luaopen_relaynet_core(lua_State *L) {
     {"poll", rn_poll},
     {"now", rn_now},
     {"hrtime", rn_hrtime},
+    {"trim_memory", rn_trim_memory},
     {"shutdown", rn_shutdown},
     {"running", rn_running},
     {"versions", rn_version},
