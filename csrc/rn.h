@@ -112,6 +112,7 @@ typedef struct rn_counters {
   uint64_t ws_rate_closes;       /* 1008 closes: message or byte rate */
   uint64_t ws_too_big;           /* 1009 closes: max_message */
   uint64_t ws_slow_closes;       /* 1008 closes: slow consumer */
+  uint64_t protected_refused;    /* 403: a mesh route asked by a non-loopback peer */
 } rn_counters;
 
 /* One source address's share of a server's connections (rn_server.c). */
@@ -166,6 +167,8 @@ typedef struct rn_server {
   int finalized;      /* lws has freed the vhost */
   char **origins;     /* NULL: allow every Origin */
   int norigins;
+  char **protected_paths; /* exact paths served to loopback peers only (rn_protect.c) */
+  int nprotected;
   int refcnt;         /* Lua box + live connections/requests */
   char *host;
   rn_ipent **ips;     /* RN_IP_BUCKETS chains, allocated on first accept */
@@ -296,6 +299,12 @@ void rn__req_push(lua_State *L, rn_req *r);
 void rn__client_open_lua(lua_State *L);
 int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
                         void *user, void *in, size_t len);
+
+/* rn_protect.c */
+int rn__peer_is_loopback(struct lws *wsi);
+void rn__protect_from_table(lua_State *L, int idx, rn_server *s);
+void rn__protect_free(rn_server *s);
+int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path);
 
 /* Error helper: pushes nil, "CODE: message", "CODE" and returns 3. */
 int rn__fail(lua_State *L, const char *code, const char *fmt, ...);

@@ -163,6 +163,7 @@ void rn__server_unref(rn_server *s) {
   for (i = 0; i < s->norigins; i++)
     free(s->origins[i]);
   free(s->origins);
+  rn__protect_free(s);
   rn__ips_free(s);
   free(s->host);
   free(s);
@@ -357,6 +358,18 @@ static int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss) {
   m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
   if (m < 0 || m > LWSHUMETH_HEAD || !uri)
     return rn__http_refuse(wsi, pss, 400);
+  {
+    /* Protected mode (rn_protect.c): compare the path without its query. */
+    char path[256];
+    int pl = ulen < (int)sizeof path ? ulen : (int)sizeof path - 1, rc;
+    memcpy(path, uri, (size_t)pl);
+    path[pl] = '\0';
+    rc = rn__protect_refuse(s, wsi, path);
+    if (rc < 0)
+      return -1;
+    if (rc > 0) /* "connection: close" was sent: hang up */
+      return -1;
+  }
   if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
     return rn__http_refuse(wsi, pss, 411);
   r = (rn_req *)calloc(1, sizeof *r);
@@ -646,6 +659,15 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
       }
       if (strcmp(ver, "13"))
         return rn__refuse_version(wsi);
+    }
+    {
+      char path[256];
+      int rc;
+      if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) < 0)
+        path[0] = '\0';
+      rc = rn__protect_refuse(s, wsi, path);
+      if (rc != 0)
+        return rc < 0 ? -1 : 1;
     }
     if (!rn__origin_allowed(s, wsi)) {
       lws_return_http_status(wsi, 403, NULL);
@@ -950,6 +972,7 @@ static int rn_listen(lua_State *L) {
       return luaL_error(L, "out of memory");
   }
   lua_pop(L, 1);
+  rn__protect_from_table(L, 1, s);
   lua_getfield(L, 1, "origins");
   if (lua_istable(L, -1)) {
     int i, n = (int)lua_rawlen(L, -1);
@@ -1050,6 +1073,8 @@ void rn__counters_push(lua_State *L, const rn_counters *c) {
   lua_setfield(L, -2, "ws_too_big");
   lua_pushinteger(L, (lua_Integer)c->ws_slow_closes);
   lua_setfield(L, -2, "ws_slow_closes");
+  lua_pushinteger(L, (lua_Integer)c->protected_refused);
+  lua_setfield(L, -2, "protected_refused");
 }
 
 /* server:stats() -> { <counters>, tcp_connections = n, websockets = n }:

@@ -20,9 +20,22 @@
 -- Strictness beyond parsing with cjson: the text must be valid UTF-8 without
 -- raw control characters inside strings; `[]` and `{}` are told apart (an
 -- empty array is marked with json.array); ids must be strings, finite numbers
--- or null and are echoed exactly (integers as integers). An invalid request
--- whose id is valid gets that id back; otherwise the id is null. Members a
--- request object does not define are ignored.
+-- or null and are echoed with the same value: integers as integers, other
+-- numbers in the shortest form that reads back as the same double, and
+-- numbers of magnitude 2^53 or more that are not 64-bit integers (which a
+-- double cannot hold exactly) as the very text the request carried. An invalid
+-- request whose id is valid gets that id back; otherwise the id is null.
+-- Members a request object does not define are ignored.
+--
+-- Calls in flight: at most LIMITS.max_calls_per_connection mesh calls
+-- (remote_call and <server>.<method>) wait at once per client connection
+-- (`ctx.owner`, a table the transport keeps per WebSocket connection; an
+-- HTTP request is its own connection, so a batch of 100 counts 100). A call
+-- past it fails at once with EBUSY (-32008, data.code "EBUSY"): a batch
+-- larger than what is left answers its excess entries with EBUSY without
+-- waiting for anything. The mesh's own per-node bound (mesh max_calls)
+-- answers EBUSY the same way. M.close(ctx.owner) fails a closed
+-- connection's calls still waiting with ECANCELED.
 
 local json = require("relaynet.json")
 local sched = require("relaynet.sched")
@@ -33,6 +46,12 @@ M.LIMITS = {
   max_request = 1024 * 1024, -- bytes of request text
   max_batch = 100,           -- requests in one batch
   max_depth = 32,            -- nesting of arrays/objects (at most json.MAX_DEPTH)
+  max_calls_per_connection = 256, -- mesh calls waiting at once per client connection
+}
+
+--- Counters, shown by the mesh's status (GET /status) as rpc_<name>.
+M.stats = {
+  calls_refused = 0, -- calls answered EBUSY: their connection had max_calls_per_connection waiting
 }
 
 M.ERRORS = {
@@ -50,6 +69,7 @@ M.ERRORS = {
   ELINKLOST = -32005,
   ETTL = -32006,
   ECANCELED = -32007,
+  EBUSY = -32008,   -- too many calls in flight (per connection or per node)
   EINVAL = -32602,
 }
 local E = M.ERRORS
@@ -144,6 +164,123 @@ local function is_array(t)
   return type(t) == "table" and (t[1] ~= nil or getmetatable(t) == ARRAY_MT)
 end
 
+-- raw ids -----------------------------------------------------------------------
+--
+-- The decoder gives a float for every number that is not a 64-bit integer.
+-- At magnitudes of 2^53 and more a float no longer holds every integer, so
+-- writing it back would change the id for a client that reads numbers
+-- exactly (2^64 would come back as 1.8446744073709552e+19). For such ids
+-- the request text is scanned again (it is valid JSON: the decoder accepted
+-- it) for the raw text of the top-level "id" member, and that text is
+-- echoed. Smaller floats are echoed by value (1.0 as 1, 1.50 as 1.5).
+
+-- The index just past the JSON string that starts (with its quote) at i.
+local function skip_string(s, i)
+  local j = i + 1
+  while true do
+    local k = find(s, '["\\]', j)
+    if not k then return nil end
+    if sub(s, k, k) == '"' then return k + 1 end
+    j = k + 2
+  end
+end
+
+local function skip_ws(s, i)
+  return find(s, "[^ \t\r\n]", i) or #s + 1
+end
+
+-- The index just past the JSON value that starts at i.
+local function skip_value(s, i)
+  local c = sub(s, i, i)
+  if c == '"' then return skip_string(s, i) end
+  if c == "{" or c == "[" then
+    local depth, j = 0, i
+    while true do
+      local k = find(s, '[%[%]{}"]', j)
+      if not k then return nil end
+      local ch = sub(s, k, k)
+      if ch == '"' then
+        j = skip_string(s, k)
+        if not j then return nil end
+      else
+        depth = (ch == "[" or ch == "{") and depth + 1 or depth - 1
+        j = k + 1
+        if depth == 0 then return j end
+      end
+    end
+  end
+  local _, e = find(s, "^[%w%.%+%-]+", i) -- a number, true, false or null
+  return e and e + 1
+end
+
+-- The raw text of the "id" member of the object that starts at i (the last
+-- one, as the decoder keeps the last of duplicate keys), when it is a
+-- number; and the index just past the object.
+local function raw_object_id(s, i)
+  local raw
+  local j = skip_ws(s, i + 1)
+  if sub(s, j, j) == "}" then return nil, j + 1 end
+  while sub(s, j, j) == '"' do
+    local ke = skip_string(s, j)
+    if not ke then return nil end
+    local key = sub(s, j + 1, ke - 2)
+    if find(key, "\\", 1, true) then key = json.decode(sub(s, j, ke - 1)) end
+    j = skip_ws(s, skip_ws(s, ke) + 1) -- past the colon
+    local ve = skip_value(s, j)
+    if not ve then return nil end
+    if key == "id" then
+      raw = find(s, "^[%-%d]", j) and sub(s, j, ve - 1) or nil
+    end
+    j = skip_ws(s, ve)
+    local c = sub(s, j, j)
+    if c == "}" then return raw, j + 1 end
+    if c ~= "," then return nil end
+    j = skip_ws(s, j + 1)
+  end
+  return nil
+end
+
+-- Raw id texts of the request (batch = false) or of each request of the
+-- batch: { [index] = text } (index 1 for a single request).
+local function raw_ids(s, batch)
+  local out = {}
+  local j = skip_ws(s, 1)
+  if not batch then
+    if sub(s, j, j) == "{" then out[1] = raw_object_id(s, j) end
+    return out
+  end
+  j = skip_ws(s, j + 1) -- past the "["
+  local n = 0
+  while j <= #s do
+    n = n + 1
+    local e
+    if sub(s, j, j) == "{" then
+      out[n], e = raw_object_id(s, j)
+    else
+      e = skip_value(s, j)
+    end
+    if not e then break end
+    j = skip_ws(s, e)
+    if sub(s, j, j) ~= "," then break end
+    j = skip_ws(s, j + 1)
+  end
+  return out
+end
+
+-- Replaces the float id of a checked request with its raw text, when the
+-- text reads back as the same number.
+local RAW_ID_MT = { __name = "relaynet.jsonrpc.raw_id" }
+
+local function use_raw_id(req, raw)
+  if raw and tonumber(raw) == req.id then req.id = setmetatable({ raw = raw }, RAW_ID_MT) end
+end
+
+local function needs_raw_id(r)
+  if type(r) ~= "table" then return false end
+  local id = r.id
+  return math.type(id) == "float" and (id >= 2 ^ 53 or id <= -2 ^ 53)
+end
+
 local function is_object(t)
   return type(t) == "table" and t[1] == nil and getmetatable(t) ~= ARRAY_MT
 end
@@ -211,9 +348,28 @@ local function remote_call_params(params)
   return p.node_id, p.server_name, p.method, args or json.array({}), timeout
 end
 
--- Calls the mesh: ok, result | false, error object.
-local function call_mesh(node_id, server, method, args, timeout)
-  local result, msg, code = get_mesh().remote_call(node_id, server, method, args, timeout)
+-- Calls the mesh on behalf of ctx.owner (the client connection): ok,
+-- result | false, error object. Refused with EBUSY when the connection
+-- already has max_calls_per_connection calls waiting.
+local function call_mesh(ctx, node_id, server, method, args, timeout)
+  local owner = ctx.owner
+  local limit = M.LIMITS.max_calls_per_connection
+  if owner.n >= limit then
+    M.stats.calls_refused = M.stats.calls_refused + 1
+    return false, mesh_error(format("EBUSY: this connection already has %d calls in flight " ..
+      "(max_calls_per_connection)", owner.n), "EBUSY")
+  end
+  local mesh = get_mesh()
+  owner.n = owner.n + 1
+  local ok, result, msg, code
+  local owned_call = rawget(mesh, "owned_call")
+  if owned_call then
+    ok, result, msg, code = pcall(owned_call, owner, node_id, server, method, args, timeout)
+  else -- a stand-in mesh (tests) that may replace remote_call
+    ok, result, msg, code = pcall(mesh.remote_call, node_id, server, method, args, timeout)
+  end
+  owner.n = owner.n - 1
+  if not ok then error(result, 0) end
   if result == nil and msg ~= nil then return false, mesh_error(msg, code) end
   return true, result
 end
@@ -228,10 +384,10 @@ local function no_params(name, fn)
 end
 
 local BUILTIN = {
-  remote_call = function(params)
+  remote_call = function(params, ctx)
     local node_id, server, method, args, timeout = remote_call_params(params)
     if not node_id then return false, server end
-    return call_mesh(node_id, server, method, args, timeout)
+    return call_mesh(ctx, node_id, server, method, args, timeout)
   end,
   ["p2p.peer.getStatus"] = no_params("p2p.peer.getStatus", function(mesh) return mesh.status() end),
   ["p2p.registry"] = no_params("p2p.registry", function(mesh) return mesh.registry() end),
@@ -244,10 +400,10 @@ local function method_not_found(name)
 end
 
 -- Runs one valid request: ok, result | false, error object.
-local function execute(req)
+local function execute(req, ctx)
   local name = req.method
   local builtin = BUILTIN[name]
-  if builtin then return builtin(req.params) end
+  if builtin then return builtin(req.params, ctx) end
   if find(name, "^rpc%.") or find(name, "^p2p%.") then return false, method_not_found(name) end
   local server, method = match(name, "^([^.]+)%.(.+)$")
   if not server then return false, method_not_found(name) end
@@ -255,8 +411,7 @@ local function execute(req)
   if params == nil then args = json.array({})
   elseif is_array(params) then args = params
   else args = json.array({ params }) end
-  local mesh = get_mesh()
-  return call_mesh(mesh.node_id(), server, method, args, nil)
+  return call_mesh(ctx, get_mesh().node_id(), server, method, args, nil)
 end
 
 -- Runs a request, turning a raise into an internal error.
@@ -271,6 +426,7 @@ end
 
 local function encode_id(id)
   if id == nil then return "null" end
+  if getmetatable(id) == RAW_ID_MT then return id.raw end
   return assert(json.encode(id)) -- a string, a finite number or null: always encodable
 end
 
@@ -363,16 +519,30 @@ function M.handle(text, ctx)
   end
   local v, perr = parse(text)
   if v == nil then return encode_error(nil, perr) end
+  -- Calls in flight are counted per client connection: the transport's
+  -- ctx.owner, else this text alone (an HTTP request).
+  if not (ctx and ctx.owner) then
+    ctx = setmetatable({ owner = { n = 0 } }, { __index = ctx })
+  end
   if not is_array(v) then
-    return respond(check_request(v), ctx)
+    local req = check_request(v)
+    if needs_raw_id(v) and req.id == v.id then use_raw_id(req, raw_ids(text, false)[1]) end
+    return respond(req, ctx)
   end
   local n = #v
   if n == 0 then return encode_error(nil, invalid_request("empty batch")) end
   if n > limits.max_batch then
     return encode_error(nil, invalid_request(format("a batch of %d requests, more than %d", n, limits.max_batch)))
   end
-  local reqs = {}
-  for i = 1, n do reqs[i] = check_request(v[i]) end
+  local reqs, raw = {}, nil
+  for i = 1, n do
+    local req = check_request(v[i])
+    if needs_raw_id(v[i]) and req.id == v[i].id then
+      raw = raw or raw_ids(text, true)
+      use_raw_id(req, raw[i])
+    end
+    reqs[i] = req
+  end
   local out = run_batch(reqs, ctx)
   local list = {}
   for i = 1, n do
@@ -380,6 +550,15 @@ function M.handle(text, ctx)
   end
   if #list == 0 then return nil end
   return "[" .. concat(list, ",") .. "]"
+end
+
+--- Fails the calls still waiting for client connection `owner` (the
+--- ctx.owner it passed to handle) with ECANCELED: call it when the
+--- connection has closed. Returns how many.
+function M.close(owner)
+  local mesh = get_mesh()
+  if owner and mesh.cancel_calls then return mesh.cancel_calls(owner) end
+  return 0
 end
 
 return M
