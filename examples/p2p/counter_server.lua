@@ -10,7 +10,10 @@
 --
 -- Methods (call them with rn.remote_call(node, "counter", method, args) or
 -- through POST /rpc on any node):
---   increment([n])  adds n (default 1) and returns the new value
+--   increment([n])  adds n (default 1) and returns the new value; the
+--                   value stays within math.mininteger..math.maxinteger:
+--                   a step past either end raises "increment: ... would
+--                   overflow" (EREMOTE to the caller) and changes nothing
 --   get()           the current value
 --   reset()         sets it back to 0 and returns 0
 --   whoami()        this node's id
@@ -26,6 +29,11 @@ local counter = {}
 function counter.increment(n)
   if n == nil then n = 1 end
   if math.type(n) ~= "integer" then error("increment: n must be an integer", 0) end
+  -- Lua integers wrap around silently: refuse a step that would.
+  if (n > 0 and value > math.maxinteger - n) or (n < 0 and value < math.mininteger - n) then
+    error(string.format("increment: %d + %d would overflow (the counter stays within %d..%d)",
+      value, n, math.mininteger, math.maxinteger), 0)
+  end
   value = value + n
   return value
 end
