@@ -19,6 +19,13 @@ local EV_WRITTEN, EV_DRAIN, EV_CONNERR = core.EV_WRITTEN, core.EV_DRAIN, core.EV
 local EV_SIGNAL, EV_RESOLVED = core.EV_SIGNAL, core.EV_RESOLVED
 
 M.DEFAULT_LIMITS = core.default_limits()
+
+-- Protected mode: until the mesh has credentials, a mesh-enabled server
+-- answers these paths to loopback peers only (403 with an explanation to
+-- any other address; csrc/rn_protect.c). HttpServer.listen{ mesh = false }
+-- mounts none of them; insecure_mesh = true (or mesh_config.insecure_mesh,
+-- the CLI's --insecure-mesh) serves them to everyone and logs a warning.
+M.PROTECTED_PATHS = { "/ws/p2p", "/rpc", "/status", "/peers", "/routes", "/registry" }
 M.SHUTDOWN_GRACE = 5 -- seconds rn.stop() waits for close handshakes and handlers
 
 -- state of the current run ----------------------------------------------------
@@ -152,6 +159,9 @@ local function listen(opts, websocket)
   local copt = {}
   for k, v in pairs(opts) do copt[k] = v end
   if copt.websocket == nil then copt.websocket = true end
+  local insecure = opts.insecure_mesh
+  if insecure == nil then insecure = mesh.config.insecure_mesh end
+  if opts.mesh ~= false and not insecure then copt.protected_paths = M.PROTECTED_PATHS end
   local box, err, code = core.listen(copt)
   if not box then return nil, err, code end
   local port = box:port()
@@ -175,7 +185,13 @@ local function listen(opts, websocket)
   live[self] = true
   servers_by_port[port] = self
   self._mesh = opts.mesh ~= false
-  if self._mesh then M._mesh_routes(self) end
+  if self._mesh then
+    M._mesh_routes(self)
+    if insecure then
+      io.stderr:write("relaynet: WARNING: server ", id, " serves the mesh (/ws/p2p, /rpc, /status, /peers, ",
+        "/routes, /registry) to every address without authentication (insecure_mesh)\n")
+    end
+  end
   return self
 end
 
