@@ -15,6 +15,9 @@ object with what it saw (close codes, bytes) on stdout.
       announce the "delta" feature) count the registry_sync bytes the node
       sends them; then an attacker link sends FLIPS small adverts that add
       and remove one route in turn.
+  many URL N
+      opens N links from ten loopback addresses, one after the other, each
+      saying hello; reports how many the node closed and with which code.
   pending URL SLOTS LEGIT_ADDR
       opens SLOTS links from 127.0.0.1 that never say hello, then a link
       from LEGIT_ADDR that does; reports the close codes and whether the
@@ -81,12 +84,19 @@ async def huge(url, links, routes, namelen, hold, rounds):
         await hello(ws, me)
         await wait_type(ws, "registry_sync", 10)
         pad = "x" * max(0, namelen - 12)
+
+        def servers(k):
+            # With 64-character names, a second server name brings the
+            # advert to the issue's ~924 KiB.
+            if namelen >= 64:
+                return ["srv%d" % k, ("s%05d-%s" % (k, pad))[:36]]
+            return ["srv%d" % k]
         for rnd in range(rounds):
             rs = [{"path": [me], "seq": rnd + 1, "servers": []}]
             for k in range(routes - 1):
                 rs.append({"path": [me, "%s-h%05d%s" % (me[:3], k, pad)[:64],
                                     ("d%02d-%05d-%s" % (i, k, pad))[:64]],
-                           "seq": rnd + 1, "servers": ["srv%d" % k]})
+                           "seq": rnd + 1, "servers": servers(k)})
             text = json.dumps({"type": "registry_sync", "id": "%s-a%d" % (me, rnd), "from": me,
                                "data": {"seq": rnd + 1, "routes": rs}}, separators=(",", ":"))
             try:
@@ -186,6 +196,27 @@ async def pending(url, slots, legit_addr):
     return out
 
 
+async def many(url, n):
+    out = {"codes": {}, "adverts": 0}
+    socks = []
+    t0 = int(time.time())
+    for i in range(n):
+        ws = await websockets.connect(url, max_size=None, open_timeout=10, ping_interval=None,
+                                      local_addr=("127.0.0.%d" % (2 + i % 10), 0))
+        socks.append(ws)
+        try:
+            await hello(ws, "many%d-%d" % (i, t0))
+        except websockets.ConnectionClosed:
+            pass  # refused at once: its code is collected below
+    await asyncio.sleep(1)
+    codes = await asyncio.gather(*(closed_code(ws, 3) for ws in socks))
+    for c in codes:
+        out["codes"][str(c)] = out["codes"].get(str(c), 0) + 1
+    for ws in socks:
+        await ws.close()
+    return out
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     assert url.startswith("ws://127.0.0.1:"), "attacks target 127.0.0.1 only"
@@ -194,6 +225,8 @@ def main():
         res = huge(url, int(a[0]), int(a[1]), int(a[2]), float(a[3]), int(a[4]))
     elif mode == "flip":
         res = flip(url, int(a[0]), int(a[1]))
+    elif mode == "many":
+        res = many(url, int(a[0]))
     elif mode == "pending":
         res = pending(url, int(a[0]), a[1])
     else:

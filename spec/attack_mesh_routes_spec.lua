@@ -39,7 +39,7 @@ end
 local function attack(m, id, via, base, args, timeout)
   local pid = assert(m:pid(id))
   local h = H.sh(H.q(H.PY) .. " " .. H.q(ATTACKER) .. " " .. args)
-  local peak, answers, calls = 0, 0, 0
+  local peak, answers, calls, worst = 0, 0, 0, 0
   local report
   local deadline = rn.now() + (timeout or 120)
   local ok, err = pcall(function()
@@ -50,8 +50,10 @@ local function attack(m, id, via, base, args, timeout)
       local r = assert(rss(pid), id .. " died during the attack")
       if r > peak then peak = r end
       assert(r < base + 64 * MiB, string.format("%s RSS %.1f MiB, baseline %.1f MiB", id, r / MiB, base / MiB))
+      local t0 = rn.now()
       local status = H.curl("http://127.0.0.1:" .. m:port_of(id) .. "/", 30)
       assert(status, "GET / on " .. id .. " got no answer during the attack")
+      worst = math.max(worst, rn.now() - t0)
       answers = answers + 1
       if via then
         local res, cerr = rn.remote_call(via, "counter", "whoami", {}, 20)
@@ -67,6 +69,8 @@ local function attack(m, id, via, base, args, timeout)
   report = json.decode(out:match("[^\n]*\n?$"))
   assert(answers > 0, "no GET / was made during the attack")
   assert(via == nil or calls > 0, "no remote_call was made during the attack")
+  print(string.format("\n  %s: %d GET / answered during the attack, the slowest in %.2f s (curl included)",
+    args:match("^%a+"), answers, worst))
   return report, peak
 end
 
@@ -91,6 +95,36 @@ local function setup(m)
   assert.equal("r2", rn.remote_call("r2", "counter", "whoami", {}, 10))
   rn.sleep(1)
   return assert(rss(assert(m:pid("r1"))))
+end
+
+-- A raw link to node `id` (our own WebSocket client speaking the protocol)
+-- that says hello as `me`, with the "delta" feature unless v1.
+local function raw_link(m, id, me, v1)
+  local c = m:raw(id)
+  local self = { c = c }
+  function self.send(v) assert(c:send(assert(json.encode(v)))) end
+  -- the next registry_sync (other messages are skipped)
+  function self.advert(what, timeout)
+    local deadline = rn.now() + (timeout or 5)
+    while true do
+      local left = deadline - rn.now()
+      if left <= 0 then error("raw link " .. me .. ": no " .. what, 2) end
+      local msg, err = c:receive(left)
+      if not msg then error("raw link " .. me .. ": no " .. what .. ": " .. tostring(err), 2) end
+      local v = json.decode(msg)
+      if type(v) == "table" and v.type == "registry_sync" then return v end
+    end
+  end
+  self.send({ type = "hello", id = me .. "-1", from = me,
+    data = { version = 1, node = me, features = (not v1) and json.array({ "delta" }) or nil } })
+  return self
+end
+
+-- The route to `dest` in an advert, or nil.
+local function route_in(adv, dest)
+  for _, r in ipairs(adv.data.routes) do
+    if r.path[#r.path] == dest then return r end
+  end
 end
 
 describe("hostile mesh routes", function()
@@ -150,6 +184,72 @@ describe("hostile mesh routes", function()
       end
       local s = stats_of(m, "r1")
       assert(s.adverts_sent > 0)
+      assert.equal("r2", rn.remote_call("r2", "counter", "whoami", {}, 10))
+    end, { timeout = 120 })
+  end)
+
+  it("change adverts, withdrawals, version 1 peers and route_request", function()
+    MH.run(function(m)
+      setup(m)
+      local before = stats_of(m, "r1")
+      local a = raw_link(m, "r1", "pa")
+      local b = raw_link(m, "r1", "pb")
+      local old = raw_link(m, "r1", "pv1", true)
+      -- at link-up: the full table, saying so
+      for _, l in ipairs({ a, b, old }) do
+        local full = l.advert("full table")
+        assert.is_true(full.data.full)
+        assert(route_in(full, "r2"), "no route to r2 in the full table")
+      end
+      -- a announces x (a change advert): b gets only that change
+      a.send({ type = "registry_sync", id = "pa-2", from = "pa", to = "r1", data = { seq = 1, full = false,
+        routes = { { path = { "pa" }, seq = 1, servers = json.array() },
+          { path = { "pa", "x" }, seq = 4, servers = { "svc" } } } } })
+      local d = b.advert("change advert for x")
+      while not route_in(d, "x") do d = b.advert("change advert for x") end
+      assert.is_false(d.data.full)
+      assert(#d.data.routes <= 2, "a change advert carried " .. #d.data.routes .. " routes")
+      assert.same({ "r1", "pa", "x" }, route_in(d, "x").path)
+      assert.same({ "svc" }, route_in(d, "x").servers)
+      assert.is_nil(route_in(d, "r2"))
+      -- a withdraws x: b gets the withdrawal
+      a.send({ type = "registry_sync", id = "pa-3", from = "pa", to = "r1", data = { seq = 1, full = false,
+        routes = json.array(), withdraw = { "x" } } })
+      d = b.advert("withdrawal of x")
+      assert.is_false(d.data.full)
+      assert.same({ "x" }, d.data.withdraw)
+      -- the version 1 peer (no "delta") got the full table once, at link-up:
+      -- the changes above wait for advert_interval, never one table each
+      local msg = old.c:receive(0.5)
+      while msg do
+        assert.not_equal("registry_sync", json.decode(msg).type, "a version 1 peer got a table per change")
+        msg = old.c:receive(0.5)
+      end
+      -- route_request right after link-up: limited; after advert_interval
+      -- it is answered with the full table
+      b.send({ type = "route_request", id = "pb-2", from = "pb", to = "r1" })
+      MH.wait_until(function()
+        return stats_of(m, "r1").route_requests_limited - before.route_requests_limited == 1
+      end, "the early route_request to be limited")
+      rn.sleep(rn.mesh_config.advert_interval)
+      b.send({ type = "route_request", id = "pb-3", from = "pb", to = "r1" })
+      local full = b.advert("full table on request")
+      assert.is_true(full.data.full)
+      assert(route_in(full, "r2") and route_in(full, "pa") and not route_in(full, "x"))
+      for _, l in ipairs({ a, b, old }) do l.c:close_wait(1000, "bye") end
+    end, { timeout = 120 })
+  end)
+
+  it("140 links that say hello: max_links (128) hold, the rest get 4503", function()
+    MH.run(function(m)
+      local base = setup(m)
+      local cap = rn.mesh_config.max_links
+      assert.equal(128, cap)
+      local rep = attack(m, "r1", "r2", base, "many " .. m:url("r1") .. " 140", 120)
+      -- r1 already has two links (r2 and this process)
+      assert.equal(140 - (cap - 2), rep.codes["4503"], json.encode(rep))
+      assert.equal(cap - 2, rep.codes["None"], json.encode(rep)) -- still open
+      MH.wait_until(function() return stats_of(m, "r1").links == 2 end, "the attacker's links to go")
       assert.equal("r2", rn.remote_call("r2", "counter", "whoami", {}, 10))
     end, { timeout = 120 })
   end)
