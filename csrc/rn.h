@@ -205,6 +205,7 @@ typedef struct rn_conn {
   uint8_t rx_binary;
   uint8_t rx_active; /* a fragmented message is being reassembled */
   uint8_t close_sent;
+  uint8_t rate_scale; /* receive rates and bursts times this (0 counts as 1; set_rate_scale) */
   /* receive rate token buckets (server connections; see rn__conn_receive) */
   double rl_msgs, rl_bytes;
   uint64_t rl_at;     /* uv_now() of the last refill; 0: buckets not started */

@@ -293,20 +293,21 @@ int rn__utf8_check(const unsigned char *s, size_t len) {
  * of 0 switches its bucket off. */
 static int rn__rate_exceeded(rn_conn *c, const rn_limits *lim, size_t bytes, int msg) {
   uint64_t now;
+  double scale = c->rate_scale ? (double)c->rate_scale : 1.0;
   if (!lim->ws_msg_rate && !lim->ws_byte_rate)
     return 0;
   now = uv_now(&c->L->loop);
   if (!c->rl_at) {
-    c->rl_msgs = (double)lim->ws_msg_burst;
-    c->rl_bytes = (double)lim->ws_byte_burst;
+    c->rl_msgs = scale * (double)lim->ws_msg_burst;
+    c->rl_bytes = scale * (double)lim->ws_byte_burst;
   } else if (now > c->rl_at) {
     double dt = (double)(now - c->rl_at) / 1000.0;
-    c->rl_msgs += dt * (double)lim->ws_msg_rate;
-    if (c->rl_msgs > (double)lim->ws_msg_burst)
-      c->rl_msgs = (double)lim->ws_msg_burst;
-    c->rl_bytes += dt * (double)lim->ws_byte_rate;
-    if (c->rl_bytes > (double)lim->ws_byte_burst)
-      c->rl_bytes = (double)lim->ws_byte_burst;
+    c->rl_msgs += dt * scale * (double)lim->ws_msg_rate;
+    if (c->rl_msgs > scale * (double)lim->ws_msg_burst)
+      c->rl_msgs = scale * (double)lim->ws_msg_burst;
+    c->rl_bytes += dt * scale * (double)lim->ws_byte_rate;
+    if (c->rl_bytes > scale * (double)lim->ws_byte_burst)
+      c->rl_bytes = scale * (double)lim->ws_byte_burst;
   }
   c->rl_at = now ? now : 1;
   if (msg && lim->ws_msg_rate) {
@@ -749,6 +750,17 @@ static int rn_conn_set_internal(lua_State *L) {
   return 0;
 }
 
+/* conn:set_rate_scale(n): this connection may receive n times its server's
+ * ws_msg_rate/ws_byte_rate and bursts (1..255; a mesh link carries the
+ * traffic of many callers). Rates of 0 stay off. */
+static int rn_conn_set_rate_scale(lua_State *L) {
+  rn_conn *c = rn__conn_check(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 1 && n <= 255, 2, "must be 1..255");
+  c->rate_scale = (uint8_t)n;
+  return 0;
+}
+
 /* conn:pause(true|false): stops or resumes reading from the socket (TCP
  * back-pressure for a receiver that cannot keep up). */
 static int rn_conn_pause(lua_State *L) {
@@ -857,6 +869,7 @@ void rn__conn_open_lua(lua_State *L) {
     {"want_drain", rn_conn_want_drain},
     {"pause", rn_conn_pause},
     {"set_internal", rn_conn_set_internal},
+    {"set_rate_scale", rn_conn_set_rate_scale},
     {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", rn_conn_gc},

@@ -578,6 +578,33 @@ describe("hostile-input bounds (in process)", function()
     end)
   end)
 
+  it("lets an accepted mesh link receive link_rate_scale times the message rate", function()
+    H.run(function()
+      local srv = echo_server { ws_msg_rate = 10, ws_msg_burst = 5 }
+      -- 200 messages at once: over 5 for a plain connection, under 5 * 64
+      -- for a link (the mesh drops them as bad messages and keeps the link).
+      local link = assert(rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/ws/p2p"))
+      for i = 1, 200 do link:send("junk " .. i) end
+      local plain = assert(rn.ws_connect(url(srv)))
+      for i = 1, 200 do plain:send("m" .. i) end
+      local err
+      for _ = 1, 201 do
+        local m, e = plain:receive(5)
+        if not m then err = e; break end
+      end
+      assert.equal("ECLOSED: connection closed (1008 message rate limit exceeded)", err)
+      assert.equal(1, srv:stats().ws_rate_closes)
+      -- the link got the node's hello and stays open (no 1008)
+      local hello = assert(link:receive(5))
+      assert.truthy(hello:find('"type":"hello"', 1, true), hello)
+      local m, e = link:receive(0.3)
+      assert.is_nil(m)
+      assert.truthy(e:find("^ETIMEDOUT"), e)
+      assert.is_true(link:is_open())
+      link:close_wait()
+    end)
+  end)
+
   it("answers a body slower than body_min_rate with 408", function()
     H.run(function()
       local srv = H.listen { body_timeout = 3 }
