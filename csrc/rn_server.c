@@ -203,6 +203,8 @@ static void rn__body_untrack(rn_req *r) {
 static int rn__body_late(const rn_req *r, uint64_t now) {
   const rn_limits *lim = &r->srv->lim;
   double ms = now > r->body_start ? (double)(now - r->body_start) : 0;
+  if (r->body_expect == 0) /* no body: its clock never started */
+    return 0;
   if (lim->body_timeout > 0 && ms >= lim->body_timeout * 1000.0)
     return 1;
   if (lim->body_min_rate > 0 && ms >= RN_BODY_GRACE_MS &&
