@@ -587,12 +587,13 @@ local function on_open(box, num)
   end
   if srv._mesh and info.path == "/ws/p2p" then
     box:set_internal(true)
+    box:set_rate_scale(mesh.config.link_rate_scale)
     if not mesh.enabled() then
       box:close(4404, "the mesh is disabled on this node")
       return
     end
     local ok, link = xpcall(mesh.accept, debug.traceback,
-      function(t) return box:send(t) end, function(c, r) box:close(c, r) end)
+      function(t) return box:send(t) end, function(c, r) box:close(c, r) end, info.peer)
     if not ok then
       sched.report("mesh accept on " .. rec.id .. ": " .. tostring(link))
       box:close(1011, "internal error")
@@ -663,6 +664,9 @@ local function on_close(num, code, reason)
     mesh.on_link_close(rec.link, code, reason)
     return
   elseif rec.rpc then
+    -- its calls still waiting can never be answered: fail them now
+    local rpc = package.loaded["relaynet.jsonrpc"]
+    if rec.rpc_owner and rpc then rpc.close(rec.rpc_owner) end
     return
   end
   if rec.server then
@@ -925,7 +929,11 @@ function M._rpc_ws(rec, data, binary)
   if binary then -- JSON-RPC is text: a binary frame cannot be a request
     out = '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: binary frame"}}'
   else
-    out = rpc.handle(data, { transport = "ws", peer = rec.id })
+    -- One owner per connection: its calls in flight are counted together
+    -- (max_calls_per_connection) and canceled when it closes.
+    local owner = rec.rpc_owner
+    if not owner then owner = { n = 0 }; rec.rpc_owner = owner end
+    out = rpc.handle(data, { transport = "ws", peer = rec.id, owner = owner })
   end
   if out ~= nil and not rec.closed then rec.box:send(out) end
 end

@@ -25,7 +25,7 @@ M.config = {
   ping_interval = 5,      -- mesh ping on every link
   link_timeout = 15,      -- a link silent this long is dropped
   hello_timeout = 5,      -- an accepted link must say hello within this
-  advert_interval = 10,   -- full route advert refresh
+  advert_interval = 10,   -- a route_request is answered at most this often per link
   advert_delay = 0.02,    -- triggered adverts are batched this long
   max_ttl = 16,           -- hops; also the longest accepted path
   default_timeout = 10,   -- remote_call timeout when none is given
@@ -36,8 +36,29 @@ M.config = {
   max_pending_links = 64, -- accepted links still waiting for hello
   max_routes = 4096,      -- entries accepted in one advert
   max_servers = 256,      -- server names per node in an advert
+  -- Routing and link bounds (counts unless noted; README "limits"). Past a
+  -- bound what is over is dropped and counted in mesh_status().stats; an
+  -- advert refused whole or a link refused gets a close code (PROTOCOL.md).
+  max_links = 128,              -- links up or waiting for hello; an inbound link past it: close 4503
+  max_pending_per_address = 16, -- inbound links from one address waiting for hello; past it: close 4429
+  max_advert_bytes = 524288,    -- bytes of one advert message; more: refused whole, close 4413
+  max_routes_per_link = 4096,   -- destinations held from one neighbour; new ones past it dropped
+  max_destinations = 8192,      -- distinct destinations held; new ones past it dropped
+  max_route_entries = 16384,    -- routes held over all neighbours; new ones past it dropped
+  max_registry_entries = 16384, -- server names held over all routes; names past it dropped
+  advert_min_interval = 0.25,   -- seconds; at most one change advert per link this often
   dedup_window = 300,     -- at most this many seconds a served call id is remembered
   max_dedup = 65536,      -- served call ids remembered at most (oldest half forgotten first)
+  -- Calls in flight (counts, not seconds). Past each bound the call is
+  -- refused at once with EBUSY; nothing waits for a free slot.
+  max_calls = 2048,            -- remote calls this node waits for at once (all callers)
+  max_served = 4096,           -- served calls that suspended and have not answered yet
+  max_forwards = 8192,         -- relayed calls awaiting their response, whole node
+  max_forwards_per_link = 2048, -- relayed calls awaiting their response, per incoming link
+  forward_slack = 2,           -- a forward is forgotten this long after the call's own deadline
+  -- An accepted link may receive this many times its server's ws_msg_rate
+  -- and ws_byte_rate (and bursts): one link carries many callers' calls.
+  link_rate_scale = 64,
 }
 
 local cfg = M.config
@@ -95,9 +116,14 @@ end
 local pending_links = {} -- link -> true, before hello
 local rib = {}           -- neighbour id -> { [dest] = { path, seq, servers } }
 local best = {}          -- dest -> { next, path, seq, servers }
-local calls = {}         -- call id -> { co, wid, first_hop, node }
-local forwards = {}      -- call id -> { from, to, deadline }
--- Served call ids, for dropping duplicates: caller .. "\0" .. call id ->
+local calls = {}         -- call id -> { co, wid, first_hop, node, owner }
+-- Relayed calls awaiting their response: call_key(caller, call id) ->
+-- { from, to, deadline, caller }. n_calls, n_forwards and n_served count
+-- remote calls waited for, forwards and suspended served calls (kept as
+-- counters: the caps are checked on every call).
+local forwards = {}
+local n_calls, n_forwards, n_served = 0, 0, 0
+-- Served call ids, for dropping duplicates: call_key(caller, call id) ->
 -- expiry time (the call's own timeout plus a second; a copy arriving later
 -- finds its caller gone). Two generations of tables: new ids go into
 -- `dedup_new`; when it holds half of cfg.max_dedup ids, or is older than
@@ -117,6 +143,10 @@ local function zero_stats()
     bad_messages = 0, dropped_loops = 0, unknown_replies = 0, hello_rejected = 0,
     ttl_expired = 0, duplicate_calls = 0, no_route = 0, calls_sent = 0, calls_served = 0,
     forwarded = 0, links_up = 0, links_down = 0, links_refused = 0, dedup_evicted = 0,
+    adverts_sent = 0, adverts_refused = 0, routes_dropped = 0, servers_dropped = 0,
+    route_requests_limited = 0, links_refused_address = 0,
+    calls_refused = 0, served_refused = 0, forwards_refused = 0, forwards_expired = 0,
+    calls_canceled = 0, unencodable = 0,
   }
 end
 zero_stats()
@@ -172,68 +202,237 @@ local function send(link, env)
 end
 
 -- routing ---------------------------------------------------------------------------
+--
+-- Routing state is kept so that an advert costs work in proportion to what
+-- it changed, never to (links x table):
+--  * rib[neighbour][dest] is the route that neighbour advertised;
+--  * cands[dest] is the set of neighbours offering a route to dest, so a
+--    changed destination is re-selected over its own candidates only;
+--  * best[dest] is the selected route, and `dirty` the destinations whose
+--    selection changed since the last advert. The next advert (at most one
+--    per link every advert_min_interval) carries only those: changed routes
+--    and withdrawals. The full table goes out when a link comes up and on a
+--    route_request (at most once per link every advert_interval).
+-- Counters keep the bounds cheap to check: rib_n[neighbour] (its routes),
+-- n_dests (#cands), n_entries (routes over all neighbours) and n_names
+-- (server names held in those routes).
 
-local function advert_for(link)
-  local routes = { { path = { M.node_id() }, seq = my_seq, servers = json.array(local_servers()) } }
-  for _, b in pairs(best) do
-    if b.next ~= link.peer and not contains(b.path, link.peer) and #b.path + 1 <= cfg.max_ttl then
-      local path = { M.node_id() }
-      for i = 1, #b.path do path[i + 1] = b.path[i] end
-      routes[#routes + 1] = { path = path, seq = b.seq, servers = json.array(b.servers) }
-      if #routes >= cfg.max_routes then break end
-    end
+local function own_route()
+  return { path = { M.node_id() }, seq = my_seq, servers = json.array(local_servers()) }
+end
+
+-- True when route b may be advertised to neighbour `peer`: never back
+-- through it, never with it on the path, never longer than max_ttl.
+local function advertisable(b, peer)
+  return b.next ~= peer and #b.path + 1 <= cfg.max_ttl and not contains(b.path, peer)
+end
+
+local function route_of(b)
+  local path = { M.node_id() }
+  for i = 1, #b.path do path[i + 1] = b.path[i] end
+  return { path = path, seq = b.seq, servers = json.array(b.servers) }
+end
+
+-- An estimate of a route's encoded size, to split adverts without encoding
+-- them twice.
+local function route_bytes(r)
+  local n = 40
+  for i = 1, #r.path do n = n + #r.path[i] + 3 end
+  for i = 1, #r.servers do n = n + #r.servers[i] + 3 end
+  return n
+end
+
+-- Sends `link` routes: the full table when `dests` is nil, else the routes
+-- of the destinations in the set `dests` (withdrawals for those it should
+-- no longer use through us). Messages are split to stay well inside the
+-- receiver's max_routes and max_advert_bytes; only the first part of a full
+-- table says full = true (the later parts add to it). A peer without the
+-- "delta" feature gets one message of at most max_routes / 2 routes.
+local function send_table(link, dests)
+  local full = dests == nil
+  local max_n = math.max(1, cfg.max_routes // 2)
+  local max_b = math.max(1024, cfg.max_advert_bytes // 2)
+  local routes, withdraw, n, bytes = json.array(), json.array(), 0, 0
+  local function flush()
+    local data = { seq = my_seq, full = full, routes = routes }
+    if #withdraw > 0 then data.withdraw = withdraw end
+    send(link, { type = "registry_sync", id = new_id(), from = M.node_id(), to = link.peer, data = data })
+    stats.adverts_sent = stats.adverts_sent + 1
+    full = false
+    routes, withdraw, n, bytes = json.array(), json.array(), 0, 0
   end
-  return { type = "registry_sync", id = new_id(), from = M.node_id(), to = link.peer,
-    data = { seq = my_seq, routes = routes } }
-end
-
-local function send_adverts()
-  advert_timer = nil
-  for _, link in pairs(links) do send(link, advert_for(link)) end
-end
-
-local function schedule_advert()
-  if advert_timer or not rn().running() then return end
-  advert_timer = sched.after(cfg.advert_delay, send_adverts)
-end
-
-local function route_signature(b)
-  return b.next .. "|" .. #b.path .. "|" .. tostring(b.seq) .. "|" .. table.concat(b.servers, ",")
-end
-
---- Recomputes the best route to every node from what each neighbour
---- advertised: fewest hops, then the lowest next-hop id; server lists come
---- from the freshest (highest seq) advert among the candidates.
-local function recompute()
-  local nb = {}
-  local freshest = {}
-  for peer, tbl in pairs(rib) do
-    if links[peer] then
-      for dest, e in pairs(tbl) do
-        if dest ~= M.node_id() then
-          local cur = nb[dest]
-          local hops = #e.path
-          if not cur or hops < #cur.path or (hops == #cur.path and peer < cur.next) then
-            nb[dest] = { next = peer, path = e.path, seq = e.seq, servers = e.servers }
-          end
-          local f = freshest[dest]
-          if not f or (e.seq or 0) > (f.seq or 0) then freshest[dest] = e end
-        end
+  local function add(r, dest)
+    local size = r and route_bytes(r) or #dest + 3
+    if n > 0 and (n + 1 > max_n or bytes + size > max_b) then
+      -- A peer without "delta" replaces its table with every message: it
+      -- gets one, and what does not fit is left out.
+      if not link.delta then return end
+      flush()
+    end
+    if r then routes[#routes + 1] = r else withdraw[#withdraw + 1] = dest end
+    n, bytes = n + 1, bytes + size
+  end
+  local me = M.node_id()
+  if full then
+    add(own_route())
+    for _, b in pairs(best) do
+      if advertisable(b, link.peer) then add(route_of(b)) end
+    end
+    link.full_sent = now()
+    link.full_due = nil
+  else
+    for dest in pairs(dests) do
+      local b = best[dest]
+      if dest == me then
+        add(own_route())
+      elseif b and advertisable(b, link.peer) then
+        add(route_of(b))
+      else
+        add(nil, dest)
       end
     end
   end
-  local changed = false
-  for dest, b in pairs(nb) do
-    local f = freshest[dest]
-    if f and (f.seq or 0) > (b.seq or 0) then b.seq, b.servers = f.seq, f.servers end
-    local old = best[dest]
-    if not old or route_signature(old) ~= route_signature(b) then changed = true end
+  if n > 0 or full then flush() end
+end
+
+local dirty = {}        -- dest -> true: its best route changed since the last advert
+local last_flush = -math.huge
+
+local function send_adverts()
+  advert_timer = nil
+  last_flush = now()
+  local d = dirty
+  if next(d) == nil then return end
+  dirty = {}
+  local t = now()
+  for _, link in pairs(links) do
+    -- Peers that did not announce "delta" in their hello get the full table
+    -- (a version 1 receiver replaces its table with every advert), at most
+    -- once every advert_interval: changes in between wait for the health
+    -- loop (full_due), so a flood of small changes cannot make this node
+    -- send whole tables to them at the change rate.
+    if link.delta then
+      send_table(link, d)
+    elseif t - (link.full_sent or -math.huge) >= cfg.advert_interval then
+      send_table(link, nil)
+    else
+      link.full_due = true
+    end
   end
-  for dest in pairs(best) do
-    if not nb[dest] then changed = true end
+end
+
+-- Batches changes for advert_delay and keeps adverts at least
+-- advert_min_interval apart, so a flood of changes coalesces.
+local function schedule_advert()
+  if advert_timer or not rn().running() then return end
+  local wait = math.max(cfg.advert_delay, last_flush + cfg.advert_min_interval - now())
+  advert_timer = sched.after(wait, send_adverts)
+end
+
+local cands = {}        -- dest -> { [neighbour] = true }
+local rib_n = {}        -- neighbour -> routes held from it
+local n_dests, n_entries, n_names = 0, 0, 0
+
+--- Selects the best route to `dest` from its candidates: fewest hops, then
+--- the lowest next-hop id; the server list comes from the freshest (highest
+--- seq) candidate. Marks dest dirty when the selection changed.
+local function select_route(dest)
+  local set = cands[dest]
+  local pick, pick_peer, fresh
+  if set then
+    for peer in pairs(set) do
+      local e = rib[peer][dest]
+      local hops = #e.path
+      if not pick or hops < #pick.path or (hops == #pick.path and peer < pick_peer) then
+        pick, pick_peer = e, peer
+      end
+      if not fresh or e.seq > fresh.seq then fresh = e end
+    end
   end
-  best = nb
-  if changed then schedule_advert() end
+  local old = best[dest]
+  if not pick then
+    if old then best[dest] = nil; dirty[dest] = true end
+    return
+  end
+  local seq, servers = pick.seq, pick.servers
+  if fresh.seq > seq then seq, servers = fresh.seq, fresh.servers end
+  if old and old.next == pick_peer and old.path == pick.path and old.seq == seq and old.servers == servers then
+    return
+  end
+  best[dest] = { next = pick_peer, path = pick.path, seq = seq, servers = servers }
+  dirty[dest] = true
+end
+
+-- Stores (e) or removes (e == nil) neighbour `peer`'s route to `dest`,
+-- within the bounds: a new route past max_routes_per_link, max_route_entries
+-- or max_destinations is dropped (stats.routes_dropped), server names past
+-- max_registry_entries are dropped (stats.servers_dropped). Returns true
+-- when the table changed.
+local function put_route(peer, tbl, dest, e)
+  local old = tbl[dest]
+  if old then
+    n_names = n_names - #old.servers
+    if not e then
+      tbl[dest] = nil
+      rib_n[peer] = rib_n[peer] - 1
+      n_entries = n_entries - 1
+      local set = cands[dest]
+      set[peer] = nil
+      if next(set) == nil then cands[dest] = nil; n_dests = n_dests - 1 end
+      return true
+    end
+  else
+    if not e then return false end
+    if rib_n[peer] >= cfg.max_routes_per_link or n_entries >= cfg.max_route_entries then
+      stats.routes_dropped = stats.routes_dropped + 1
+      return false
+    end
+    local set = cands[dest]
+    if not set then
+      if n_dests >= cfg.max_destinations then
+        stats.routes_dropped = stats.routes_dropped + 1
+        return false
+      end
+      set = {}
+      cands[dest] = set
+      n_dests = n_dests + 1
+    end
+    set[peer] = true
+    rib_n[peer] = rib_n[peer] + 1
+    n_entries = n_entries + 1
+  end
+  local servers = e.servers
+  local room = cfg.max_registry_entries - n_names
+  if #servers > room then
+    room = math.max(room, 0)
+    stats.servers_dropped = stats.servers_dropped + #servers - room
+    for i = #servers, room + 1, -1 do servers[i] = nil end
+  end
+  n_names = n_names + #servers
+  tbl[dest] = e
+  return true
+end
+
+-- Set when much state was dropped at once (a link that held many routes or
+-- calls went down): the health loop then runs one full garbage collection
+-- and core.trim_memory(), so an idle node gives the memory back instead of
+-- waiting for allocations to drive the collector.
+local gc_due = false
+
+-- Forgets every route learned from `peer` (its link went down) and
+-- re-selects the destinations it offered.
+local function drop_neighbour(peer)
+  local tbl = rib[peer]
+  if not tbl then return end
+  if rib_n[peer] >= 256 then gc_due = true end
+  local touched = {}
+  for dest in pairs(tbl) do
+    put_route(peer, tbl, dest, nil)
+    touched[dest] = true
+  end
+  rib[peer], rib_n[peer] = nil, nil
+  for dest in pairs(touched) do select_route(dest) end
+  if next(dirty) then schedule_advert() end
 end
 
 local function valid_path(path, first)
@@ -244,43 +443,158 @@ local function valid_path(path, first)
   return path[1] == first
 end
 
-local function on_advert(link, env)
+local function same_list(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+--- registry_sync: a full table (data.full absent or true: it replaces what
+--- this neighbour advertised) or a change (data.full == false: routes added
+--- or changed, data.withdraw the destinations withdrawn). An advert with
+--- more than max_routes entries or more than max_advert_bytes bytes is
+--- refused whole: the link is closed with 4413.
+local function on_advert(link, env, text)
   local data = env.data
-  if type(data) ~= "table" or type(data.routes) ~= "table" or #data.routes > cfg.max_routes then
+  if type(data) ~= "table" or type(data.routes) ~= "table"
+    or (data.withdraw ~= nil and type(data.withdraw) ~= "table") then
     stats.bad_messages = stats.bad_messages + 1
     return
   end
-  local tbl = {}
+  local nr = #data.routes + (data.withdraw and #data.withdraw or 0)
+  if nr > cfg.max_routes or (text and #text > cfg.max_advert_bytes) then
+    stats.adverts_refused = stats.adverts_refused + 1
+    link.close(4413, string.format("advert too large (%d routes, %d bytes; at most %d routes, %d bytes)",
+      nr, text and #text or 0, cfg.max_routes, cfg.max_advert_bytes))
+    return
+  end
+  local peer, me = link.peer, M.node_id()
+  local tbl = rib[peer]
+  if not tbl then
+    tbl = {}
+    rib[peer], rib_n[peer] = tbl, 0
+  end
+  local full = data.full ~= false
+  local seen = full and {} or nil
+  local touched = {}
   for _, r in ipairs(data.routes) do
-    if type(r) ~= "table" or not valid_path(r.path, link.peer) then
+    if type(r) ~= "table" or not valid_path(r.path, peer) then
       stats.bad_messages = stats.bad_messages + 1
-    elseif contains(r.path, M.node_id()) then
-      stats.dropped_loops = stats.dropped_loops + 1
     else
-      local servers = {}
-      if type(r.servers) == "table" then
-        for i = 1, math.min(#r.servers, cfg.max_servers) do
-          if is_name(r.servers[i]) then servers[#servers + 1] = r.servers[i] end
+      local dest = r.path[#r.path]
+      if contains(r.path, me) then
+        -- The neighbour's route now runs through us: a withdrawal.
+        stats.dropped_loops = stats.dropped_loops + 1
+        if put_route(peer, tbl, dest, nil) then touched[dest] = true end
+      else
+        if seen then seen[dest] = true end
+        local old = tbl[dest]
+        if not old and (rib_n[peer] >= cfg.max_routes_per_link or n_entries >= cfg.max_route_entries
+            or (not cands[dest] and n_dests >= cfg.max_destinations)) then
+          -- Past a bound (as in put_route), checked before any work.
+          stats.routes_dropped = stats.routes_dropped + 1
+          goto next_route
+        end
+        local servers = {}
+        if type(r.servers) == "table" then
+          for i = 1, math.min(#r.servers, cfg.max_servers) do
+            if is_name(r.servers[i]) then servers[#servers + 1] = r.servers[i] end
+          end
+        end
+        local seq = math.type(r.seq) == "integer" and r.seq or 0
+        if not (old and old.seq == seq and same_list(old.path, r.path) and same_list(old.servers, servers)) then
+          if put_route(peer, tbl, dest, { path = r.path, seq = seq, servers = servers }) then
+            touched[dest] = true
+          end
         end
       end
-      local seq = math.type(r.seq) == "integer" and r.seq or 0
-      tbl[r.path[#r.path]] = { path = r.path, seq = seq, servers = servers }
+    end
+    ::next_route::
+  end
+  if full then
+    for dest in pairs(tbl) do
+      if not seen[dest] then
+        put_route(peer, tbl, dest, nil)
+        touched[dest] = true
+      end
+    end
+  elseif data.withdraw then
+    for _, dest in ipairs(data.withdraw) do
+      if type(dest) == "string" and tbl[dest] then
+        put_route(peer, tbl, dest, nil)
+        touched[dest] = true
+      end
     end
   end
-  rib[link.peer] = tbl
-  recompute()
+  for dest in pairs(touched) do
+    if dest ~= me then select_route(dest) end
+  end
+  if next(dirty) then schedule_advert() end
+end
+
+--- route_request: the neighbour asks for the full table. Answered at most
+--- once per link every advert_interval seconds; requests in between are
+--- dropped and counted (stats.route_requests_limited).
+local function on_route_request(link)
+  local t = now()
+  if link.full_sent and t - link.full_sent < cfg.advert_interval then
+    stats.route_requests_limited = stats.route_requests_limited + 1
+    return
+  end
+  send_table(link, nil)
 end
 
 -- calls -----------------------------------------------------------------------------
 
 local ERROR_CODES = {
   ETIMEDOUT = true, ENOROUTE = true, ENOSERVER = true, ENOMETHOD = true, EREMOTE = true,
-  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true,
+  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true, EBUSY = true,
 }
 M.ERROR_CODES = ERROR_CODES
 
 local function fail(code, fmt, ...)
   return nil, code .. ": " .. string.format(fmt, ...), code
+end
+
+-- The key of a call in the forward and dedup tables: the caller's node id
+-- and its call id, length-prefixed so that no two (caller, id) pairs give
+-- the same key whatever bytes they contain.
+local function call_key(caller, id)
+  return #caller .. ":" .. caller .. id
+end
+
+-- Encodes an envelope for sending: text | nil, message. Never logs: a value
+-- that cannot be encoded is the caller's problem, answered as such.
+local function encode_envelope(env)
+  env.timestamp = env.timestamp or math.floor(now() * 1000)
+  return json.encode(env)
+end
+
+local function send_text(link, text)
+  if not link or link.state == "closed" then return false end
+  return link.send(text) == true
+end
+
+-- Forgets a relayed call (answered, expired, refused by a dead link).
+local function drop_forward(key, f)
+  if forwards[key] ~= f then return end
+  forwards[key] = nil
+  n_forwards = n_forwards - 1
+  local l = f.link
+  l.n_forwards = l.n_forwards - 1
+end
+
+-- Forgets forwards whose call is past its deadline plus cfg.forward_slack
+-- (its caller has given up; a late response is dropped as unknown). Called
+-- about once a second by the health loop.
+local function expire_forwards(t)
+  local slack = cfg.forward_slack
+  for key, f in pairs(forwards) do
+    if f.deadline + slack < t then
+      drop_forward(key, f)
+      stats.forwards_expired = stats.forwards_expired + 1
+    end
+  end
 end
 
 -- The ETIMEDOUT a call gets when server.method on `node` did not answer.
@@ -345,9 +659,30 @@ local function job_result(job, server, method)
   return pack_results(done, 2)
 end
 
+-- A call this node waits for: registered in `calls` (remote ones, under
+-- their call id; those count against cfg.max_calls) and in owner.calls when
+-- a JSON-RPC connection made it, so that M.cancel_calls can fail it when
+-- that connection goes away.
+local function add_call(owner, entry, remote)
+  if remote then n_calls = n_calls + 1 end
+  entry.remote = remote
+  if owner then
+    local set = owner.calls
+    if not set then set = {}; owner.calls = set end
+    set[entry] = true
+    entry.owner = owner
+  end
+end
+
+local function end_call(entry)
+  if entry.remote then n_calls = n_calls - 1 end
+  local owner = entry.owner
+  if owner then owner.calls[entry] = nil end
+end
+
 --- Calls a method of a server exposed on this node, in its own coroutine,
 --- waiting at most `timeout` seconds (the caller must be able to wait).
-local function call_local(server, method, args, timeout)
+local function call_local(owner, server, method, args, timeout)
   local fn, ferr, fcode = find_method(server, method)
   if not fn then return nil, ferr, fcode end
   local job = { fn = fn, args = args }
@@ -357,10 +692,14 @@ local function call_local(server, method, args, timeout)
   end
   sched.go(run_job, job)
   if not job.res then
+    local entry = {}
+    add_call(owner, entry, false)
     local ok, err, code = sched.wait("remote_call " .. server .. "." .. method, timeout, function(co, wid)
       waiter = { co, wid }
+      entry.co, entry.wid = co, wid
     end)
     waiter = nil
+    end_call(entry)
     if not ok then
       if code == "ETIMEDOUT" then
         return no_answer(server, method, M.node_id(), timeout)
@@ -381,14 +720,18 @@ local function check_call_args(node, server, method, args, timeout, level)
   end
 end
 
---- remote_call(node_id, server_name, method, args, timeout) -> result | nil, msg, code
-function M.remote_call(node, server, method, args, timeout)
-  check_call_args(node, server, method, args, timeout, 3)
+local function do_call(owner, node, server, method, args, timeout)
   timeout = math.min(timeout or cfg.default_timeout, cfg.max_timeout)
   args = args or {}
   if node == M.node_id() then
+    -- A call on this node holds no more than the method's own coroutine:
+    -- it is not counted against max_calls.
     if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
-    return call_local(server, method, args, timeout)
+    return call_local(owner, server, method, args, timeout)
+  end
+  if n_calls >= cfg.max_calls then
+    stats.calls_refused = stats.calls_refused + 1
+    return fail("EBUSY", "node %s already waits for %d remote calls (mesh max_calls)", M.node_id(), n_calls)
   end
   local b = best[node]
   local link = b and links[b.next]
@@ -397,28 +740,36 @@ function M.remote_call(node, server, method, args, timeout)
     return fail("ENOROUTE", "no route to node %s", node)
   end
   local list = json.array()
-  for i = 1, args.n or #args do
+  local n = args.n
+  if math.type(n) ~= "integer" then n = #args end
+  for i = 1, n do
     local v = args[i]
     if v == nil then v = json.null end
     list[i] = v
   end
   local id = new_id()
-  local env = {
+  local text, eerr = encode_envelope({
     type = "server_call", id = id, from = M.node_id(), to = node, ttl = cfg.max_ttl,
     route = { M.node_id() },
     data = { server = server, method = method, args = list, timeout_ms = math.floor(timeout * 1000) },
-  }
-  local entry = { first_hop = b.next, node = node }
-  calls[id] = entry
-  if not send(link, env) then
-    calls[id] = nil
+  })
+  if not text then
+    stats.unencodable = stats.unencodable + 1
+    return fail("EINVAL", "the arguments of %s.%s cannot be sent: %s", server, method, tostring(eerr))
+  end
+  if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
+  if not send_text(link, text) then
     return fail("ELINKLOST", "the link to %s failed while sending the call", b.next)
   end
+  local entry = { first_hop = b.next, node = node }
+  calls[id] = entry
+  add_call(owner, entry, true)
   stats.calls_sent = stats.calls_sent + 1
   local ok, a, c = sched.wait("rn.remote_call", timeout, function(co, wid)
     entry.co, entry.wid = co, wid
   end)
   calls[id] = nil
+  end_call(entry)
   if ok == true then return a end
   if ok == false then return nil, a, c end
   if c == "ETIMEDOUT" then
@@ -427,6 +778,48 @@ function M.remote_call(node, server, method, args, timeout)
   return nil, a, c
 end
 
+--- remote_call(node_id, server_name, method, args, timeout) -> result | nil, msg, code
+--- With cfg.max_calls calls to other nodes already waiting on this node it
+--- fails at once with EBUSY; arguments JSON cannot hold (functions, NaN,
+--- infinities, cycles) fail with EINVAL before anything is sent.
+function M.remote_call(node, server, method, args, timeout)
+  check_call_args(node, server, method, args, timeout, 3)
+  return do_call(nil, node, server, method, args, timeout)
+end
+
+--- remote_call on behalf of a client connection (JSON-RPC): `owner` is a
+--- table that stands for the connection; M.cancel_calls(owner) fails its
+--- calls still waiting with ECANCELED.
+function M.owned_call(owner, node, server, method, args, timeout)
+  check_call_args(node, server, method, args, timeout, 3)
+  if type(owner) ~= "table" then error("relaynet.mesh.owned_call: owner must be a table", 2) end
+  return do_call(owner, node, server, method, args, timeout)
+end
+
+--- Fails every call of `owner` still waiting with ECANCELED (its client
+--- connection closed). Returns how many.
+function M.cancel_calls(owner)
+  local set = owner and owner.calls
+  if not set then return 0 end
+  local list = {}
+  for entry in pairs(set) do list[#list + 1] = entry end
+  local n = 0
+  for _, entry in ipairs(list) do
+    if entry.co and sched.wake(entry.co, entry.wid, false,
+        "ECANCELED: the client connection that made the call closed", "ECANCELED") then
+      n = n + 1
+    end
+  end
+  stats.calls_canceled = stats.calls_canceled + n
+  -- many coroutines just became garbage: let the health loop collect it
+  -- and give the memory back while the node is idle
+  if n >= 64 then gc_due = true end
+  return n
+end
+
+-- Answers `call` (a server_call envelope) on `link`. A result JSON cannot
+-- hold is answered with EREMOTE saying so (the caller learns at once rather
+-- than at its timeout).
 local function reply(link, call, result, err, code)
   local data
   if err then
@@ -434,10 +827,18 @@ local function reply(link, call, result, err, code)
   else
     data = { result = result == nil and json.null or result }
   end
-  send(link, {
+  local env = {
     type = "server_response", id = new_id(), reply_to = call.id, from = M.node_id(),
     to = call.from, ttl = cfg.max_ttl, data = data,
-  })
+  }
+  local text, eerr = encode_envelope(env)
+  if not text then
+    stats.unencodable = stats.unencodable + 1
+    env.data = { error = { code = "EREMOTE", message = "EREMOTE: the answer of node " .. M.node_id() ..
+      " cannot be encoded as JSON: " .. tostring(eerr) } }
+    text = encode_envelope(env)
+  end
+  if text then send_text(link, text) end
 end
 
 local function rotate_dedup(t, evicting)
@@ -463,7 +864,7 @@ end
 
 local function serve_call(link, env)
   local data = env.data
-  local key = env.from .. "\0" .. env.id
+  local key = call_key(env.from, env.id)
   local t = now()
   if seen_call(key, t) then
     stats.duplicate_calls = stats.duplicate_calls + 1
@@ -475,6 +876,11 @@ local function serve_call(link, env)
     return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. M.node_id(),
       "ETIMEDOUT")
   end
+  if n_served >= cfg.max_served then
+    stats.served_refused = stats.served_refused + 1
+    return reply(link, env, nil, string.format("EBUSY: node %s is already serving %d calls (mesh max_served)",
+      M.node_id(), n_served), "EBUSY")
+  end
   remaining = math.min(remaining, cfg.max_timeout)
   stats.calls_served = stats.calls_served + 1
   local server, method = data.server, data.method
@@ -483,22 +889,26 @@ local function serve_call(link, env)
   -- Run the method in a coroutine of its own. Most methods return without
   -- suspending: then the reply goes out at once, with no coroutine or timer
   -- left waiting for it. One that suspends is answered when it finishes, or
-  -- with ETIMEDOUT at the call's deadline, whichever comes first.
+  -- with ETIMEDOUT at the call's deadline, whichever comes first; until then
+  -- it counts against cfg.max_served.
   local job = { fn = fn, args = data.args }
   sched.go(run_job, job)
   if job.res then
     return reply(link, env, job_result(job, server, method))
   end
+  n_served = n_served + 1
   local timer
   job.on_done = function()
     if job.replied then return end
     job.replied = true
+    n_served = n_served - 1
     timer.cancel()
     reply(link, env, job_result(job, server, method))
   end
   timer = sched.after(remaining, function()
     if job.replied then return end
     job.replied = true
+    n_served = n_served - 1
     reply(link, env, no_answer(server, method, M.node_id(), remaining))
   end)
 end
@@ -529,7 +939,8 @@ local function on_call(link, env)
     stats.ttl_expired = stats.ttl_expired + 1
     return reply(link, env, nil, "ETTL: hop limit reached at node " .. M.node_id(), "ETTL")
   end
-  if forwards[env.id] then
+  local key = call_key(env.from, env.id)
+  if forwards[key] then
     stats.duplicate_calls = stats.duplicate_calls + 1
     return
   end
@@ -540,17 +951,37 @@ local function on_call(link, env)
     return reply(link, env, nil, "ENOROUTE: no route to node " .. env.to .. " from " .. M.node_id(), "ENOROUTE")
   end
   local remaining = math.min(env.data.timeout_ms / 1000, cfg.max_timeout)
-  if remaining <= 0 then
+  if remaining ~= remaining or remaining <= 0 then
     return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed at " .. M.node_id(), "ETIMEDOUT")
   end
-  forwards[env.id] = { from = link.peer, to = b.next, deadline = now() + remaining, caller = env.from }
+  local per_link = link.n_forwards or 0
+  if n_forwards >= cfg.max_forwards or per_link >= cfg.max_forwards_per_link then
+    stats.forwards_refused = stats.forwards_refused + 1
+    local what = n_forwards >= cfg.max_forwards and "mesh max_forwards" or "mesh max_forwards_per_link"
+    return reply(link, env, nil, string.format("EBUSY: node %s relays too many calls already (%s)",
+      M.node_id(), what), "EBUSY")
+  end
   env.ttl = ttl
   env.route[#env.route + 1] = M.node_id()
   env.data.timeout_ms = math.floor(remaining * 1000)
   env.timestamp = nil
+  local text, eerr = encode_envelope(env)
+  if not text then
+    -- Something decoded that cannot be encoded again: the sender's fault,
+    -- answered once, never logged per message.
+    stats.unencodable = stats.unencodable + 1
+    stats.bad_messages = stats.bad_messages + 1
+    return reply(link, env, nil, "EINVAL: node " .. M.node_id() .. " cannot relay the call: " .. tostring(eerr),
+      "EINVAL")
+  end
+  local f = { from = link.peer, link = link, to = b.next, deadline = now() + remaining, caller = env.from,
+    id = env.id }
+  forwards[key] = f
+  n_forwards = n_forwards + 1
+  link.n_forwards = per_link + 1
   stats.forwarded = stats.forwarded + 1
-  if not send(out, env) then
-    forwards[env.id] = nil
+  if not send_text(out, text) then
+    drop_forward(key, f)
     reply(link, env, nil, "ELINKLOST: the link to " .. b.next .. " failed", "ELINKLOST")
   end
 end
@@ -578,16 +1009,16 @@ local function on_response(link, env, text)
     end
     return
   end
-  local f = forwards[env.reply_to]
+  local key = call_key(env.to, env.reply_to)
+  local f = forwards[key]
   if not f or f.to ~= link.peer then
     stats.unknown_replies = stats.unknown_replies + 1
     return
   end
-  forwards[env.reply_to] = nil
+  drop_forward(key, f)
   -- A response travels unchanged: pass on the text as it came, rather than
   -- encoding the decoded envelope again.
-  local back = links[f.from]
-  if back and back.state ~= "closed" then back.send(text) end
+  send_text(links[f.from], text)
 end
 
 -- route_message: a payload delivered to a node's message handler --------------------
@@ -648,34 +1079,58 @@ end
 
 local function hello(link)
   send(link, { type = "hello", id = new_id(), from = M.node_id(),
-    data = { version = M.PROTOCOL_VERSION, node = M.node_id() } })
+    data = { version = M.PROTOCOL_VERSION, node = M.node_id(), features = json.array({ "delta" }) } })
+end
+
+-- Links waiting for hello: pending_links[link] = true; n_pending and
+-- pending_by_addr[address] count them (inbound ones per peer address).
+local n_pending, pending_by_addr = 0, {}
+
+local function add_pending(link)
+  pending_links[link] = true
+  n_pending = n_pending + 1
+  local a = link.addr
+  if a then pending_by_addr[a] = (pending_by_addr[a] or 0) + 1 end
+end
+
+local function unpend(link)
+  if not pending_links[link] then return end
+  pending_links[link] = nil
+  n_pending = n_pending - 1
+  local a = link.addr
+  if a then
+    local n = pending_by_addr[a] - 1
+    pending_by_addr[a] = n > 0 and n or nil
+  end
 end
 
 local function link_down(link)
   if links[link.peer] ~= link then return end
   links[link.peer] = nil
-  rib[link.peer] = nil
   stats.links_down = stats.links_down + 1
   local peer = link.peer
   -- Routing state first: the callers woken below run at once and must see
   -- the routes as they are now.
-  recompute()
-  schedule_advert()
+  drop_neighbour(peer)
   -- calls forwarded through it get an error back; replies owed to it are moot
-  for id, f in pairs(forwards) do
+  local dropped = 0
+  for key, f in pairs(forwards) do
     if f.to == peer then
-      forwards[id] = nil
+      drop_forward(key, f)
+      dropped = dropped + 1
       local back = links[f.from]
       if back then
-        send(back, { type = "server_response", id = new_id(), reply_to = id, from = M.node_id(),
-          to = f.caller or "", ttl = cfg.max_ttl,
+        send(back, { type = "server_response", id = new_id(), reply_to = f.id, from = M.node_id(),
+          to = f.caller, ttl = cfg.max_ttl,
           data = { error = { code = "ELINKLOST", message = "ELINKLOST: the link from " .. M.node_id() ..
             " to " .. peer .. " went down during the call" } } })
       end
     elseif f.from == peer then
-      forwards[id] = nil
+      drop_forward(key, f)
+      dropped = dropped + 1
     end
   end
+  if dropped >= 256 then gc_due = true end
   -- calls waiting on this first hop fail now, not at their timeout
   local lost = {}
   for id, c in pairs(calls) do
@@ -696,10 +1151,9 @@ local function link_up(link, from)
   link.since = now()
   link.last_seen = now()
   links[from] = link
-  pending_links[link] = nil
+  unpend(link)
   stats.links_up = stats.links_up + 1
-  send(link, advert_for(link))
-  schedule_advert()
+  send_table(link, nil)
 end
 
 local function on_hello(link, env)
@@ -724,6 +1178,8 @@ local function on_hello(link, env)
     link.close(4400, "cannot link to myself")
     return
   end
+  -- A peer that lists "delta" gets change adverts; others the full table.
+  link.delta = type(data.features) == "table" and contains(data.features, "delta")
   local existing = links[from]
   if existing then
     -- Two links to one peer (both dialed at once, or a reconnect racing an
@@ -757,7 +1213,7 @@ local function on_pong(link, env)
 end
 
 local HANDLERS = {
-  hello = on_hello, ping = on_ping, pong = on_pong, registry_sync = on_advert,
+  hello = on_hello, ping = on_ping, pong = on_pong, registry_sync = on_advert, route_request = on_route_request,
   server_call = on_call, server_response = on_response, route_message = on_route_message,
 }
 
@@ -792,7 +1248,7 @@ end
 
 --- A link's WebSocket is gone.
 function M.on_link_close(link, code, reason)
-  pending_links[link] = nil
+  unpend(link)
   local was_up = link.state == "up"
   link.state = "closed"
   link.close_code, link.close_reason = code, reason
@@ -820,17 +1276,23 @@ local function health()
     end
     for link in pairs(pending_links) do
       if t - link.opened > cfg.hello_timeout then
-        pending_links[link] = nil
+        unpend(link)
         link.close(4408, "no hello")
       end
     end
-    for id, f in pairs(forwards) do
-      if f.deadline + 1 < t then forwards[id] = nil end
-    end
+    expire_forwards(t)
     if t - dedup_born >= cfg.dedup_window then rotate_dedup(t, false) end
-    if t - (M._last_full_advert or 0) >= cfg.advert_interval then
-      M._last_full_advert = t
-      send_adverts()
+    if gc_due then
+      gc_due = false
+      collectgarbage("collect")
+      local core = require("relaynet.core")
+      if core.trim_memory then core.trim_memory() end
+    end
+    for _, link in pairs(links) do
+      if link.full_due and t - link.full_sent >= cfg.advert_interval then
+        link.full_due = nil
+        send_table(link, nil)
+      end
     end
     sched.sleep(math.min(cfg.ping_interval, 1))
   end
@@ -844,15 +1306,31 @@ local function ensure_health()
 end
 
 --- Hands an accepted /ws/p2p connection to the mesh. Returns the link.
-function M.accept(send_fn, close_fn)
-  local link = { dir = "in", state = "hello", opened = now(), send = send_fn, close = close_fn }
-  if count(pending_links) >= cfg.max_pending_links then
+--- `addr` is the peer's address (for the per-address share of the links
+--- waiting for hello; nil: not counted per address).
+function M.accept(send_fn, close_fn, addr)
+  local link = { dir = "in", state = "hello", opened = now(), send = send_fn, close = close_fn, addr = addr }
+  local refused
+  if n_pending >= cfg.max_pending_links then
+    refused = "too many links waiting for hello"
+  elseif count(links) + n_pending >= cfg.max_links then
+    refused = "too many links"
+  elseif addr and (pending_by_addr[addr] or 0) >= cfg.max_pending_per_address then
+    -- links_refused counts every refused link, links_refused_address those
+    -- refused for their address's share.
     stats.links_refused = stats.links_refused + 1
-    close_fn(4503, "too many links waiting for hello")
+    stats.links_refused_address = stats.links_refused_address + 1
+    close_fn(4429, "too many links waiting for hello from " .. addr)
     link.state = "closed"
     return link
   end
-  pending_links[link] = true
+  if refused then
+    stats.links_refused = stats.links_refused + 1
+    close_fn(4503, refused)
+    link.state = "closed"
+    return link
+  end
+  add_pending(link)
   ensure_health()
   hello(link)
   return link
@@ -873,7 +1351,7 @@ local function maintain(p)
       link.send = function(t) return client:send(t) end
       link.close = function(c, r) client:close(c, r) end
       p.client = client
-      pending_links[link] = true
+      add_pending(link)
       ensure_health()
       hello(link)
       if link.state ~= "closed" then
@@ -937,10 +1415,12 @@ function M.reset()
   for link in pairs(pending_links) do link.state = "closed" end
   for _, link in pairs(links) do link.state = "closed" end
   links, pending_links, rib, best = {}, {}, {}, {}
+  cands, rib_n, dirty, last_flush = {}, {}, {}, -math.huge
+  n_dests, n_entries, n_names, n_pending, pending_by_addr = 0, 0, 0, 0, {}
   calls, forwards = {}, {}
+  n_calls, n_forwards, n_served = 0, 0, 0
   dedup_new, dedup_old, dedup_new_n, dedup_old_n, dedup_born = {}, {}, 0, 0, now()
   advert_timer, health_started = nil, false
-  M._last_full_advert = nil
   for _, p in pairs(peer_urls) do p.running = false; p.client = nil end
   zero_stats()
 end
@@ -954,6 +1434,7 @@ function M.expose(name, methods)
   if type(methods) ~= "table" then error("relaynet.expose: methods must be a table", 2) end
   exposed[name] = methods
   my_seq = my_seq + 1
+  dirty[M.node_id()] = true
   schedule_advert()
   return true
 end
@@ -962,6 +1443,7 @@ function M.unexpose(name)
   if not exposed[name] then return false end
   exposed[name] = nil
   my_seq = my_seq + 1
+  dirty[M.node_id()] = true
   schedule_advert()
   return true
 end
@@ -1008,9 +1490,17 @@ end
 function M.status()
   local s = {}
   for k, v in pairs(stats) do s[k] = v end
-  s.pending_calls = count(calls)
-  s.forwarded_in_flight = count(forwards)
-  s.pending_links = count(pending_links)
+  s.pending_calls = n_calls
+  s.forwarded_in_flight = n_forwards
+  s.served_in_flight = n_served
+  -- JSON-RPC's own counters (per-connection caps), once it is in use
+  local rpc = package.loaded["relaynet.jsonrpc"]
+  if type(rpc) == "table" and type(rpc.stats) == "table" then
+    for k, v in pairs(rpc.stats) do s["rpc_" .. k] = v end
+  end
+  s.pending_links = n_pending
+  s.links = count(links)
+  s.route_entries, s.destinations, s.registry_entries = n_entries, n_dests, n_names
   s.dedup_entries = dedup_new_n + dedup_old_n
   return {
     node_id = M.node_id(),
