@@ -16,7 +16,8 @@
  * delivered. Nothing in rn_conn.c is changed.
  *
  * Input: byte 0 picks the configuration (max_message, event arena or malloc,
- * token buckets on or off, server or client connection); then records of
+ * token buckets on or off, server or client connection, the connection's
+ * rate scale); then records of
  * [flags][len][len bytes], flags bit 0 = FIN, bit 1 = binary, bits 2-7 =
  * milliseconds of fake time that pass before the fragment (x 8).
  *
@@ -205,6 +206,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     srv.L = &loop;
     c->srv = &srv;
   }
+  c->rate_scale = (uint8_t)((data[0] >> 5) & 7); /* conn:set_rate_scale (0 counts as 1) */
   c->wsi = (struct lws *)&loop; /* never dereferenced: the fake answers */
   c->state = RN_CS_OPEN;
   c->refcnt = 1;
