@@ -20,6 +20,7 @@ local H = require("helper")
 local MH = require("mesh_harness")
 local json = require("relaynet.json")
 
+local WIDE_RPC = H.ROOT .. "/spec/tools/counter_wide_rpc.lua"
 local RSS_BOUND_KIB = 64 * 1024   -- growth allowed while the attack runs
 local RSS_AFTER_KIB = 8 * 1024    -- growth still allowed once it is over
 
@@ -153,7 +154,9 @@ end
 describe("attack: remote calls in flight", function()
   it("2,000 WebSocket /rpc batches of 100 calls to a node that never answers stay bounded", function()
     MH.run(function(m)
-      m:start_topology("line", { "a1", "b1" })
+      -- a1 lifts the per-address share (every client here is 127.0.0.1) so
+      -- that the node-wide max_calls is what holds; the next test keeps it.
+      m:start_topology("line", { "a1", "b1" }, { scripts = { a1 = WIDE_RPC } })
       m:join({ "a1" })
       m:wait_converged()
       local sk = sink(m, "a1", "sink")
@@ -229,6 +232,51 @@ describe("attack: remote calls in flight", function()
         base, peak, peak - base, after))
       sk.c:close_wait(1000, "bye")
     end, { timeout = 240 })
+  end)
+
+  it("one address gets at most max_calls_per_address of the node's calls, however many connections", function()
+    MH.run(function(m)
+      m:start_topology("line", { "a1", "b1" })
+      m:join({ "a1" })
+      m:wait_converged()
+      local sk = sink(m, "a1", "sink")
+      local per_conn, per_addr = 256, 512 -- the defaults
+      -- 6 connections of 127.0.0.1, 3 batches of 100 calls each to the sink
+      local conns, seq = {}, 0
+      for k = 1, 6 do
+        local a = rpc_ws(m, "a1")
+        conns[k] = a
+        for _ = 1, 3 do
+          assert(a.c:send(batch_text("sink", seq)))
+          seq = seq + 100
+        end
+        if k <= per_addr // per_conn then
+          -- 2 whole batches and 56 of a third wait (the third's answer
+          -- waits for its 56): nothing comes back yet
+          MH.wait_until(function() return sk.calls == k * per_conn end,
+            "the sink to get the calls of connection " .. k, 30)
+        else -- the address is full: all three batches are EBUSY at once
+          MH.wait_until(function() return a.messages == 3 end,
+            "connection " .. k .. " to get its EBUSY answers", 30)
+        end
+      end
+      MH.wait_until(function() return sk.calls == per_addr end, "the sink to get " .. per_addr .. " calls", 20)
+      local st = stats_of(m, "a1")
+      assert.equal(per_addr, st.pending_calls)
+      assert.equal(0, st.calls_refused) -- the node-wide max_calls was never reached
+      for k = 3, 6 do
+        assert.equal(300, conns[k].busy)
+        local why = keys(conns[k].why)
+        assert.equal("EBUSY: address N.N.N.N already has N calls in flight (max_calls_per_address)", why)
+      end
+      -- this node's own servers stay callable from the same address, and a
+      -- relayed call keeps working
+      assert.equal(0, rpc_ok(m, "a1", "a1", "get"))
+      assert.equal(1, rn.remote_call("b1", "counter", "increment", {}, 10))
+      for _, a in ipairs(conns) do a.c:close_wait(1000, "bye") end
+      MH.wait_until(function() return stats_of(m, "a1").pending_calls == 0 end, "a1 to drop the calls", 20)
+      sk.c:close_wait(1000, "bye")
+    end, { timeout = 120 })
   end)
 
   it("a batch larger than the connection's free slots answers the excess at once", function()

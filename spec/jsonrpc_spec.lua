@@ -210,7 +210,7 @@ end
 describe("JSON-RPC 2.0 on this node", function()
   it("exports the limits and the error codes", function()
     assert.are.same({ max_request = 1024 * 1024, max_batch = 100, max_depth = 32,
-      max_calls_per_connection = 256 }, jsonrpc.LIMITS)
+      max_calls_per_connection = 256, max_calls_per_address = 512 }, jsonrpc.LIMITS)
     assert.are.same({
       PARSE_ERROR = -32700, INVALID_REQUEST = -32600, METHOD_NOT_FOUND = -32601,
       INVALID_PARAMS = -32602, INTERNAL_ERROR = -32603,
@@ -537,6 +537,62 @@ describe("JSON-RPC 2.0 on this node", function()
       end
     end
     assert.are.equal(3 * 2, raised) -- two per client
+  end)
+
+  it("shares max_calls_per_address over every connection of one address", function()
+    local limits = jsonrpc.LIMITS
+    local saved_conn, saved_addr = limits.max_calls_per_connection, limits.max_calls_per_address
+    limits.max_calls_per_connection, limits.max_calls_per_address = 3, 5
+    local release = false
+    jsonrpc.mesh = setmetatable({
+      remote_call = function()
+        while not release do rn.sleep(0.02) end
+        return "done"
+      end,
+    }, { __index = require("relaynet.mesh") })
+    finally(function()
+      jsonrpc.mesh = nil
+      limits.max_calls_per_connection, limits.max_calls_per_address = saved_conn, saved_addr
+    end)
+    H.run(function()
+      local function rc(id) return call(id, "remote_call", '["far","s","m",[],30]') end
+      local outs, done = {}, 0
+      -- Three connections of 10.0.0.1 send three calls each, one at a time,
+      -- and one connection of 10.0.0.2 sends two: 10.0.0.1 gets 5 slots.
+      local clients = {
+        { addr = "10.0.0.1", owner = { n = 0 } }, { addr = "10.0.0.1", owner = { n = 0 } },
+        { addr = "10.0.0.1", owner = { n = 0 } }, { addr = "10.0.0.2", owner = { n = 0 } },
+      }
+      local id = 0
+      for k, c in ipairs(clients) do
+        for _ = 1, (k == 4 and 2 or 3) do
+          id = id + 1
+          local my = id
+          rn.spawn(function()
+            outs[my] = jsonrpc.handle(rc(my), { transport = "ws", owner = c.owner, addr = c.addr })
+            done = done + 1
+          end)
+          rn.sleep(0.01)
+        end
+      end
+      rn.sleep(0.2)
+      local busy = {}
+      for i = 1, 11 do
+        if outs[i] then busy[#busy + 1] = i end
+      end
+      -- calls 6..9 of 10.0.0.1 were refused at once; 10.0.0.2's two wait
+      assert.are.same({ 6, 7, 8, 9 }, busy)
+      for _, i in ipairs(busy) do
+        assert.are.equal(ME(i, -32008, "EBUSY",
+          "EBUSY: address 10.0.0.1 already has 5 calls in flight (max_calls_per_address)"), outs[i])
+      end
+      release = true
+      while done < 11 do rn.sleep(0.02) end
+      for _, i in ipairs({ 1, 2, 3, 4, 5, 10, 11 }) do assert.are.equal(R(i, '"done"'), outs[i]) end
+      -- the slots are free again
+      local again = jsonrpc.handle(rc(12), { transport = "http", owner = { n = 0 }, addr = "10.0.0.1" })
+      assert.are.equal(R(12, '"done"'), again)
+    end)
   end)
 
   it("maps every mesh error code to its JSON-RPC code", function()

@@ -605,6 +605,7 @@ local function on_open(box, num)
   elseif srv._mesh and info.path == "/rpc" then
     box:set_internal(true)
     rec.rpc = true
+    rec.addr = info.peer -- calls in flight are also bounded per address
     return
   end
   srv._conns[rec.id] = rec
@@ -916,7 +917,7 @@ function M._mesh_routes(srv)
   srv:route("POST", "/rpc", function(req)
     local rpc, err = rpc_module()
     if not rpc then error(err, 0) end
-    local out = rpc.handle(req.body, { transport = "http", peer = req.peer })
+    local out = rpc.handle(req.body, { transport = "http", peer = req.peer, addr = req.peer })
     if out == nil then return 204, "" end
     return 200, out, { ["content-type"] = "application/json" }
   end)
@@ -933,7 +934,7 @@ function M._rpc_ws(rec, data, binary)
     -- (max_calls_per_connection) and canceled when it closes.
     local owner = rec.rpc_owner
     if not owner then owner = { n = 0 }; rec.rpc_owner = owner end
-    out = rpc.handle(data, { transport = "ws", peer = rec.id, owner = owner })
+    out = rpc.handle(data, { transport = "ws", peer = rec.id, owner = owner, addr = rec.addr })
   end
   if out ~= nil and not rec.closed then rec.box:send(out) end
 end

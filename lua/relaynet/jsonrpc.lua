@@ -36,6 +36,13 @@
 -- waiting for anything. The mesh's own per-node bound (mesh max_calls)
 -- answers EBUSY the same way. M.close(ctx.owner) fails a closed
 -- connection's calls still waiting with ECANCELED.
+--
+-- All the connections and requests of one peer address (`ctx.addr`, the
+-- socket's address as the transport saw it) share at most
+-- LIMITS.max_calls_per_address calls in flight to other nodes, so one client
+-- cannot take every slot of the node-wide bound (mesh max_calls, which also
+-- counts only calls to other nodes) by opening more connections. Calls to
+-- this node's own servers are bounded by the mesh's max_served instead.
 
 local json = require("relaynet.json")
 local sched = require("relaynet.sched")
@@ -47,11 +54,15 @@ M.LIMITS = {
   max_batch = 100,           -- requests in one batch
   max_depth = 32,            -- nesting of arrays/objects (at most json.MAX_DEPTH)
   max_calls_per_connection = 256, -- mesh calls waiting at once per client connection
+  max_calls_per_address = 512,    -- calls to other nodes waiting at once per peer address
 }
+
+-- address -> calls in flight from it (entries go when they reach 0)
+local calls_by_addr = {}
 
 --- Counters, shown by the mesh's status (GET /status) as rpc_<name>.
 M.stats = {
-  calls_refused = 0, -- calls answered EBUSY: their connection had max_calls_per_connection waiting
+  calls_refused = 0, -- calls answered EBUSY: their connection or address had its maximum waiting
 }
 
 M.ERRORS = {
@@ -360,7 +371,15 @@ local function call_mesh(ctx, node_id, server, method, args, timeout)
       "(max_calls_per_connection)", owner.n), "EBUSY")
   end
   local mesh = get_mesh()
+  local addr = node_id ~= mesh.node_id() and ctx.addr or nil
+  local from_addr = addr and calls_by_addr[addr] or 0
+  if addr and from_addr >= M.LIMITS.max_calls_per_address then
+    M.stats.calls_refused = M.stats.calls_refused + 1
+    return false, mesh_error(format("EBUSY: address %s already has %d calls in flight " ..
+      "(max_calls_per_address)", addr, from_addr), "EBUSY")
+  end
   owner.n = owner.n + 1
+  if addr then calls_by_addr[addr] = from_addr + 1 end
   local ok, result, msg, code
   local owned_call = rawget(mesh, "owned_call")
   if owned_call then
@@ -369,6 +388,10 @@ local function call_mesh(ctx, node_id, server, method, args, timeout)
     ok, result, msg, code = pcall(mesh.remote_call, node_id, server, method, args, timeout)
   end
   owner.n = owner.n - 1
+  if addr then
+    local left = calls_by_addr[addr] - 1
+    calls_by_addr[addr] = left > 0 and left or nil
+  end
   if not ok then error(result, 0) end
   if result == nil and msg ~= nil then return false, mesh_error(msg, code) end
   return true, result
