@@ -335,7 +335,13 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     if (over) {
       c->srv->counters.ws_rate_closes++;
       c->L->counters.ws_rate_closes++;
-      return rn__conn_fail(c, 1008, over == 1 ? "message rate limit exceeded" : "byte rate limit exceeded");
+      rn__conn_fail(c, 1008, over == 1 ? "message rate limit exceeded" : "byte rate limit exceeded");
+      /* A flooding peer gets no more of our reading: discarding what it
+       * keeps sending would cost CPU for nothing, and with its writes
+       * blocked its own reader sees the close frame. The close deadline
+       * then ends the connection. */
+      lws_rx_flow_control(wsi, 0);
+      return 0;
     }
   }
   if (!c->rx_active) {
