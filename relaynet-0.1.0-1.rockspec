@@ -29,7 +29,7 @@ build = {
   modules = {
     ["relaynet.core"] = {
       sources = { "csrc/rn_loop.c", "csrc/rn_conn.c", "csrc/rn_server.c", "csrc/rn_client.c",
-                  "csrc/rn_json.c", "csrc/rn_protect.c" },
+                  "csrc/rn_json.c", "csrc/rn_protect.c", "csrc/rn_buf.c" },
       libraries = { "websockets", "uv", "m" },
       incdirs = { "$(LIBWEBSOCKETS_INCDIR)", "$(LIBUV_INCDIR)" },
       libdirs = { "$(LIBWEBSOCKETS_LIBDIR)", "$(LIBUV_LIBDIR)" },

@@ -266,6 +266,7 @@ void rn__conn_unref(rn_conn *c);
 void rn__req_unref(rn_req *r);
 void rn__server_unref(rn_server *s);
 unsigned char *rn__scratch(rn_loop *l, size_t len);
+int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial, size_t max);
 
 /* rn_conn.c */
 void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim);

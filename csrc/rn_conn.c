@@ -375,19 +375,8 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     }
     ev.len = len;
   } else {
-    if (c->rxlen + len > c->rxcap) {
-      size_t cap = c->rxcap ? c->rxcap : 1024;
-      unsigned char *n;
-      while (cap < c->rxlen + len)
-        cap *= 2;
-      if (cap > lim->max_message)
-        cap = lim->max_message;
-      n = (unsigned char *)realloc(c->rx, cap);
-      if (!n)
-        return rn__conn_fail(c, 1011, "out of memory");
-      c->rx = n;
-      c->rxcap = cap;
-    }
+    if (rn__grow(&c->rx, &c->rxcap, c->rxlen + len, 1024, lim->max_message) < 0)
+      return rn__conn_fail(c, 1011, "out of memory");
     if (len) /* an empty fragment may come before any buffer exists */
       memcpy(c->rx + c->rxlen, in, len);
     c->rxlen += len;

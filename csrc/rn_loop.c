@@ -168,24 +168,6 @@ int rn__event_push(rn_loop *l, const rn_event *ev) {
   return 0;
 }
 
-/* Grows *buf (capacity *cap, first allocation `initial`) by doubling until
- * it holds `need` bytes. Returns 0, or -1 when out of memory (*buf intact). */
-static int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial) {
-  size_t ncap;
-  unsigned char *n;
-  if (need <= *cap)
-    return 0;
-  ncap = *cap ? *cap : initial;
-  while (ncap < need)
-    ncap *= 2;
-  n = (unsigned char *)realloc(*buf, ncap);
-  if (!n)
-    return -1;
-  *buf = n;
-  *cap = ncap;
-  return 0;
-}
-
 /* The event arena: message events copy small payloads here instead of into
  * a malloc'd buffer each, so a message costs no allocation on its way to Lua.
  * The arena is emptied by rn_poll whenever the event queue is empty (every
@@ -200,7 +182,7 @@ int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
     *off = l->arena_len;
     return 0;
   }
-  if (need > RN_ARENA_MAX || rn__grow(&l->arena, &l->arena_cap, need, 16384) < 0)
+  if (need > RN_ARENA_MAX || rn__grow(&l->arena, &l->arena_cap, need, 16384, 0) < 0)
     return -1;
   memcpy(l->arena + l->arena_len, p, len);
   *off = l->arena_len;
@@ -209,7 +191,7 @@ int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
 }
 
 unsigned char *rn__scratch(rn_loop *l, size_t len) {
-  if (rn__grow(&l->scratch, &l->scratch_cap, LWS_PRE + len, 4096) < 0)
+  if (rn__grow(&l->scratch, &l->scratch_cap, LWS_PRE + len, 4096, 0) < 0)
     return NULL;
   return l->scratch + LWS_PRE;
 }

@@ -467,21 +467,10 @@ static int rn__http_body(rn_pss *pss, struct lws *wsi, const void *in, size_t le
     rn__count_body_timeout(r);
     return rn__http_timeout(wsi, pss);
   }
-  if (r->body_len + len > r->body_cap) {
-    /* Geometric growth from 16 KiB, capped at the declared length (itself
-     * at most max_body). */
-    size_t cap = r->body_cap ? r->body_cap : 16384;
-    unsigned char *n;
-    while (cap < r->body_len + len)
-      cap *= 2;
-    if (cap > r->body_expect)
-      cap = r->body_expect;
-    n = (unsigned char *)realloc(r->body, cap);
-    if (!n)
-      return -1;
-    r->body = n;
-    r->body_cap = cap;
-  }
+  /* Geometric growth from 16 KiB, capped at the declared length (itself at
+   * most max_body): a Content-Length alone allocates nothing. */
+  if (rn__grow(&r->body, &r->body_cap, r->body_len + len, 16384, r->body_expect) < 0)
+    return -1;
   if (len)
     memcpy(r->body + r->body_len, in, len);
   r->body_len += len;
