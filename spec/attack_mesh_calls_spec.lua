@@ -47,22 +47,30 @@ local function has_route(m, from, to)
   return false
 end
 
--- A fake mesh node `id` on a raw link to node `to` that never answers a call.
-local function sink(m, to, id)
-  local self = { calls = 0 }
+-- A raw mesh link to node `to` that has said hello as `id` and answers
+-- pings; every other decoded message goes to on_msg(v, text).
+local function raw_link(m, to, id, on_msg)
   local c = assert(rn.ws_connect(m:url(to), { timeout = 5, on_message = function(msg, _, client)
     local v = json.decode(msg)
     if type(v) ~= "table" then return end
     if v.type == "ping" then
       client:send(assert(json.encode({ type = "pong", id = v.id, from = id, to = v.from })))
-    elseif v.type == "server_call" then
-      self.calls = self.calls + 1
+    else
+      on_msg(v, msg)
     end
   end }))
-  self.c = c
   assert(c:send(assert(json.encode({ type = "hello", id = id .. "-hello", from = id,
     data = { version = 1, node = id } }))))
-  assert(c:send(assert(json.encode({ type = "registry_sync", id = id .. "-advert", from = id, to = to,
+  return c
+end
+
+-- A fake mesh node `id` on a raw link to node `to` that never answers a call.
+local function sink(m, to, id)
+  local self = { calls = 0 }
+  self.c = raw_link(m, to, id, function(v)
+    if v.type == "server_call" then self.calls = self.calls + 1 end
+  end)
+  assert(self.c:send(assert(json.encode({ type = "registry_sync", id = id .. "-advert", from = id, to = to,
     data = { seq = 1, routes = { { path = { id }, seq = 1, servers = json.array({ "counter" }) } } } }))))
   MH.wait_until(function() return has_route(m, to, id) end, to .. " to route to " .. id, 10)
   return self
@@ -73,26 +81,18 @@ end
 -- self.other the other answers, self.why the EBUSY messages seen (a set).
 local function evil_link(m, to, id)
   local self = { busy = 0, other = 0, answers = 0, why = {} }
-  local c = assert(rn.ws_connect(m:url(to), { timeout = 5, on_message = function(msg, _, client)
-    local v = json.decode(msg)
-    if type(v) ~= "table" then return end
-    if v.type == "ping" then
-      client:send(assert(json.encode({ type = "pong", id = v.id, from = id, to = v.from })))
-    elseif v.type == "server_response" then
-      self.answers = self.answers + 1
-      local e = type(v.data) == "table" and v.data.error
-      if type(e) == "table" and e.code == "EBUSY" then
-        self.busy = self.busy + 1
-        self.why[(e.message:gsub("%d+", "N"))] = true
-      else
-        self.other = self.other + 1
-        self.last_other = msg
-      end
+  self.c = raw_link(m, to, id, function(v, msg)
+    if v.type ~= "server_response" then return end
+    self.answers = self.answers + 1
+    local e = type(v.data) == "table" and v.data.error
+    if type(e) == "table" and e.code == "EBUSY" then
+      self.busy = self.busy + 1
+      self.why[(e.message:gsub("%d+", "N"))] = true
+    else
+      self.other = self.other + 1
+      self.last_other = msg
     end
-  end }))
-  self.c = c
-  assert(c:send(assert(json.encode({ type = "hello", id = id .. "-hello", from = id,
-    data = { version = 1, node = id } }))))
+  end)
   MH.wait_until(function()
     for _, p in ipairs((m:status(to) or { peers = {} }).peers) do
       if p.id == id then return true end
@@ -304,7 +304,7 @@ describe("attack: remote calls in flight", function()
 end)
 
 describe("attack: relayed calls in flight", function()
-  it("50,000 server_calls relayed toward a node that never answers: forwards capped, EBUSY back", function()
+  it("200,000 server_calls relayed toward a node that never answers: forwards capped, EBUSY back", function()
     MH.run(function(m)
       m:start_topology("line", { "a1", "b1" })
       m:wait_up("b1")
@@ -313,22 +313,24 @@ describe("attack: relayed calls in flight", function()
       local base = rss_kib(m, "a1")
       local peak = base
       local per_link, node_cap = 2048, 8192 -- max_forwards_per_link, max_forwards (defaults)
-      -- Each link sends PER calls at RATE/s: under the WebSocket message
-      -- rate limit of a server connection (ws_msg_rate, 1000/s), which
-      -- would otherwise close the link (1008) before the forward caps matter.
-      local PER, RATE = 10000, 800
+      -- Each link sends PER calls as fast as a1 reads them (this client
+      -- keeps at most 256 KiB queued). An accepted link may receive
+      -- link_rate_scale (64) times ws_msg_rate, so the rate limit does not
+      -- close it before the forward caps matter.
+      local PER = 40000
       local function flood(e, k)
         local fmt = '{"type":"server_call","id":"e' .. k .. '-%d","from":"evil' .. k .. '","to":"sink",' ..
           '"ttl":8,"route":["evil' .. k .. '"],"data":{"server":"counter","method":"increment",' ..
           '"args":[],"timeout_ms":300000}}'
-        local t0, sent = rn.now(), 0
+        local sent = 0
         while sent < PER do
-          local allowed = math.min(PER, math.floor((rn.now() - t0) * RATE) + 40)
-          while sent < allowed do
-            sent = sent + 1
-            assert(e.c:send(string.format(fmt, sent)))
+          if e.c:info().queued < 256 * 1024 then
+            for _ = 1, math.min(200, PER - sent) do
+              sent = sent + 1
+              assert(e.c:send(string.format(fmt, sent)))
+            end
           end
-          rn.sleep(0.02)
+          rn.sleep(0.005)
         end
         e.done = true
       end
@@ -349,7 +351,7 @@ describe("attack: relayed calls in flight", function()
             if not e.done then return false end
           end
           return true
-        end, "the floods to end", 60)
+        end, "the floods to end", 120)
       end
       local t0 = rn.now()
       -- links 1-4 together fill the node: 2048 forwards each (their per-link

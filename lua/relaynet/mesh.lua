@@ -957,7 +957,9 @@ local function on_call(link, env)
   local per_link = link.n_forwards or 0
   if n_forwards >= cfg.max_forwards or per_link >= cfg.max_forwards_per_link then
     stats.forwards_refused = stats.forwards_refused + 1
-    local what = n_forwards >= cfg.max_forwards and "mesh max_forwards" or "mesh max_forwards_per_link"
+    -- The link's own share is named first: when both are reached, it is
+    -- the more specific cause (this link already holds its share).
+    local what = per_link >= cfg.max_forwards_per_link and "mesh max_forwards_per_link" or "mesh max_forwards"
     return reply(link, env, nil, string.format("EBUSY: node %s relays too many calls already (%s)",
       M.node_id(), what), "EBUSY")
   end
