@@ -98,8 +98,10 @@ valgrind: build test-deps
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/mesh
 	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet/core.so
 	install -m 644 lua/relaynet/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/
+	install -m 644 lua/relaynet/mesh/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/mesh/
 	install -m 755 bin/relaynet $(DESTDIR)$(PREFIX)/bin/relaynet
 
 clean:

@@ -1,0 +1,627 @@
+-- relaynet.mesh.calls: server calls (remote_call, serving, relaying,
+-- responses, dedup) and route_message payloads.
+--
+-- One road for traffic not addressed to this node: on_call and
+-- on_route_message check their envelope, then relay() drops loops,
+-- delivers what is for this node, and hands the rest to forward(). One
+-- builder, respond(), makes every server_response this node originates
+-- (answers, refusals, and ELINKLOST for calls relayed over a link that
+-- went down). Nothing here suspends except the callers of remote_call.
+
+local sched = require("relaynet.sched")
+local json = require("relaynet.json")
+local S = require("relaynet.mesh.state")
+local I = require("relaynet.mesh.ident")
+local W = require("relaynet.mesh.wire")
+local R = require("relaynet.mesh.routes")
+
+local cfg = S.config
+local contains, is_name, now, fail = W.contains, W.is_name, W.now, W.fail
+local encode_envelope, send_text = W.encode_envelope, W.send_text
+
+local C = {}
+
+--- The error codes a call can fail with; a remote error carrying any other
+--- code is reported as EREMOTE.
+C.ERROR_CODES = {
+  ETIMEDOUT = true, ENOROUTE = true, ENOSERVER = true, ENOMETHOD = true, EREMOTE = true,
+  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true, EBUSY = true,
+}
+local ERROR_CODES = C.ERROR_CODES
+
+-- The key of a call in the forward and dedup tables: the caller's node id
+-- and its call id, length-prefixed so that no two (caller, id) pairs give
+-- the same key whatever bytes they contain.
+local function call_key(caller, id)
+  return #caller .. ":" .. caller .. id
+end
+
+-- responses ------------------------------------------------------------------------
+
+--- Sends the server_response answering call `reply_to` of node `caller` on
+--- `link`: an error (err, code; code defaults to EREMOTE) or a result. A
+--- result JSON cannot hold is answered with EREMOTE saying so (the caller
+--- learns at once rather than at its timeout).
+local function respond(link, reply_to, caller, result, err, code)
+  local data
+  if err then
+    data = { error = { code = code or "EREMOTE", message = err } }
+  else
+    data = { result = result == nil and json.null or result }
+  end
+  local env = {
+    type = "server_response", id = I.new_id(), reply_to = reply_to, from = I.node_id(),
+    to = caller, ttl = cfg.max_ttl, data = data,
+  }
+  local text, eerr = encode_envelope(env)
+  if not text then
+    S.stats.unencodable = S.stats.unencodable + 1
+    env.data = { error = { code = "EREMOTE", message = "EREMOTE: the answer of node " .. I.node_id() ..
+      " cannot be encoded as JSON: " .. tostring(eerr) } }
+    text = encode_envelope(env)
+  end
+  if text then send_text(link, text) end
+end
+
+-- Answers `call` (a server_call envelope) on `link`.
+local function reply(link, call, result, err, code)
+  return respond(link, call.id, call.from, result, err, code)
+end
+
+-- forwards -------------------------------------------------------------------------
+
+-- Forgets a relayed call (answered, expired, refused by a dead link).
+local function drop_forward(key, f)
+  if S.forwards[key] ~= f then return end
+  S.forwards[key] = nil
+  S.n_forwards = S.n_forwards - 1
+  local l = f.link
+  l.n_forwards = l.n_forwards - 1
+end
+
+--- Forgets forwards whose call is past its deadline plus cfg.forward_slack
+--- (its caller has given up; a late response is dropped as unknown). Called
+--- about once a second by the health loop.
+function C.expire_forwards(t)
+  local slack = cfg.forward_slack
+  for key, f in pairs(S.forwards) do
+    if f.deadline + slack < t then
+      drop_forward(key, f)
+      S.stats.forwards_expired = S.stats.forwards_expired + 1
+    end
+  end
+end
+
+--- Passes `env` (a server_call when `call`, else a route_message; not for
+--- this node, arrived on `link`) one hop on toward env.to. A call that cannot
+--- be passed on is answered with the reason (ETTL, ENOROUTE, ETIMEDOUT,
+--- EBUSY, EINVAL, ELINKLOST) and a relayed call is remembered in `forwards`
+--- until its response; a route_message that cannot be passed on is dropped,
+--- counted only.
+local function forward(link, env, call)
+  local stats, me = S.stats, I.node_id()
+  local ttl = math.min(math.tointeger(env.ttl), cfg.max_ttl) - 1
+  if ttl <= 0 then
+    stats.ttl_expired = stats.ttl_expired + 1
+    if call then reply(link, env, nil, "ETTL: hop limit reached at node " .. me, "ETTL") end
+    return
+  end
+  local key
+  if call then
+    key = call_key(env.from, env.id)
+    if S.forwards[key] then
+      stats.duplicate_calls = stats.duplicate_calls + 1
+      return
+    end
+  end
+  local out, b = R.next_link(env.to)
+  if not out or b.next == link.peer then
+    stats.no_route = stats.no_route + 1
+    if call then
+      reply(link, env, nil, "ENOROUTE: no route to node " .. env.to .. " from " .. me, "ENOROUTE")
+    end
+    return
+  end
+  local remaining, per_link
+  if call then
+    remaining = math.min(env.data.timeout_ms / 1000, cfg.max_timeout)
+    if remaining ~= remaining or remaining <= 0 then
+      return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed at " .. me, "ETIMEDOUT")
+    end
+    per_link = link.n_forwards or 0
+    if S.n_forwards >= cfg.max_forwards or per_link >= cfg.max_forwards_per_link then
+      stats.forwards_refused = stats.forwards_refused + 1
+      -- The link's own share is named first: when both are reached, it is
+      -- the more specific cause (this link already holds its share).
+      local what = per_link >= cfg.max_forwards_per_link and "mesh max_forwards_per_link" or "mesh max_forwards"
+      return reply(link, env, nil, string.format("EBUSY: node %s relays too many calls already (%s)",
+        me, what), "EBUSY")
+    end
+    env.data.timeout_ms = math.floor(remaining * 1000)
+  end
+  env.ttl = ttl
+  env.route[#env.route + 1] = me
+  env.timestamp = nil
+  local text, eerr = encode_envelope(env)
+  if not text then
+    -- Something decoded that cannot be encoded again: the sender's fault. A
+    -- call is answered once; neither is logged per message, except for a
+    -- route_message (reported as any unencodable message this node sends).
+    if call then
+      stats.unencodable = stats.unencodable + 1
+      stats.bad_messages = stats.bad_messages + 1
+      return reply(link, env, nil, "EINVAL: node " .. me .. " cannot relay the call: " .. tostring(eerr),
+        "EINVAL")
+    end
+    stats.forwarded = stats.forwarded + 1
+    if out.state ~= "closed" then
+      sched.report("relaynet.mesh: cannot encode a " .. tostring(env.type) .. " message: " .. tostring(eerr))
+    end
+    return
+  end
+  if not call then
+    stats.forwarded = stats.forwarded + 1
+    send_text(out, text)
+    return
+  end
+  local f = { from = link.peer, link = link, to = b.next, deadline = now() + remaining, caller = env.from,
+    id = env.id }
+  S.forwards[key] = f
+  S.n_forwards = S.n_forwards + 1
+  link.n_forwards = per_link + 1
+  stats.forwarded = stats.forwarded + 1
+  if not send_text(out, text) then
+    drop_forward(key, f)
+    reply(link, env, nil, "ELINKLOST: the link to " .. b.next .. " failed", "ELINKLOST")
+  end
+end
+
+-- Drops `env` when this node is already on its route (a loop), delivers it
+-- with deliver(link, env) when it is for this node, else forwards it.
+local function relay(link, env, call, deliver)
+  local me = I.node_id()
+  if contains(env.route, me) then
+    S.stats.dropped_loops = S.stats.dropped_loops + 1
+    return
+  end
+  if env.to == me then return deliver(link, env) end
+  return forward(link, env, call)
+end
+
+-- running methods ------------------------------------------------------------------
+
+-- The ETIMEDOUT a call gets when server.method on `node` did not answer.
+local function no_answer(server, method, node, timeout)
+  return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, node, timeout)
+end
+
+local function pack_results(res, first)
+  local n = res.n - first + 1
+  if n <= 0 then return nil end
+  if n == 1 then return res[first] end
+  local out = json.array()
+  for i = first, res.n do
+    local v = res[i]
+    if v == nil then v = json.null end
+    out[#out + 1] = v
+  end
+  return out
+end
+
+-- The function behind server.method on this node: fn | nil, msg, code.
+local function find_method(server, method)
+  local methods = S.exposed[server]
+  if not methods then
+    return fail("ENOSERVER", "no server '%s' on node %s", server, I.node_id())
+  end
+  local fn = methods[method]
+  if type(fn) ~= "function" or method:sub(1, 1) == "_" then
+    return fail("ENOMETHOD", "server '%s' on node %s has no method '%s'", server, I.node_id(), method)
+  end
+  return fn
+end
+
+-- Runs job.fn(table.unpack(job.args)) (in a coroutine of its own, started by
+-- sched.go) and stores xpcall's packed results in job.res; then calls
+-- job.on_done() if someone waits for it.
+local function call_unpacked(fn, args, n)
+  return fn(table.unpack(args, 1, n))
+end
+
+local function run_job(job)
+  local args = job.args
+  -- args.n only counts when it is an integer (a remote caller may send
+  -- {"n": "x"}); the unpacking itself runs inside the xpcall, so even an
+  -- impossible count comes back as EREMOTE rather than a lost reply.
+  local n = args.n
+  if math.type(n) ~= "integer" then n = #args end
+  job.res = table.pack(xpcall(call_unpacked, debug.traceback, job.fn, args, n))
+  local on_done = job.on_done
+  if on_done then on_done() end
+end
+
+-- The outcome of a finished job: result | nil, msg, "EREMOTE".
+local function job_result(job, server, method)
+  local done = job.res
+  if not done[1] then
+    local msg = tostring(done[2])
+    sched.report("relaynet.mesh: " .. server .. "." .. method .. " raised: " .. msg)
+    msg = msg:match("^([^\n]*)") or msg
+    return fail("EREMOTE", "%s.%s on node %s raised: %s", server, method, I.node_id(), msg)
+  end
+  return pack_results(done, 2)
+end
+
+-- calls this node makes ------------------------------------------------------------
+
+-- A call this node waits for: registered in `calls` (remote ones, under
+-- their call id; those count against cfg.max_calls) and in owner.calls when
+-- a JSON-RPC connection made it, so that C.cancel_calls can fail it when
+-- that connection goes away.
+local function add_call(owner, entry, remote)
+  if remote then S.n_calls = S.n_calls + 1 end
+  entry.remote = remote
+  if owner then
+    local set = owner.calls
+    if not set then set = {}; owner.calls = set end
+    set[entry] = true
+    entry.owner = owner
+  end
+end
+
+local function end_call(entry)
+  if entry.remote then S.n_calls = S.n_calls - 1 end
+  local owner = entry.owner
+  if owner then owner.calls[entry] = nil end
+end
+
+-- Calls a method of a server exposed on this node, in its own coroutine,
+-- waiting at most `timeout` seconds (the caller must be able to wait).
+local function call_local(owner, server, method, args, timeout)
+  local fn, ferr, fcode = find_method(server, method)
+  if not fn then return nil, ferr, fcode end
+  local job = { fn = fn, args = args }
+  local waiter
+  job.on_done = function()
+    if waiter then sched.wake(waiter[1], waiter[2], true) end
+  end
+  sched.go(run_job, job)
+  if not job.res then
+    local entry = {}
+    add_call(owner, entry, false)
+    local ok, err, code = sched.wait("remote_call " .. server .. "." .. method, timeout, function(co, wid)
+      waiter = { co, wid }
+      entry.co, entry.wid = co, wid
+    end)
+    waiter = nil
+    end_call(entry)
+    if not ok then
+      if code == "ETIMEDOUT" then
+        return no_answer(server, method, I.node_id(), timeout)
+      end
+      return nil, err, code
+    end
+  end
+  return job_result(job, server, method)
+end
+
+--- Raises (at `level`) when remote_call's arguments have the wrong types.
+function C.check_call_args(node, server, method, args, timeout, level)
+  if type(node) ~= "string" then error("relaynet.remote_call: node_id must be a string", level) end
+  if type(server) ~= "string" then error("relaynet.remote_call: server_name must be a string", level) end
+  if type(method) ~= "string" then error("relaynet.remote_call: method must be a string", level) end
+  if args ~= nil and type(args) ~= "table" then error("relaynet.remote_call: args must be a table (a list)", level) end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
+    error("relaynet.remote_call: timeout must be a positive number of seconds", level)
+  end
+end
+
+--- Calls server.method on `node` (this node included) on behalf of `owner`
+--- (nil, or a table standing for a client connection) and waits for the
+--- result: result | nil, msg, code. With cfg.max_calls calls to other nodes
+--- already waiting it fails at once with EBUSY; arguments JSON cannot hold
+--- fail with EINVAL before anything is sent.
+function C.call(owner, node, server, method, args, timeout)
+  timeout = math.min(timeout or cfg.default_timeout, cfg.max_timeout)
+  args = args or {}
+  local me = I.node_id()
+  if node == me then
+    -- A call on this node holds no more than the method's own coroutine:
+    -- it is not counted against max_calls.
+    if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
+    return call_local(owner, server, method, args, timeout)
+  end
+  if S.n_calls >= cfg.max_calls then
+    S.stats.calls_refused = S.stats.calls_refused + 1
+    return fail("EBUSY", "node %s already waits for %d remote calls (mesh max_calls)", me, S.n_calls)
+  end
+  local link, b = R.next_link(node)
+  if not link then
+    S.stats.no_route = S.stats.no_route + 1
+    return fail("ENOROUTE", "no route to node %s", node)
+  end
+  local list = json.array()
+  local n = args.n
+  if math.type(n) ~= "integer" then n = #args end
+  for i = 1, n do
+    local v = args[i]
+    if v == nil then v = json.null end
+    list[i] = v
+  end
+  local id = I.new_id()
+  local text, eerr = encode_envelope({
+    type = "server_call", id = id, from = me, to = node, ttl = cfg.max_ttl,
+    route = { me },
+    data = { server = server, method = method, args = list, timeout_ms = math.floor(timeout * 1000) },
+  })
+  if not text then
+    S.stats.unencodable = S.stats.unencodable + 1
+    return fail("EINVAL", "the arguments of %s.%s cannot be sent: %s", server, method, tostring(eerr))
+  end
+  if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
+  if not send_text(link, text) then
+    return fail("ELINKLOST", "the link to %s failed while sending the call", b.next)
+  end
+  local entry = { first_hop = b.next, node = node }
+  S.calls[id] = entry
+  add_call(owner, entry, true)
+  S.stats.calls_sent = S.stats.calls_sent + 1
+  local ok, a, c = sched.wait("rn.remote_call", timeout, function(co, wid)
+    entry.co, entry.wid = co, wid
+  end)
+  S.calls[id] = nil
+  end_call(entry)
+  if ok == true then return a end
+  if ok == false then return nil, a, c end
+  if c == "ETIMEDOUT" then
+    return no_answer(server, method, node, timeout)
+  end
+  return nil, a, c
+end
+
+--- Fails every call of `owner` still waiting with ECANCELED (its client
+--- connection closed). Returns how many.
+function C.cancel_calls(owner)
+  local set = owner and owner.calls
+  if not set then return 0 end
+  local list = {}
+  for entry in pairs(set) do list[#list + 1] = entry end
+  local n = 0
+  for _, entry in ipairs(list) do
+    if entry.co and sched.wake(entry.co, entry.wid, false,
+        "ECANCELED: the client connection that made the call closed", "ECANCELED") then
+      n = n + 1
+    end
+  end
+  S.stats.calls_canceled = S.stats.calls_canceled + n
+  -- many coroutines just became garbage: let the health loop collect it
+  -- and give the memory back while the node is idle
+  if n >= 64 then S.gc_due = true end
+  return n
+end
+
+-- serving calls, with dedup ----------------------------------------------------------
+--
+-- Served call ids, for dropping duplicates: call_key(caller, call id) ->
+-- expiry time (the call's own timeout plus a second; a copy arriving later
+-- finds its caller gone). Two generations of tables: new ids go into
+-- `dedup_new`; when it holds half of cfg.max_dedup ids, or is older than
+-- cfg.dedup_window, it becomes `dedup_old` and the previous old generation is
+-- dropped whole. So memory stays under max_dedup ids at any call rate, and
+-- nothing is ever deleted key by key (a Lua table that is full of deleted
+-- keys rehashes on every insert).
+
+local function rotate_dedup(t, evicting)
+  if evicting then
+    for _, expiry in pairs(S.dedup_old) do
+      if expiry >= t then S.stats.dedup_evicted = S.stats.dedup_evicted + 1 end
+    end
+  end
+  S.dedup_old, S.dedup_old_n = S.dedup_new, S.dedup_new_n
+  S.dedup_new, S.dedup_new_n, S.dedup_born = {}, 0, t
+end
+
+--- Starts a new dedup generation when the current one is dedup_window old
+--- (called by the health loop).
+function C.age_dedup(t)
+  if t - S.dedup_born >= cfg.dedup_window then rotate_dedup(t, false) end
+end
+
+local function seen_call(key, t)
+  local expiry = S.dedup_new[key] or S.dedup_old[key]
+  return expiry ~= nil and expiry >= t
+end
+
+local function remember_call(key, keep, t)
+  if S.dedup_new_n >= cfg.max_dedup // 2 then rotate_dedup(t, true) end
+  S.dedup_new[key] = t + keep
+  S.dedup_new_n = S.dedup_new_n + 1
+end
+
+local function serve_call(link, env)
+  local stats = S.stats
+  local data = env.data
+  local key = call_key(env.from, env.id)
+  local t = now()
+  if seen_call(key, t) then
+    stats.duplicate_calls = stats.duplicate_calls + 1
+    return
+  end
+  local remaining = (tonumber(data.timeout_ms) or 0) / 1000
+  remember_call(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window), t)
+  if remaining <= 0 then
+    return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. I.node_id(),
+      "ETIMEDOUT")
+  end
+  if S.n_served >= cfg.max_served then
+    stats.served_refused = stats.served_refused + 1
+    return reply(link, env, nil, string.format("EBUSY: node %s is already serving %d calls (mesh max_served)",
+      I.node_id(), S.n_served), "EBUSY")
+  end
+  remaining = math.min(remaining, cfg.max_timeout)
+  stats.calls_served = stats.calls_served + 1
+  local server, method = data.server, data.method
+  local fn, ferr, fcode = find_method(server, method)
+  if not fn then return reply(link, env, nil, ferr, fcode) end
+  -- Run the method in a coroutine of its own. Most methods return without
+  -- suspending: then the reply goes out at once, with no coroutine or timer
+  -- left waiting for it. One that suspends is answered when it finishes, or
+  -- with ETIMEDOUT at the call's deadline, whichever comes first; until then
+  -- it counts against cfg.max_served.
+  local job = { fn = fn, args = data.args }
+  sched.go(run_job, job)
+  if job.res then
+    return reply(link, env, job_result(job, server, method))
+  end
+  S.n_served = S.n_served + 1
+  local timer
+  job.on_done = function()
+    if job.replied then return end
+    job.replied = true
+    S.n_served = S.n_served - 1
+    timer.cancel()
+    reply(link, env, job_result(job, server, method))
+  end
+  timer = sched.after(remaining, function()
+    if job.replied then return end
+    job.replied = true
+    S.n_served = S.n_served - 1
+    reply(link, env, no_answer(server, method, I.node_id(), remaining))
+  end)
+end
+
+-- messages on links ---------------------------------------------------------------
+
+local function valid_call(env)
+  local d = env.data
+  return is_name(env.id) and is_name(env.from, 64) and is_name(env.to, 64)
+    and math.type(env.ttl) == "integer" and type(env.route) == "table" and #env.route <= cfg.max_ttl * 2
+    and type(d) == "table" and is_name(d.server) and is_name(d.method)
+    and type(d.args) == "table" and type(d.timeout_ms) == "number"
+end
+
+--- server_call: served here, or relayed one hop on.
+function C.on_call(link, env)
+  if not valid_call(env) then
+    S.stats.bad_messages = S.stats.bad_messages + 1
+    if is_name(env.id) and is_name(env.from, 64) then
+      reply(link, env, nil, "EINVAL: malformed server_call", "EINVAL")
+    end
+    return
+  end
+  return relay(link, env, true, serve_call)
+end
+
+--- server_response: wakes the caller waiting on this node, or passes the
+--- text on unchanged toward the caller when this node relayed the call.
+function C.on_response(link, env, text)
+  local stats = S.stats
+  if not is_name(env.reply_to) or not is_name(env.to, 64) or type(env.data) ~= "table" then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if env.to == I.node_id() then
+    local c = S.calls[env.reply_to]
+    if not c or not c.co or c.first_hop ~= link.peer then
+      stats.unknown_replies = stats.unknown_replies + 1
+      return
+    end
+    local e = env.data.error
+    if type(e) == "table" then
+      local code = ERROR_CODES[e.code] and e.code or "EREMOTE"
+      local msg = type(e.message) == "string" and e.message or (code .. ": remote error")
+      sched.wake(c.co, c.wid, false, msg, code)
+    else
+      local r = env.data.result
+      if r == json.null then r = nil end
+      sched.wake(c.co, c.wid, true, r)
+    end
+    return
+  end
+  local key = call_key(env.to, env.reply_to)
+  local f = S.forwards[key]
+  if not f or f.to ~= link.peer then
+    stats.unknown_replies = stats.unknown_replies + 1
+    return
+  end
+  drop_forward(key, f)
+  -- A response travels unchanged: pass on the text as it came, rather than
+  -- encoding the decoded envelope again.
+  send_text(S.links[f.from], text)
+end
+
+-- route_message: a payload delivered to a node's message handler -------------------
+
+--- Sends `payload` to `node`'s message handler: true | nil, msg, "ENOROUTE".
+--- To this node it runs the handler in a coroutine of its own.
+function C.send_message(node, payload)
+  local me = I.node_id()
+  if node == me then
+    if S.message_handler then sched.go(S.message_handler, node, payload) end
+    return true
+  end
+  local link = R.next_link(node)
+  if not link then return fail("ENOROUTE", "no route to node %s", node) end
+  W.send(link, { type = "route_message", id = I.new_id(), from = me, to = node, ttl = cfg.max_ttl,
+    route = { me }, data = { payload = payload == nil and json.null or payload } })
+  return true
+end
+
+local function deliver_message(_, env)
+  local payload = env.data.payload
+  if payload == json.null then payload = nil end
+  if S.message_handler then
+    sched.go(function()
+      local ok, err = xpcall(S.message_handler, debug.traceback, env.from, payload)
+      if not ok then sched.report("mesh message handler: " .. tostring(err)) end
+    end)
+  end
+end
+
+--- route_message: delivered to the handler here, or relayed one hop on.
+function C.on_route_message(link, env)
+  if not is_name(env.id) or not is_name(env.from, 64) or not is_name(env.to, 64)
+    or math.type(env.ttl) ~= "integer" or type(env.route) ~= "table" or type(env.data) ~= "table" then
+    S.stats.bad_messages = S.stats.bad_messages + 1
+    return
+  end
+  return relay(link, env, false, deliver_message)
+end
+
+-- a link went down ------------------------------------------------------------------
+
+--- The link to `peer` went down (its routes are already dropped): calls
+--- relayed through it are answered with ELINKLOST toward their callers,
+--- forwards owed to it are forgotten, and the calls of this node whose
+--- first hop it was fail now, not at their timeout.
+function C.link_lost(peer)
+  local dropped = 0
+  for key, f in pairs(S.forwards) do
+    if f.to == peer then
+      drop_forward(key, f)
+      dropped = dropped + 1
+      local back = S.links[f.from]
+      if back then
+        respond(back, f.id, f.caller, nil, "ELINKLOST: the link from " .. I.node_id() ..
+          " to " .. peer .. " went down during the call", "ELINKLOST")
+      end
+    elseif f.from == peer then
+      drop_forward(key, f)
+      dropped = dropped + 1
+    end
+  end
+  if dropped >= 256 then S.gc_due = true end
+  local lost = {}
+  for id, c in pairs(S.calls) do
+    if c.first_hop == peer and c.co then
+      S.calls[id] = nil
+      lost[#lost + 1] = c
+    end
+  end
+  for _, c in ipairs(lost) do
+    sched.wake(c.co, c.wid, false,
+      string.format("ELINKLOST: the link to %s went down while calling node %s", peer, c.node), "ELINKLOST")
+  end
+end
+
+return C

@@ -1,0 +1,225 @@
+-- relaynet.mesh: the peer-to-peer mesh. Nodes link over WebSocket
+-- (/ws/p2p), learn routes with a path-vector protocol, and forward
+-- server calls hop by hop. docs/PROTOCOL.md describes the wire protocol.
+--
+-- This file is the mesh's public API, its configuration and its views; the
+-- work is done in the files beside it (docs/DESIGN.md, "The mesh's files"):
+-- state.lua (shared state and config), ident.lua (ids), wire.lua (envelopes),
+-- routes.lua (routing and adverts), calls.lua (calls, relaying, route
+-- messages) and link.lua (links, health, dialing).
+--
+-- Contract with the rest of relaynet:
+--  * init.lua hands inbound /ws/p2p connections to M.accept(rec), then
+--    their messages to M.on_link_message(link, text, binary) and their close
+--    to M.on_link_close(link, code, reason). Those never suspend.
+--  * Everything that waits goes through relaynet.sched (remote_call waits
+--    for its response or its timeout; link maintainers wait for closes).
+--  * Per-run state (links, routes, calls in flight) is dropped by M.reset()
+--    when rn.run() ends; the node id, exposed servers and configured peers
+--    persist.
+
+local json = require("relaynet.json")
+local S = require("relaynet.mesh.state")
+local I = require("relaynet.mesh.ident")
+local W = require("relaynet.mesh.wire")
+local R = require("relaynet.mesh.routes")
+local C = require("relaynet.mesh.calls")
+local L = require("relaynet.mesh.link")
+
+local is_name = W.is_name
+
+local M = {}
+
+M.PROTOCOL_VERSION = L.PROTOCOL_VERSION
+
+--- Tunables (seconds unless noted), documented in README.md and in
+--- mesh/state.lua, where the table lives: every mesh file reads it there.
+M.config = S.config
+
+--- The error codes of remote_call; see calls.lua.
+M.ERROR_CODES = C.ERROR_CODES
+
+-- identity -------------------------------------------------------------------------
+
+M.node_id = I.node_id
+M.set_node_id = I.set_node_id
+
+-- enabling ------------------------------------------------------------------------
+
+M.enabled = function() return S.enabled end
+
+--- Turns the mesh off for good: inbound links are refused and configured
+--- peers are not dialed.
+function M.disable()
+  S.enabled = false
+end
+
+-- calls and messages --------------------------------------------------------------
+
+--- remote_call(node_id, server_name, method, args, timeout) -> result | nil, msg, code
+--- With cfg.max_calls calls to other nodes already waiting on this node it
+--- fails at once with EBUSY; arguments JSON cannot hold (functions, NaN,
+--- infinities, cycles) fail with EINVAL before anything is sent.
+function M.remote_call(node, server, method, args, timeout)
+  C.check_call_args(node, server, method, args, timeout, 3)
+  return C.call(nil, node, server, method, args, timeout)
+end
+
+--- remote_call on behalf of a client connection (JSON-RPC): `owner` is a
+--- table that stands for the connection; M.cancel_calls(owner) fails its
+--- calls still waiting with ECANCELED.
+function M.owned_call(owner, node, server, method, args, timeout)
+  C.check_call_args(node, server, method, args, timeout, 3)
+  if type(owner) ~= "table" then error("relaynet.mesh.owned_call: owner must be a table", 2) end
+  return C.call(owner, node, server, method, args, timeout)
+end
+
+--- Fails every call of `owner` still waiting with ECANCELED (its client
+--- connection closed). Returns how many.
+M.cancel_calls = C.cancel_calls
+
+--- Sets the handler of route_message payloads: fn(from, payload), or nil.
+function M.on_message(fn)
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.on_mesh_message: expected a function", 2) end
+  S.message_handler = fn
+end
+
+--- Sends `payload` to `node`'s message handler: true | nil, msg, "ENOROUTE".
+function M.send_message(node, payload)
+  if type(node) ~= "string" then error("relaynet.send_message: node_id must be a string", 2) end
+  return C.send_message(node, payload)
+end
+
+-- links ---------------------------------------------------------------------------
+
+M.on_link_message = L.on_link_message
+M.on_link_close = L.on_link_close
+M.accept = L.accept
+
+--- Adds a peer to dial (and keep dialing) while relaynet runs.
+function M.add_peer(url)
+  if type(url) ~= "string" or not url:match("^wss?://") then
+    error("relaynet.add_peer: expected a ws:// URL", 2)
+  end
+  local p = S.peer_urls[url]
+  if not p then
+    p = { url = url, active = true }
+    S.peer_urls[url] = p
+  end
+  p.active = true
+  L.start_peer(p)
+  return true
+end
+
+--- Stops dialing `url` and closes its link. False when it was not a peer.
+function M.remove_peer(url)
+  local p = S.peer_urls[url]
+  if not p then return false end
+  p.active = false
+  S.peer_urls[url] = nil
+  if p.client then p.client:close(1000, "peer removed") end
+  return true
+end
+
+--- Called when rn.run() starts: dials the configured peers.
+function M.start()
+  S.started_at = os.time()
+  for _, p in pairs(S.peer_urls) do L.start_peer(p) end
+  if next(S.peer_urls) then L.ensure_health() end
+end
+
+--- Called when rn.run() has ended: forgets links, routes and calls.
+function M.reset()
+  L.close_all()
+  S.reset(W.now())
+end
+
+-- servers -------------------------------------------------------------------------
+
+--- Exposes `methods` (name -> function) as server `name` on this node and
+--- advertises it.
+function M.expose(name, methods)
+  if not is_name(name) or name:find("[%s%.]") then
+    error("relaynet.expose: a server name is 1-128 characters without spaces or dots", 2)
+  end
+  if type(methods) ~= "table" then error("relaynet.expose: methods must be a table", 2) end
+  S.exposed[name] = methods
+  R.own_changed()
+  return true
+end
+
+--- Withdraws server `name`. False when it was not exposed.
+function M.unexpose(name)
+  if not S.exposed[name] then return false end
+  S.exposed[name] = nil
+  R.own_changed()
+  return true
+end
+
+-- views ---------------------------------------------------------------------------
+
+function M.peers()
+  local list = json.array()
+  for id, link in pairs(S.links) do
+    list[#list + 1] = { id = id, url = link.url, direction = link.dir, rtt = link.rtt, since = link.since }
+  end
+  table.sort(list, function(a, b) return a.id < b.id end)
+  return list
+end
+
+function M.routes()
+  local list = json.array()
+  for dest, b in pairs(S.best) do
+    local path = { I.node_id() }
+    for i = 1, #b.path do path[i + 1] = b.path[i] end
+    list[#list + 1] = { node = dest, next_hop = b.next, hops = #b.path, path = path }
+  end
+  table.sort(list, function(a, b) return a.node < b.node end)
+  return list
+end
+
+function M.registry()
+  local list = json.array()
+  for _, name in ipairs(R.local_servers()) do
+    list[#list + 1] = { server = name, node = I.node_id(), hops = 0, ["local"] = true }
+  end
+  for dest, b in pairs(S.best) do
+    for _, name in ipairs(b.servers) do
+      list[#list + 1] = { server = name, node = dest, hops = #b.path, ["local"] = false }
+    end
+  end
+  table.sort(list, function(a, b)
+    if a.server ~= b.server then return a.server < b.server end
+    return a.node < b.node
+  end)
+  return list
+end
+
+function M.status()
+  local s = {}
+  for k, v in pairs(S.stats) do s[k] = v end
+  s.pending_calls = S.n_calls
+  s.forwarded_in_flight = S.n_forwards
+  s.served_in_flight = S.n_served
+  -- JSON-RPC's own counters (per-connection caps), once it is in use
+  local rpc = package.loaded["relaynet.jsonrpc"]
+  if type(rpc) == "table" and type(rpc.stats) == "table" then
+    for k, v in pairs(rpc.stats) do s["rpc_" .. k] = v end
+  end
+  s.pending_links = S.n_pending
+  s.links = W.count(S.links)
+  s.route_entries, s.destinations, s.registry_entries = S.n_entries, S.n_dests, S.n_names
+  s.dedup_entries = S.dedup_new_n + S.dedup_old_n
+  return {
+    node_id = I.node_id(),
+    version = M.PROTOCOL_VERSION,
+    enabled = S.enabled,
+    uptime = os.time() - S.started_at,
+    servers = json.array(R.local_servers()),
+    peers = M.peers(),
+    routes = M.routes(),
+    stats = s,
+  }
+end
+
+return M

@@ -1,0 +1,115 @@
+-- relaynet.mesh.state: the mesh's shared state, in one table.
+--
+-- Every mesh file (ident, wire, routes, calls, link, init) requires this
+-- module and reads and writes the fields below through it; none keeps a copy
+-- of a per-run table in a local of its own, because reset() replaces those
+-- tables. What persists across runs (config, node identity, exposed servers,
+-- configured peers, the message handler) is never replaced.
+
+local S = {}
+
+--- Tunables (seconds unless noted). Documented in README.md. The mesh's
+--- public table exports this very table as `config`; callers change fields
+--- in place.
+S.config = {
+  ping_interval = 5,      -- mesh ping on every link
+  link_timeout = 15,      -- a link silent this long is dropped
+  hello_timeout = 5,      -- an accepted link must say hello within this
+  advert_interval = 10,   -- a route_request is answered at most this often per link
+  advert_delay = 0.02,    -- triggered adverts are batched this long
+  max_ttl = 16,           -- hops; also the longest accepted path
+  default_timeout = 10,   -- remote_call timeout when none is given
+  max_timeout = 300,      -- the longest timeout a call may carry
+  backoff_min = 0.2,      -- reconnect backoff start
+  backoff_max = 5,        -- reconnect backoff cap
+  connect_timeout = 5,    -- dialing a peer
+  max_pending_links = 64, -- accepted links still waiting for hello
+  max_routes = 4096,      -- entries accepted in one advert
+  max_servers = 256,      -- server names per node in an advert
+  -- Routing and link bounds (counts unless noted; README "limits"). Past a
+  -- bound what is over is dropped and counted in mesh_status().stats; an
+  -- advert refused whole or a link refused gets a close code (PROTOCOL.md).
+  max_links = 128,              -- links up or waiting for hello; an inbound link past it: close 4503
+  max_pending_per_address = 16, -- inbound links from one address waiting for hello; past it: close 4429
+  max_advert_bytes = 524288,    -- bytes of one advert message; more: refused whole, close 4413
+  max_routes_per_link = 4096,   -- destinations held from one neighbour; new ones past it dropped
+  max_destinations = 8192,      -- distinct destinations held; new ones past it dropped
+  max_route_entries = 16384,    -- routes held over all neighbours; new ones past it dropped
+  max_registry_entries = 16384, -- server names held over all routes; names past it dropped
+  advert_min_interval = 0.25,   -- seconds; at most one change advert per link this often
+  dedup_window = 300,     -- at most this many seconds a served call id is remembered
+  max_dedup = 65536,      -- served call ids remembered at most (oldest half forgotten first)
+  -- Calls in flight (counts, not seconds). Past each bound the call is
+  -- refused at once with EBUSY; nothing waits for a free slot.
+  max_calls = 2048,            -- remote calls this node waits for at once (all callers)
+  max_served = 4096,           -- served calls that suspended and have not answered yet
+  max_forwards = 8192,         -- relayed calls awaiting their response, whole node
+  max_forwards_per_link = 2048, -- relayed calls awaiting their response, per incoming link
+  forward_slack = 2,           -- a forward is forgotten this long after the call's own deadline
+  -- An accepted link may receive this many times its server's ws_msg_rate
+  -- and ws_byte_rate (and bursts): one link carries many callers' calls.
+  link_rate_scale = 64,
+}
+
+-- Persistent state (survives reset()) ---------------------------------------------
+
+S.exposed = {}          -- server name -> methods table
+S.peer_urls = {}        -- url -> peer record { url, active, running, client }
+S.enabled = true        -- false once M.disable() was called
+S.message_handler = nil -- fn(from, payload) for route_message payloads
+S.my_seq = 1            -- this node's advert sequence number (bumped by expose/unexpose)
+S.started_at = os.time()
+
+-- Per-run state (replaced by reset()) ---------------------------------------------
+--
+-- Links: links[peer id] = link (up); pending_links[link] = true (waiting for
+-- hello), counted by n_pending and, for inbound ones, pending_by_addr[addr].
+--
+-- Routing (mesh/routes.lua): rib[neighbour][dest] = { path, seq, servers }
+-- is what that neighbour advertised; cands[dest] the set of neighbours that
+-- offer dest; best[dest] = { next, path, seq, servers } the selected route;
+-- dirty the destinations whose selection changed since the last advert.
+-- rib_n[neighbour], n_dests, n_entries and n_names count routes per
+-- neighbour, destinations, routes and server names (for the bounds).
+--
+-- Calls (mesh/calls.lua): calls[call id] = { co, wid, first_hop, node, owner }
+-- for remote calls this node waits for; forwards[call_key] = { from, link,
+-- to, deadline, caller, id } for relayed calls awaiting their response;
+-- n_calls, n_forwards and n_served count remote calls, forwards and
+-- suspended served calls. dedup_new / dedup_old are the two generations of
+-- served call ids (call_key -> expiry), with their counts and the birth
+-- time of the new one.
+--
+-- gc_due (not per-run: reset() leaves it) is set when much state was
+-- dropped at once; the health loop then collects garbage and trims memory.
+
+local function zero_stats()
+  S.stats = {
+    bad_messages = 0, dropped_loops = 0, unknown_replies = 0, hello_rejected = 0,
+    ttl_expired = 0, duplicate_calls = 0, no_route = 0, calls_sent = 0, calls_served = 0,
+    forwarded = 0, links_up = 0, links_down = 0, links_refused = 0, dedup_evicted = 0,
+    adverts_sent = 0, adverts_refused = 0, routes_dropped = 0, servers_dropped = 0,
+    route_requests_limited = 0, links_refused_address = 0,
+    calls_refused = 0, served_refused = 0, forwards_refused = 0, forwards_expired = 0,
+    calls_canceled = 0, unencodable = 0,
+  }
+end
+
+--- Sets every per-run field to its empty value and zeroes the stats.
+--- `t` is the birth time of the first dedup generation.
+function S.reset(t)
+  S.links, S.pending_links, S.n_pending, S.pending_by_addr = {}, {}, 0, {}
+  S.rib, S.best, S.cands, S.rib_n, S.dirty = {}, {}, {}, {}, {}
+  S.n_dests, S.n_entries, S.n_names = 0, 0, 0
+  S.last_flush, S.advert_timer = -math.huge, nil
+  S.calls, S.forwards = {}, {}
+  S.n_calls, S.n_forwards, S.n_served = 0, 0, 0
+  S.dedup_new, S.dedup_old, S.dedup_new_n, S.dedup_old_n, S.dedup_born = {}, {}, 0, 0, t
+  S.health_started = false
+  zero_stats()
+end
+
+S.reset(0)
+S.gc_due = false
+
+return S
