@@ -47,6 +47,11 @@ build = {
     ["relaynet.mesh.calls"] = "lua/relaynet/mesh/calls.lua",
     ["relaynet.mesh.link"] = "lua/relaynet/mesh/link.lua",
     ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",
+    ["relaynet.runtime"] = "lua/relaynet/runtime.lua",
+    ["relaynet.conn"] = "lua/relaynet/conn.lua",
+    ["relaynet.server"] = "lua/relaynet/server.lua",
+    ["relaynet.client"] = "lua/relaynet/client.lua",
+    ["relaynet.rpc"] = "lua/relaynet/rpc.lua",
   },
   install = {
     bin = { relaynet = "bin/relaynet" },

@@ -1,0 +1,109 @@
+-- relaynet.rpc: the built-in endpoints of a mesh-enabled server, registered
+-- with relaynet.server when this module loads (the facade loads it):
+--   /ws/p2p   WebSocket: an inbound mesh link, handed to mesh.accept;
+--   /rpc      WebSocket: JSON-RPC, one request or batch per text frame;
+--   POST /rpc JSON-RPC over HTTP;
+--   GET /status, /peers, /registry, /routes: the mesh's views as JSON.
+-- Every one of these paths is in server.PROTECTED_PATHS.
+
+local sched = require("relaynet.sched")
+local mesh = require("relaynet.mesh")
+local json = require("relaynet.json")
+local conn = require("relaynet.conn")
+local server = require("relaynet.server")
+
+local M = {}
+
+local function json_response(value)
+  local body, err = json.encode(value)
+  if not body then error(err, 0) end
+  return 200, body, { ["content-type"] = "application/json" }
+end
+
+local function rpc_module()
+  local ok, mod = pcall(require, "relaynet.jsonrpc")
+  if ok then return mod end
+  return nil, mod
+end
+
+--- Built-in routes of a mesh-enabled server.
+function M.mesh_routes(srv)
+  srv:route("GET", "/status", function() return json_response(mesh.status()) end)
+  srv:route("GET", "/peers", function() return json_response(mesh.peers()) end)
+  srv:route("GET", "/registry", function() return json_response(mesh.registry()) end)
+  srv:route("GET", "/routes", function() return json_response(mesh.routes()) end)
+  srv:route("POST", "/rpc", function(req)
+    local rpc, err = rpc_module()
+    if not rpc then error(err, 0) end
+    local out = rpc.handle(req.body, { transport = "http", peer = req.peer, addr = req.peer })
+    if out == nil then return 204, "" end
+    return 200, out, { ["content-type"] = "application/json" }
+  end)
+end
+
+--- One text frame on /rpc: answers it on the same connection.
+function M.ws_message(rec, data, binary)
+  local rpc, err = rpc_module()
+  if not rpc then error(err, 0) end
+  local out
+  if binary then -- JSON-RPC is text: a binary frame cannot be a request
+    out = '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: binary frame"}}'
+  else
+    -- One owner per connection: its calls in flight are counted together
+    -- (max_calls_per_connection) and canceled when it closes.
+    local owner = rec.rpc_owner
+    if not owner then owner = { n = 0 }; rec.rpc_owner = owner end
+    out = rpc.handle(data, { transport = "ws", peer = rec.id, owner = owner, addr = rec.addr })
+  end
+  if out ~= nil and not rec.closed then conn.send_raw(rec, out) end
+end
+
+server.builtin(M.mesh_routes)
+
+-- /rpc over WebSocket: every frame runs in its own handler coroutine.
+server.mount("/rpc", {
+  on_open = function(rec, info)
+    conn.set_internal(rec)
+    rec.addr = info.peer -- calls in flight are also bounded per address
+  end,
+  on_message = function(rec, data, binary)
+    sched.handle("JSON-RPC over WebSocket on ", rec.id, M.ws_message, 3, rec, data, binary)
+  end,
+  on_close = function(rec)
+    -- its calls still waiting can never be answered: fail them now
+    local rpc = package.loaded["relaynet.jsonrpc"]
+    if rec.rpc_owner and rpc then rpc.close(rec.rpc_owner) end
+  end,
+})
+
+-- /ws/p2p: an inbound mesh link. The link gets send and close functions
+-- on this connection; its messages and its close go to the mesh.
+server.mount("/ws/p2p", {
+  on_open = function(rec, info)
+    conn.set_internal(rec, mesh.config.link_rate_scale)
+    if not mesh.enabled() then
+      conn.close(rec, 4404, "the mesh is disabled on this node")
+      return
+    end
+    local send, close = conn.link_io(rec)
+    local ok, link = xpcall(mesh.accept, debug.traceback, send, close, info.peer)
+    if not ok then
+      sched.report("mesh accept on " .. rec.id .. ": " .. tostring(link))
+      conn.close(rec, 1011, "internal error")
+      return
+    end
+    rec.link = link
+    link.conn_id = rec.id
+  end,
+  on_message = function(rec, data, binary)
+    local link = rec.link
+    if not link then return end -- refused in on_open, closing
+    local ok, err = xpcall(mesh.on_link_message, debug.traceback, link, data, binary)
+    if not ok then sched.report("mesh link " .. rec.id .. ": " .. tostring(err)) end
+  end,
+  on_close = function(rec, code, reason)
+    if rec.link then mesh.on_link_close(rec.link, code, reason) end
+  end,
+})
+
+return M

@@ -1,0 +1,417 @@
+-- relaynet.server: the HttpServer class (listen and its methods), the
+-- WebSocket functions across servers, and the server side of the events:
+-- HTTP requests, connections opening on a server, closing.
+--
+-- Built-in endpoints register here instead of being matched in dispatch:
+-- M.mount(path, { on_open, on_message, on_close }) claims a WebSocket path
+-- on every mesh-enabled server, and M.builtin(fn) runs fn(server) for each
+-- new mesh-enabled server (to add its HTTP routes). relaynet.rpc registers
+-- /ws/p2p, /rpc and the views this way.
+
+local core = require("relaynet.core")
+local sched = require("relaynet.sched")
+local http = require("relaynet.http")
+local mesh = require("relaynet.mesh")
+local conn = require("relaynet.conn")
+local cjson = require("cjson")
+
+local M = {}
+
+local fail, count, check_msg = conn.fail, conn.count, conn.check_msg
+local conns = conn.by_id
+local handle = sched.handle
+local CONNECT_LABEL, CLOSE_LABEL = "connect handler for ", "close handler for "
+
+-- Protected mode: until the mesh has credentials, a mesh-enabled server
+-- answers these paths to loopback peers only (403 with an explanation to
+-- any other address; csrc/rn_protect.c). HttpServer.listen{ mesh = false }
+-- mounts none of them; insecure_mesh = true (or mesh_config.insecure_mesh,
+-- the CLI's --insecure-mesh) serves them to everyone and logs a warning.
+M.PROTECTED_PATHS = { "/ws/p2p", "/rpc", "/status", "/peers", "/routes", "/registry" }
+
+--- Settings read at the moment they apply; the facade exposes
+--- shutdown_grace as rn.SHUTDOWN_GRACE (read and write).
+M.settings = { shutdown_grace = 5 }
+
+-- state of the current run (M.reset empties it) ---------------------------------
+
+local servers = {}         -- server id -> server
+local servers_by_port = {} -- port -> server
+local live = {}            -- open server objects: the one check on the send path
+local http_inflight = 0
+
+-- registrations (for the whole process) ----------------------------------------
+
+local mounts = {}   -- path -> { on_open, on_message, on_close }
+local builtins = {} -- fn(server), run for each mesh-enabled server
+
+--- Claims WebSocket `path` on mesh-enabled servers. entry.on_open(rec, info)
+--- runs when a connection opens there (it may close it); then every message
+--- goes to entry.on_message(rec, data, binary) and the close to
+--- entry.on_close(rec, code, reason). These connections are not the user's:
+--- they never reach the server's connect/message/close handlers.
+function M.mount(path, entry)
+  mounts[path] = entry
+end
+
+--- Runs fn(server) for every mesh-enabled server as it starts listening.
+function M.builtin(fn)
+  builtins[#builtins + 1] = fn
+end
+
+-- servers -----------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+Server.__name = "relaynet.HttpServer"
+M.Server = Server
+
+local function check_server(s, fname)
+  if live[s] then return s end
+  if getmetatable(s) == Server then
+    if s._closed then error("relaynet." .. fname .. ": server " .. s.id .. " is closed", 3) end
+    return s
+  end
+  local srv = servers[s]
+  if not srv then
+    error("relaynet." .. fname .. ": unknown server " .. tostring(s), 3)
+  end
+  return srv
+end
+
+local function listen(opts, websocket)
+  if math.type(opts) == "integer" or type(opts) == "string" then
+    local port = math.tointeger(tonumber(opts))
+    if not port then error("relaynet.HttpServer.listen: port must be an integer", 3) end
+    opts = { port = port, websocket = websocket ~= false }
+  elseif type(opts) ~= "table" then
+    error("relaynet.HttpServer.listen: expected a port number or an options table", 3)
+  end
+  if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
+    error("relaynet.HttpServer.listen: id must be a non-empty string", 3)
+  end
+  if opts.id and servers[opts.id] then
+    error("relaynet.HttpServer.listen: a server with id " .. opts.id .. " is already running", 3)
+  end
+  local copt = {}
+  for k, v in pairs(opts) do copt[k] = v end
+  if copt.websocket == nil then copt.websocket = true end
+  local insecure = opts.insecure_mesh
+  if insecure == nil then insecure = mesh.config.insecure_mesh end
+  if opts.mesh ~= false and not insecure then copt.protected_paths = M.PROTECTED_PATHS end
+  local box, err, code = core.listen(copt)
+  if not box then return nil, err, code end
+  local port = box:port()
+  local id = opts.id or ("server_" .. port)
+  if servers[id] then -- an explicit id elsewhere took this port's name
+    box:close()
+    box:destroy()
+    error("relaynet.HttpServer.listen: a server with id " .. id .. " is already running", 3)
+  end
+  local self = setmetatable({
+    id = id,
+    port = port,
+    host = opts.host or "0.0.0.0",
+    _box = box,
+    _routes = http.new_routes(),
+    _handlers = {},
+    _conns = {},
+    _max_static = opts.max_static_file or 16 * 1024 * 1024,
+  }, Server)
+  servers[self.id] = self
+  live[self] = true
+  servers_by_port[port] = self
+  self._mesh = opts.mesh ~= false
+  if self._mesh then
+    for _, fn in ipairs(builtins) do fn(self) end
+    if insecure then
+      io.stderr:write("relaynet: WARNING: server ", id, " serves the mesh (/ws/p2p, /rpc, /status, /peers, ",
+        "/routes, /registry) to every address without authentication (insecure_mesh)\n")
+    end
+  end
+  return self
+end
+
+function Server:route(method, path, handler)
+  check_server(self, "route")
+  http.add_route(self._routes, method, path, handler)
+  return self
+end
+
+--- Serves files from folder `dir` under URL prefix `prefix` (GET and HEAD).
+function Server:static(prefix, dir)
+  check_server(self, "static")
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
+    error("relaynet.static: prefix must start with '/'", 2)
+  end
+  if type(dir) ~= "string" then error("relaynet.static: dir must be a string", 2) end
+  if prefix:sub(-1) ~= "/" then prefix = prefix .. "/" end
+  local h = http.static_handler(dir, prefix, self._max_static)
+  http.add_route(self._routes, "GET", prefix .. "*", h)
+  if prefix ~= "/" then
+    http.add_route(self._routes, "GET", prefix:sub(1, -2), function()
+      return 301, "", { location = prefix }
+    end)
+  end
+  return self
+end
+
+local EVENTS = { connect = true, message = true, close = true }
+
+function Server:on(event, fn)
+  check_server(self, "on")
+  if not EVENTS[event] then
+    error("relaynet.on: event must be 'connect', 'message' or 'close'", 2)
+  end
+  if fn ~= nil and type(fn) ~= "function" then error("relaynet.on: handler must be a function", 2) end
+  self._handlers[event] = fn
+  return self
+end
+
+Server.ws_send = conn.server_sender(live, check_server)
+
+function Server:ws_send_async(conn_id, msg, binary, timeout)
+  check_server(self, "ws_send_async")
+  check_msg(msg, "ws_send_async")
+  local rec = self._conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id) end
+  return conn.send_async(rec, msg, binary, timeout, "ws_send_async")
+end
+
+function Server:ws_broadcast(msg, binary, except)
+  check_server(self, "ws_broadcast")
+  check_msg(msg, "ws_broadcast")
+  local ex = except and self._conns[except] and conn.box(self._conns[except]) or nil
+  return core.broadcast(self._box, msg, binary, ex)
+end
+
+function Server:ws_connections()
+  check_server(self, "ws_connections")
+  local list = {}
+  for id in pairs(self._conns) do list[#list + 1] = id end
+  table.sort(list, function(a, b) return #a < #b or (#a == #b and a < b) end)
+  return list
+end
+
+function Server:connection_count()
+  return count(self._conns)
+end
+
+--- This server's refusal counters (see rn.stats().limits), its TCP
+--- connections counted per address and its open WebSockets.
+function Server:stats()
+  check_server(self, "stats")
+  return self._box:stats()
+end
+
+--- Stops accepting (new requests and upgrades get 503) and closes this
+--- server's WebSockets with 1001. libwebsockets 4.1.6 cannot close a
+--- listening vhost, so the port itself stays bound until rn.run() returns.
+function Server:close()
+  if self._closed then return false end
+  self._closed = true
+  live[self] = nil
+  self._box:close()
+  servers[self.id] = nil
+  if next(self._conns) == nil then
+    self:_destroy()
+  else
+    for _, rec in pairs(self._conns) do conn.close(rec, 1001, "server closing") end
+    self._destroy_timer = sched.after(M.settings.shutdown_grace, function() self:_destroy() end)
+  end
+  return true
+end
+
+function Server:_destroy()
+  if self._destroyed then return end
+  self._destroyed = true
+  if self._destroy_timer then self._destroy_timer.cancel() end
+  if servers_by_port[self.port] == self then servers_by_port[self.port] = nil end
+  self._box:destroy()
+end
+
+Server.__close = function(self) self:close() end
+
+function Server:__tostring()
+  return "relaynet.HttpServer " .. self.id .. (self._closed and " (closed)" or "")
+end
+
+-- HttpServer: every method also works as a function taking the server id first.
+local HttpServer = { listen = function(opts, websocket) return listen(opts, websocket) end }
+for _, name in ipairs({ "route", "static", "on", "ws_send", "ws_send_async", "ws_broadcast",
+  "ws_connections", "connection_count", "close" }) do
+  local method = Server[name]
+  HttpServer[name] = function(server_id, ...)
+    return method(check_server(server_id, name), ...)
+  end
+end
+M.HttpServer = HttpServer
+
+-- WebSocket: connection-level functions across every server.
+local WebSocket = {}
+
+WebSocket.send = conn.send_by_id
+
+function WebSocket.send_async(conn_id, msg, binary, timeout)
+  check_msg(msg, "WebSocket.send_async")
+  local rec = conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  return conn.send_async(rec, msg, binary, timeout, "WebSocket.send_async")
+end
+
+function WebSocket.broadcast(msg, binary)
+  check_msg(msg, "WebSocket.broadcast")
+  return core.broadcast(nil, msg, binary)
+end
+
+function WebSocket.close(conn_id, code, reason)
+  local rec = conns[conn_id]
+  if not rec or rec.closed then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  return conn.close(rec, code or 1000, reason or "")
+end
+
+function WebSocket.connections()
+  local list = {}
+  for id, rec in pairs(conns) do
+    if rec.server then list[#list + 1] = id end
+  end
+  table.sort(list, function(a, b) return #a < #b or (#a == #b and a < b) end)
+  return list
+end
+
+function WebSocket.connection_count()
+  local n = 0
+  for _, rec in pairs(conns) do
+    if rec.server then n = n + 1 end
+  end
+  return n
+end
+
+--- Information about one connection: id, state, queued bytes, peer, path.
+function WebSocket.info(conn_id)
+  local rec = conns[conn_id]
+  if not rec then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
+  local info = conn.info(rec)
+  info.id = rec.id
+  info.num = nil
+  info.server = rec.server and rec.server.id or nil
+  return info
+end
+M.WebSocket = WebSocket
+
+-- events (called by relaynet.runtime's dispatch) -------------------------------------
+
+--- EV_HTTP: answers one request in its own coroutine (503 while stopping).
+function M.on_http(reqbox, stopping)
+  local info = reqbox:info()
+  local srv = servers_by_port[info.port]
+  http_inflight = http_inflight + 1
+  sched.go(function()
+    local status, body, headers
+    if not srv or stopping then
+      status, body = 503, "service unavailable\n"
+    else
+      local handler, st, allow = http.match(srv._routes, info.method, info.path)
+      if not handler then
+        status, body = st, (http.REASON[st] or "error"):lower() .. "\n"
+        if allow then headers = { allow = allow } end
+      else
+        info.query, info.query_string = http.parse_args(info.query)
+        info.server = srv.id
+        info.header = function(_, name)
+          name = name:lower()
+          return info.headers[name] or reqbox:header(name)
+        end
+        local ok, a, b, c = xpcall(handler, debug.traceback, info)
+        if ok then
+          ok, status, body, headers = pcall(http.normalize, cjson, a, b, c)
+          if not ok then
+            sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(status))
+            status, body, headers = 500, "internal server error\n", nil
+          end
+        else
+          sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(a))
+          status, body = 500, "internal server error\n"
+        end
+      end
+    end
+    http_inflight = http_inflight - 1
+    local ok, err = pcall(reqbox.respond, reqbox, status, headers, body)
+    if not ok then
+      sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(err))
+      pcall(reqbox.respond, reqbox, 500, nil, "internal server error\n")
+    end
+  end)
+end
+
+--- EV_OPEN of an accepted connection: makes its record and hands it to a
+--- mounted endpoint or to the server's connect handler. A plain connection's
+--- record gets rec.handlers (the server's handler table), which is what
+--- dispatch reads for every message.
+function M.on_open(box, num, stopping)
+  local info = conn.box_info(box)
+  local srv = servers_by_port[info.port]
+  local rec = conn.new(box, num, srv, nil)
+  if not srv or stopping then
+    conn.close(rec, 1001, "server closing")
+    return
+  end
+  local mount = srv._mesh and mounts[info.path]
+  if mount then
+    rec.mount = mount
+    mount.on_open(rec, info)
+    return
+  end
+  srv._conns[rec.id] = rec
+  rec.handlers = srv._handlers
+  local h = srv._handlers.connect
+  if h then
+    info.id = rec.id
+    info.server = srv.id
+    info.num = nil
+    handle(CONNECT_LABEL, rec.id, h, 2, rec.id, info)
+  end
+end
+
+--- The record of a closed connection leaves its server's list (called before
+--- anyone waiting on it is woken).
+function M.forget(rec)
+  rec.server._conns[rec.id] = nil
+end
+
+--- EV_CLOSE of a plain server connection (after M.forget): frees a closing
+--- server with no connections left, then runs the close handler.
+function M.on_close(rec, code, reason)
+  local srv = rec.server
+  if srv._closed and next(srv._conns) == nil then srv:_destroy() end
+  local h = srv._handlers.close
+  if h then handle(CLOSE_LABEL, rec.id, h, 3, rec.id, code, reason) end
+end
+
+-- the run ------------------------------------------------------------------------
+
+--- True while a server is open (the loop keeps running).
+function M.any()
+  return next(servers) ~= nil
+end
+
+function M.count()
+  return count(servers)
+end
+
+function M.inflight()
+  return http_inflight
+end
+
+--- Stops every server (shutdown).
+function M.close_all()
+  for _, srv in pairs(servers) do srv:close() end
+end
+
+--- Forgets every server (the end of a run).
+function M.reset()
+  servers, servers_by_port = {}, {}
+  http_inflight = 0
+end
+
+return M
