@@ -294,8 +294,9 @@ static int rn__jtable(lua_State *L, rn_jbuf *b, int idx, int depth) {
        * twice, and a reader would keep only one of the values. */
       for (k = 1; k < nk; k++)
         if (rn__jkey_cmp(&keys[k - 1], &keys[k]) == 0) {
-          snprintf(b->errbuf, sizeof b->errbuf, "cannot encode a table with the key \"%.24s\" both as a number and as a string",
-                   RN_JKEY_TEXT(&keys[k]));
+          /* A number key's text is not NUL-terminated: print by length. */
+          snprintf(b->errbuf, sizeof b->errbuf, "cannot encode a table with the key \"%.*s\" both as a number and as a string",
+                   (int)(keys[k].len < 24 ? keys[k].len : 24), RN_JKEY_TEXT(&keys[k]));
           b->err = b->errbuf;
           rc = -1;
           break;
