@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -96,7 +97,14 @@ typedef struct rn_limits {
   size_t ws_msg_burst;    /* ... token bucket size, in messages */
   size_t ws_byte_rate;    /* WS bytes/s per server connection (close 1008) */
   size_t ws_byte_burst;   /* ... token bucket size, in bytes (at least max_message) */
+  size_t max_buffered;    /* bytes a server may hold for its peers (rn_server.buffered) */
 } rn_limits;
+
+/* While a server is over max_buffered, a message that would be written at
+ * once (nothing queued) is still sent when it is at most this long: lws may
+ * keep an unsent tail of it, so each connection can exceed the budget by at
+ * most this much. Larger ones are refused like queued ones. */
+#define RN_BUDGET_DIRECT_MAX 16384
 
 /* The body rate is only checked once a body has had this long to start. */
 #define RN_BODY_GRACE_MS 5000
@@ -113,6 +121,10 @@ typedef struct rn_counters {
   uint64_t ws_too_big;           /* 1009 closes: max_message */
   uint64_t ws_slow_closes;       /* 1008 closes: slow consumer */
   uint64_t protected_refused;    /* 403: a mesh route asked by a non-loopback peer */
+  uint64_t buffer_send_refusals; /* EQUEUEFULL (or a broadcast skipped): max_buffered */
+  uint64_t buffer_rx_closes;     /* 1008 closes: a reassembly buffer past max_buffered */
+  uint64_t buffer_body_refusals; /* 503: a request body buffer past max_buffered */
+  uint64_t buffer_evictions;     /* 1008 "slow consumer" closes to make room in max_buffered */
 } rn_counters;
 
 /* One source address's share of a server's connections (rn_server.c). */
@@ -173,6 +185,14 @@ typedef struct rn_server {
   char *host;
   rn_ipent **ips;     /* RN_IP_BUCKETS chains, allocated on first accept */
   int nips_conns;     /* connections counted in ips (each holds a server ref) */
+  /* Bytes this server holds for its peers, bounded by lim.max_buffered: its
+   * WebSocket connections' queued bytes (qbytes), writes lws holds in part
+   * (txpart) and allocated reassembly buffers (rxcap), and its requests'
+   * allocated body buffers (body_cap, until Lua takes the body). Changed
+   * only through rn__buffered_add / rn__buffered_sub. */
+  size_t buffered;
+  size_t buffered_peak;   /* highest buffered since the last trim (rn_loop.c sweep) */
+  uint64_t evict_scan_at; /* uv_now() of the last eviction scan (one per loop turn) */
   rn_counters counters;
 } rn_server;
 
@@ -211,6 +231,8 @@ typedef struct rn_conn {
   uint64_t rl_at;     /* uv_now() of the last refill; 0: buckets not started */
   rn_qnode *qhead, *qtail;
   size_t qbytes;
+  size_t txpart;      /* charged to max_buffered while lws holds part of a write
+                       * (the whole message: lws does not say how much) */
   uint64_t over_since; /* uv_now() when qbytes first went over high water; 0: not over */
   /* receive side */
   unsigned char *rx;
@@ -267,6 +289,40 @@ void rn__req_unref(rn_req *r);
 void rn__server_unref(rn_server *s);
 unsigned char *rn__scratch(rn_loop *l, size_t len);
 int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial, size_t max);
+size_t rn__grow_cap(size_t cap, size_t need, size_t initial, size_t max);
+
+/* The server's buffered-bytes budget (max_buffered; see rn_server.buffered).
+ * rn__buffered_fits: 1 when `more` bytes fit (or the budget is off). */
+static inline int rn__buffered_fits(const rn_server *s, size_t more) {
+  return !s->lim.max_buffered || (s->buffered <= s->lim.max_buffered &&
+                                  more <= s->lim.max_buffered - s->buffered);
+}
+static inline void rn__buffered_add(rn_server *s, size_t n) {
+  s->buffered += n;
+  if (s->buffered > s->buffered_peak)
+    s->buffered_peak = s->buffered;
+}
+/* Releasing more than was added would be an accounting bug. Built with
+ * -DRN_CHECK_BUFFERED (implied by ASan: make test-asan, make fuzz) it
+ * aborts, as an assertion would; otherwise the count stops at 0 (a server
+ * must not die of it). The specs check that the count matches what is held
+ * and returns to 0 once every connection is gone. */
+#ifndef RN_CHECK_BUFFERED
+#if defined(__SANITIZE_ADDRESS__)
+#define RN_CHECK_BUFFERED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RN_CHECK_BUFFERED 1
+#endif
+#endif
+#endif
+static inline void rn__buffered_sub(rn_server *s, size_t n) {
+#ifdef RN_CHECK_BUFFERED
+  if (n > s->buffered)
+    abort();
+#endif
+  s->buffered = n > s->buffered ? 0 : s->buffered - n;
+}
 
 /* rn_conn.c */
 void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim);

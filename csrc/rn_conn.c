@@ -37,7 +37,8 @@ static const rn_limits rn__default_limits = {
   1000,          /* ws_msg_rate */
   2000,          /* ws_msg_burst */
   4 << 20,       /* ws_byte_rate */
-  8 << 20        /* ws_byte_burst */
+  8 << 20,       /* ws_byte_burst */
+  64 << 20       /* max_buffered */
 };
 
 const rn_limits *rn__conn_limits(const rn_conn *c) {
@@ -108,8 +109,36 @@ static void rn__queue_clear(rn_conn *c) {
     free(n);
   }
   c->qhead = c->qtail = NULL;
+  if (c->srv)
+    rn__buffered_sub(c->srv, c->qbytes);
   c->qbytes = 0;
   c->over_since = 0;
+}
+
+/* Sets the bytes charged to the budget for a write lws holds in part. */
+static void rn__txpart_set(rn_conn *c, size_t n) {
+  if (!c->srv || n == c->txpart)
+    return;
+  if (n > c->txpart)
+    rn__buffered_add(c->srv, n - c->txpart);
+  else
+    rn__buffered_sub(c->srv, c->txpart - n);
+  c->txpart = n;
+}
+
+/* Releases that charge once lws has written the rest (or the wsi is gone). */
+static void rn__txpart_sync(rn_conn *c) {
+  if (c->txpart && (!c->wsi || !lws_partial_buffered(c->wsi)))
+    rn__txpart_set(c, 0);
+}
+
+/* Frees the reassembly buffer and gives its bytes back to the budget. */
+static void rn__conn_rx_free(rn_conn *c) {
+  if (c->srv)
+    rn__buffered_sub(c->srv, c->rxcap);
+  free(c->rx);
+  c->rx = NULL;
+  c->rxcap = c->rxlen = 0;
 }
 
 void rn__conn_unref(rn_conn *c) {
@@ -122,9 +151,10 @@ void rn__conn_unref(rn_conn *c) {
     c->L->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
+  rn__conn_rx_free(c);
+  rn__txpart_set(c, 0);
   if (c->srv)
     rn__server_unref(c->srv);
-  free(c->rx);
   free(c->path);
   free(c->close_reason);
   free(c->peer_reason);
@@ -227,7 +257,7 @@ static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
   rn__set_reason(&c->close_reason, &c->close_reason_len, reason, (size_t)rlen);
   rn__queue_clear(c);
   c->rx_active = 0;
-  c->rxlen = 0;
+  rn__conn_rx_free(c); /* a closing connection reads nothing more */
   if (!lws_partial_buffered(c->wsi))
     rn__send_close_frame(c, code, reason, rlen);
   else {
@@ -236,6 +266,8 @@ static int rn__conn_fail(rn_conn *c, int code, const char *reason) {
   }
   return 0;
 }
+
+static int rn__evict(rn_server *s);
 
 /* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
  * Returns the number of bytes of a trailing incomplete sequence (0..3) when
@@ -375,8 +407,18 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     }
     ev.len = len;
   } else {
+    size_t oldcap = c->rxcap;
+    size_t ncap = rn__grow_cap(oldcap, c->rxlen + len, 1024, lim->max_message);
+    if (c->srv && ncap > oldcap && !rn__buffered_fits(c->srv, ncap - oldcap) &&
+        !(rn__evict(c->srv) && c->state == RN_CS_OPEN && rn__buffered_fits(c->srv, ncap - oldcap))) {
+      c->srv->counters.buffer_rx_closes++;
+      c->L->counters.buffer_rx_closes++;
+      return rn__conn_fail(c, 1008, "server receive buffers full");
+    }
     if (rn__grow(&c->rx, &c->rxcap, c->rxlen + len, 1024, lim->max_message) < 0)
       return rn__conn_fail(c, 1011, "out of memory");
+    if (c->srv)
+      rn__buffered_add(c->srv, c->rxcap - oldcap);
     if (len) /* an empty fragment may come before any buffer exists */
       memcpy(c->rx + c->rxlen, in, len);
     c->rxlen += len;
@@ -391,7 +433,10 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     if (!final)
       return 0;
     /* Hand the reassembly buffer to the event; the next message starts a
-     * new one, so an idle connection keeps no receive buffer. */
+     * new one, so an idle connection keeps no receive buffer (and the
+     * buffer leaves the budget: it is the event's now). */
+    if (c->srv)
+      rn__buffered_sub(c->srv, c->rxcap);
     ev.data = (char *)c->rx;
     ev.len = c->rxlen;
     c->rx = NULL;
@@ -457,7 +502,11 @@ static int rn__write_msg(rn_conn *c, rn_msg *m) {
       return -1;
     memcpy(p, m->buf + LWS_PRE, m->len);
   }
-  return lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0 ? -1 : 0;
+  if (lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
+    return -1;
+  /* Called only when lws held nothing: a partial now is this message's. */
+  rn__txpart_set(c, lws_partial_buffered(c->wsi) ? m->len : 0);
+  return 0;
 }
 
 static void rn__after_dequeue(rn_conn *c) {
@@ -479,6 +528,7 @@ int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
   int budget = 16;
   if (!c || c->wsi != wsi)
     return 0;
+  rn__txpart_sync(c);
   while (c->qhead && budget-- > 0 && !lws_partial_buffered(wsi)) {
     rn_qnode *n = c->qhead;
     int rc;
@@ -486,6 +536,8 @@ int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
     if (!c->qhead)
       c->qtail = NULL;
     c->qbytes -= n->msg->len;
+    if (c->srv)
+      rn__buffered_sub(c->srv, n->msg->len);
     rc = rn__write_msg(c, n->msg);
     if (n->ticket) {
       rn_event ev;
@@ -518,9 +570,8 @@ void rn__conn_closed(rn_conn *c) {
   c->wsi = NULL;
   c->state = RN_CS_CLOSED;
   rn__queue_clear(c);
-  free(c->rx);
-  c->rx = NULL;
-  c->rxcap = c->rxlen = 0;
+  rn__conn_rx_free(c);
+  rn__txpart_set(c, 0);
   if (c->opened) {
     if (c->srv)
       c->srv->nconns--;
@@ -558,6 +609,7 @@ void rn__conn_sweep(rn_loop *l) {
   uint64_t now = uv_now(&l->loop);
   for (c = l->conns; c; c = c->next) {
     const rn_limits *lim = rn__conn_limits(c);
+    rn__txpart_sync(c);
     if (c->wsi && c->over_since && c->state == RN_CS_OPEN &&
         (double)(now - c->over_since) >= lim->slow_timeout * 1000.0) {
       if (c->srv)
@@ -589,11 +641,58 @@ static int rn__conn_enqueue(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued)
     c->qhead = n;
   c->qtail = n;
   c->qbytes += m->len;
+  if (c->srv)
+    rn__buffered_add(c->srv, m->len);
   if (c->qbytes > lim->send_high_water && !c->over_since)
     c->over_since = uv_now(&c->L->loop) ? uv_now(&c->L->loop) : 1;
   *queued = 1;
   lws_callback_on_writable(c->wsi);
   return 0;
+}
+
+/* Makes room in a full budget: closes at once, with 1008 "slow consumer",
+ * the server connection with the largest queue above send_high_water (one
+ * the slow_timeout sweep would close anyway), which frees its queue. At most
+ * one scan per loop turn, so refused sends cannot make the loop quadratic.
+ * Returns 1 when it closed one. */
+static int rn__evict(rn_server *s) {
+  rn_conn *c, *worst = NULL;
+  uint64_t now = uv_now(&s->L->loop);
+  if (s->evict_scan_at == now)
+    return 0;
+  s->evict_scan_at = now;
+  for (c = s->L->conns; c; c = c->next)
+    if (c->srv == s && c->wsi && c->state == RN_CS_OPEN && c->qbytes > s->lim.send_high_water &&
+        (!worst || c->qbytes > worst->qbytes))
+      worst = c;
+  if (!worst)
+    return 0;
+  s->counters.buffer_evictions++;
+  s->L->counters.buffer_evictions++;
+  rn__conn_start_close(worst, 1008, "slow consumer", 13, 0);
+  return 1;
+}
+
+/* Whether a message of `len` bytes may go to c now. One that must be queued
+ * is refused past the connection's send_queue; any message is refused past
+ * its server's max_buffered (after trying an eviction), except one written
+ * at once (nothing queued, no partial write held by lws) of at most
+ * RN_BUDGET_DIRECT_MAX bytes. Returns NULL, or the name of the limit that
+ * refuses it. Used by every send path (send, send_async, broadcast). */
+static const char *rn__send_refused(rn_conn *c, size_t len) {
+  const rn_limits *lim = rn__conn_limits(c);
+  int direct;
+  rn__txpart_sync(c);
+  direct = !c->qhead && !lws_partial_buffered(c->wsi);
+  if (!direct && c->qbytes + len > lim->send_queue)
+    return "send_queue";
+  if (!c->srv || (direct && len <= RN_BUDGET_DIRECT_MAX) || rn__buffered_fits(c->srv, len))
+    return NULL;
+  if (rn__evict(c->srv) && c->state == RN_CS_OPEN && rn__buffered_fits(c->srv, len))
+    return NULL;
+  c->srv->counters.buffer_send_refusals++;
+  c->L->counters.buffer_send_refusals++;
+  return "max_buffered";
 }
 
 /* ---- Lua side ------------------------------------------------------------ */
@@ -642,6 +741,7 @@ static int rn_conn_send(lua_State *L) {
   const rn_limits *lim = rn__conn_limits(c);
   uint64_t ticket = 0;
   int queued = 0;
+  const char *refused;
 
   if (!data) {
     lua_pushboolean(L, 0);
@@ -649,9 +749,14 @@ static int rn_conn_send(lua_State *L) {
   }
   if (!c->wsi || c->state != RN_CS_OPEN)
     return rn__fail(L, "ECLOSED", "connection c%I is closed", (lua_Integer)c->id);
-  if (c->qbytes + len > lim->send_queue && (c->qhead || lws_partial_buffered(c->wsi)))
+  if ((refused = rn__send_refused(c, len)) != NULL) {
+    if (refused[0] == 'm')
+      return rn__fail(L, "EQUEUEFULL", "server send buffers are full: max_buffered (%I bytes held, limit %I); "
+                      "connection c%I not queued", (lua_Integer)c->srv->buffered,
+                      (lua_Integer)c->srv->lim.max_buffered, (lua_Integer)c->id);
     return rn__fail(L, "EQUEUEFULL", "send queue of connection c%I is full (%I bytes queued, limit %I)",
                     (lua_Integer)c->id, (lua_Integer)c->qbytes, (lua_Integer)lim->send_queue);
+  }
   if (!c->qhead && !lws_partial_buffered(c->wsi)) {
     /* Fast path: write at once from a scratch buffer; lws keeps any tail. */
     unsigned char *p = rn__scratch(c->L, len);
@@ -665,6 +770,7 @@ static int rn_conn_send(lua_State *L) {
       lws_cancel_service(c->L->ctx);
       return rn__fail(L, "ECLOSED", "connection c%I failed while writing", (lua_Integer)c->id);
     }
+    rn__txpart_set(c, lws_partial_buffered(c->wsi) ? len : 0);
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -836,14 +942,12 @@ static int rn_broadcast(lua_State *L) {
     return luaL_error(L, "out of memory");
   for (c = l->conns; c; c = next) {
     int queued;
-    const rn_limits *lim;
     next = c->next;
     if (c->client || !c->srv || c->internal || c->state != RN_CS_OPEN || !c->wsi || c == except)
       continue;
     if (s && c->srv != s)
       continue;
-    lim = rn__conn_limits(c);
-    if (c->qbytes + len > lim->send_queue && c->qhead)
+    if (rn__send_refused(c, len))
       continue; /* full: this one misses the message */
     c->refcnt++; /* a failed write may close it synchronously */
     if (rn__conn_enqueue(c, m, 0, &queued) == 0)
@@ -913,6 +1017,7 @@ static const rn_limit_desc rn__limit_descs[] = {
   {"ws_msg_burst", 'z', 0, offsetof(rn_limits, ws_msg_burst)},
   {"ws_byte_rate", 'z', 1, offsetof(rn_limits, ws_byte_rate)},
   {"ws_byte_burst", 'z', 0, offsetof(rn_limits, ws_byte_burst)},
+  {"max_buffered", 'z', 1, offsetof(rn_limits, max_buffered)},
   {NULL, 0, 0, 0}};
 
 /* Stores v in the field d describes; returns NULL, or what is wrong. */
@@ -1027,7 +1132,7 @@ void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim) {
 int rn__limits_defaults(lua_State *L) {
   const rn_limits *b = rn__limits_base(L);
   const rn_limit_desc *d;
-  lua_createtable(L, 0, 16);
+  lua_createtable(L, 0, 18);
   for (d = rn__limit_descs; d->name; d++) {
     const char *p = (const char *)b + d->offset;
     if (d->kind == 'd')

@@ -48,9 +48,30 @@ rn_loop *rn__loop_get(lua_State *L) {
 
 static void rn__noop_timer(uv_timer_t *t) { (void)t; }
 
+/* Once a server has given back RN_TRIM_AFTER bytes of its buffers (a burst
+ * of large messages or bodies is over), glibc is asked to return the freed
+ * pages: buffers of 128 KiB to 1 MiB come from the heap once glibc has
+ * raised its mmap threshold, and without a trim RSS would stay at the
+ * burst's peak. At most once a second, from the sweep. */
+#define RN_TRIM_AFTER (8u << 20)
+
 static void rn__sweep_cb(uv_timer_t *t) {
-  rn__conn_sweep((rn_loop *)t->data);
-  rn__body_sweep((rn_loop *)t->data);
+  rn_loop *l = (rn_loop *)t->data;
+  rn_server *s;
+  int trim = 0;
+  rn__conn_sweep(l);
+  rn__body_sweep(l);
+  for (s = l->servers; s; s = s->next)
+    if (s->buffered_peak > s->buffered + RN_TRIM_AFTER) {
+      s->buffered_peak = s->buffered;
+      trim = 1;
+    }
+#ifdef __GLIBC__
+  if (trim)
+    malloc_trim(0);
+#else
+  (void)trim;
+#endif
 }
 
 static void rn__signal_cb(uv_signal_t *s, int signum) {

@@ -242,8 +242,10 @@ void rn__req_unref(rn_req *r) {
   if (--r->refcnt > 0)
     return;
   rn__body_untrack(r);
-  if (r->srv)
+  if (r->srv) {
+    rn__buffered_sub(r->srv, r->body_cap);
     rn__server_unref(r->srv);
+  }
   free(r->uri);
   free(r->query);
   free(r->headers);
@@ -468,9 +470,23 @@ static int rn__http_body(rn_pss *pss, struct lws *wsi, const void *in, size_t le
     return rn__http_timeout(wsi, pss);
   }
   /* Geometric growth from 16 KiB, capped at the declared length (itself at
-   * most max_body): a Content-Length alone allocates nothing. */
-  if (rn__grow(&r->body, &r->body_cap, r->body_len + len, 16384, r->body_expect) < 0)
-    return -1;
+   * most max_body): a Content-Length alone allocates nothing. Growth past
+   * the server's max_buffered is answered 503 and the connection closes
+   * (the rest of the body is unread). */
+  {
+    size_t oldcap = r->body_cap;
+    size_t ncap = rn__grow_cap(oldcap, r->body_len + len, 16384, r->body_expect);
+    if (ncap > oldcap && !rn__buffered_fits(r->srv, ncap - oldcap)) {
+      r->srv->counters.buffer_body_refusals++;
+      r->L->counters.buffer_body_refusals++;
+      rn__req_detach(pss);
+      lws_return_http_status(wsi, 503, NULL);
+      return -1;
+    }
+    if (rn__grow(&r->body, &r->body_cap, r->body_len + len, 16384, r->body_expect) < 0)
+      return -1;
+    rn__buffered_add(r->srv, r->body_cap - oldcap);
+  }
   if (len)
     memcpy(r->body + r->body_len, in, len);
   r->body_len += len;
@@ -744,7 +760,10 @@ void rn__req_push(lua_State *L, rn_req *r) {
   luaL_setmetatable(L, RN_REQ_MT);
 }
 
-/* req:info() -> { method, path, query, headers = {}, body, peer, server } */
+/* req:info() -> { method, path, query, headers = {}, body, peer, server }.
+ * The body is handed over: the Lua string is its only copy from then on, so
+ * the C buffer is freed (and leaves max_buffered) at once instead of when the
+ * request object is collected; a later info() has an empty body. */
 static int rn_req_info(lua_State *L) {
   rn_req *r = rn__req_check(L, 1);
   size_t off = 0;
@@ -757,6 +776,13 @@ static int rn_req_info(lua_State *L) {
   lua_setfield(L, -2, "query");
   lua_pushlstring(L, r->body ? (const char *)r->body : "", r->body_len);
   lua_setfield(L, -2, "body");
+  if (r->ready && r->body) {
+    if (r->srv)
+      rn__buffered_sub(r->srv, r->body_cap);
+    free(r->body);
+    r->body = NULL;
+    r->body_cap = r->body_len = 0;
+  }
   lua_pushstring(L, r->peer);
   lua_setfield(L, -2, "peer");
   lua_pushinteger(L, r->srv ? r->srv->port : 0);
@@ -1049,7 +1075,7 @@ static int rn_server_port(lua_State *L) {
 
 /* Pushes a table of refusal counters (names as in rn_counters). */
 void rn__counters_push(lua_State *L, const rn_counters *c) {
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 12);
   lua_pushinteger(L, (lua_Integer)c->conn_refused_per_ip);
   lua_setfield(L, -2, "conn_refused_per_ip");
   lua_pushinteger(L, (lua_Integer)c->http_body_timeouts);
@@ -1066,12 +1092,21 @@ void rn__counters_push(lua_State *L, const rn_counters *c) {
   lua_setfield(L, -2, "ws_slow_closes");
   lua_pushinteger(L, (lua_Integer)c->protected_refused);
   lua_setfield(L, -2, "protected_refused");
+  lua_pushinteger(L, (lua_Integer)c->buffer_send_refusals);
+  lua_setfield(L, -2, "buffer_send_refusals");
+  lua_pushinteger(L, (lua_Integer)c->buffer_rx_closes);
+  lua_setfield(L, -2, "buffer_rx_closes");
+  lua_pushinteger(L, (lua_Integer)c->buffer_body_refusals);
+  lua_setfield(L, -2, "buffer_body_refusals");
+  lua_pushinteger(L, (lua_Integer)c->buffer_evictions);
+  lua_setfield(L, -2, "buffer_evictions");
 }
 
-/* server:stats() -> { <counters>, tcp_connections = n, websockets = n }:
- * this server's refusal counters since it started, the TCP connections
- * counted per address (0 when max_connections_per_ip is off) and the open
- * WebSockets. */
+/* server:stats() -> { <counters>, tcp_connections = n, websockets = n,
+ * buffered = bytes }: this server's refusal counters since it started, the
+ * TCP connections counted per address (0 when max_connections_per_ip is
+ * off), the open WebSockets and the bytes it holds now against
+ * max_buffered. */
 static int rn_server_stats(lua_State *L) {
   rn_server *s = rn__server_check(L, 1);
   rn__counters_push(L, &s->counters);
@@ -1079,6 +1114,8 @@ static int rn_server_stats(lua_State *L) {
   lua_setfield(L, -2, "tcp_connections");
   lua_pushinteger(L, s->nconns);
   lua_setfield(L, -2, "websockets");
+  lua_pushinteger(L, (lua_Integer)s->buffered);
+  lua_setfield(L, -2, "buffered");
   return 1;
 }
 

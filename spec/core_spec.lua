@@ -384,6 +384,123 @@ describe("HttpServer", function()
     end)
   end)
 
+  it("max_buffered bounds the bytes a server holds for all its connections", function()
+    H.run(function()
+      local BUDGET = 256 * 1024
+      local srv = H.listen { max_buffered = BUDGET }
+      local before = rn.stats().limits.buffer_send_refusals
+      -- Two clients that read nothing: whatever the sockets do not take is
+      -- held by the server.
+      local c1 = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      local c2 = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.05)
+      local ids = srv:ws_connections()
+      assert.equal(2, #ids)
+      -- 20 KiB: larger than what may still go out directly past the budget.
+      local chunk = string.rep("b", 20 * 1024)
+      local ok, err, code
+      for i = 1, 2000 do
+        ok, err, code = srv:ws_send(ids[i % 2 + 1], chunk)
+        if not ok then break end
+      end
+      assert.is_nil(ok)
+      assert.equal("EQUEUEFULL", code)
+      assert.matches("^EQUEUEFULL: server send buffers are full: max_buffered %(%d+ bytes held, " ..
+        "limit 262144%); connection c%d+ not queued$", err)
+      local st = srv:stats()
+      local queued = rn.WebSocket.info(ids[1]).queued + rn.WebSocket.info(ids[2]).queued
+      -- Neither queue reached send_queue (4 MiB): the budget refused.
+      assert.is_true(queued > 0)
+      assert.is_true(st.buffered >= queued and st.buffered <= BUDGET,
+        ("buffered %d, queued %d"):format(st.buffered, queued))
+      assert.is_true(st.buffered > BUDGET - 2 * #chunk)
+      assert.is_true(st.buffer_send_refusals >= 1)
+      -- Broadcast skips both, and counts them.
+      assert.equal(0, srv:ws_broadcast(chunk))
+      assert.equal(st.buffer_send_refusals + 2, srv:stats().buffer_send_refusals)
+      assert.equal(before + st.buffer_send_refusals + 2, rn.stats().limits.buffer_send_refusals)
+      -- Queues under send_high_water are never evicted.
+      assert.equal(0, srv:stats().buffer_evictions)
+      -- Closing gives every byte back.
+      c1._rec.box:close()
+      c2._rec.box:close()
+      local deadline = rn.now() + 15
+      while srv:stats().websockets > 0 and rn.now() < deadline do rn.sleep(0.05) end
+      assert.equal(0, srv:stats().websockets)
+      assert.equal(0, srv:stats().buffered)
+    end)
+  end)
+
+  it("past max_buffered a queue over send_high_water is evicted as a slow consumer", function()
+    H.run(function()
+      local srv = H.listen { max_buffered = 512 * 1024, send_high_water = 64 * 1024 }
+      local slow = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.05)
+      local sid = srv:ws_connections()[1]
+      local other = assert(rn.ws_connect(url(srv), { max_queued = 1 }))
+      rn.sleep(0.05)
+      local oid
+      for _, id in ipairs(srv:ws_connections()) do if id ~= sid then oid = id end end
+      local chunk = string.rep("e", 32 * 1024)
+      -- The slow one queues more than its high-water mark (what the socket
+      -- does not take) ...
+      for _ = 1, 1000 do
+        if rn.WebSocket.info(sid).queued > 320 * 1024 then break end
+        assert(srv:ws_send(sid, chunk))
+      end
+      assert.is_true(rn.WebSocket.info(sid).queued > 320 * 1024)
+      -- ... so once the other one's sends reach the budget, the slow one
+      -- (the largest queue over its high-water mark) is evicted and they
+      -- still fit.
+      for _ = 1, 1000 do
+        if srv:stats().buffer_evictions > 0 then break end
+        assert(srv:ws_send(oid, chunk))
+      end
+      assert.equal(1, srv:stats().buffer_evictions)
+      assert.equal(0, srv:stats().buffer_send_refusals)
+      local m, err, code = slow:receive(10)
+      while m do m, err, code = slow:receive(10) end
+      assert.equal("ECLOSED", code)
+      assert.matches("1008 slow consumer", err)
+      other._rec.box:close()
+      local deadline = rn.now() + 15
+      while srv:stats().websockets > 0 and rn.now() < deadline do rn.sleep(0.05) end
+      assert.equal(0, srv:stats().buffered)
+    end)
+  end)
+
+  it("past max_buffered a growing message closes with 1008 and a growing body gets 503", function()
+    H.run(function()
+      local srv = echo_server { max_buffered = 64 * 1024 }
+      srv:route("POST", "/up", function(req) return 200, "got " .. #req.body end)
+      local c = assert(rn.ws_connect(url(srv)))
+      assert(c:send(string.rep("s", 48 * 1024)))
+      assert.equal(48 * 1024, #c:receive(5))
+      -- A reassembly buffer doubles: 64 KiB is the budget, 128 KiB is not.
+      assert(c:send(string.rep("s", 80 * 1024)))
+      local m, err, code = c:receive(5)
+      assert.is_nil(m)
+      assert.equal("ECLOSED", code)
+      assert.equal("ECLOSED: connection closed (1008 server receive buffers full)", err)
+      assert.equal(1, srv:stats().buffer_rx_closes)
+      local f = os.tmpname()
+      local h = assert(io.open(f, "wb"))
+      h:write(string.rep("p", 48 * 1024))
+      h:close()
+      assert.equal(200, (H.curl("--data-binary @" .. H.q(f) .. " http://127.0.0.1:" .. srv.port .. "/up")))
+      h = assert(io.open(f, "wb"))
+      h:write(string.rep("p", 80 * 1024))
+      h:close()
+      assert.equal(503, (H.curl("--data-binary @" .. H.q(f) .. " http://127.0.0.1:" .. srv.port .. "/up")))
+      os.remove(f)
+      assert.equal(1, srv:stats().buffer_body_refusals)
+      collectgarbage()
+      collectgarbage()
+      rn.sleep(0.2)
+      assert.equal(0, srv:stats().buffered)
+    end)
+  end)
+
   it("ws_send_async fails with ECLOSED when the connection goes first", function()
     H.run(function()
       local srv = H.listen { send_queue = 64 * 1024, send_high_water = 16 * 1024 }

@@ -8,7 +8,10 @@ MODE is one of:
   flood     N idle TCP connections from 127.0.0.1 (a connection flood), held
             past the server's header deadline;
   wsflood   one WebSocket from 127.0.0.1 sending small messages as fast as it
-            can, then one sending 1 MiB binary messages as fast as it can.
+            can, then one sending 1 MiB binary messages as fast as it can;
+  slowread  N WebSockets from 127.0.0.1 (default 100) that never read (receive
+            buffer 4 KiB) and keep sending 512 KiB binary messages for 20 s:
+            every echo has to be held by the server (its max_buffered budget).
 
 While an attack runs, a legitimate client bound to 127.0.0.2 (also loopback
 on Linux, but another source address) keeps asking the server for GET / (or
@@ -18,12 +21,16 @@ Every loop is bounded in count and in time, and only 127.0.0.1 is attacked.
 """
 
 import asyncio
+import base64
 import errno
 import json
+import os
 import resource
 import selectors
 import socket
+import struct
 import sys
+import threading
 import time
 
 MODE, PORT, PID = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -288,12 +295,152 @@ async def wsflood():
     return out
 
 
+def ws_handshake(s):
+    """Upgrades a connected blocking socket to a WebSocket on /."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)  # byte by byte: nothing after the headers is consumed
+        if not chunk:
+            raise OSError("closed during the handshake")
+        head += chunk
+    if status_of(head) != 101:
+        raise OSError("upgrade refused: %r" % head[:40])
+
+
+def ws_frame(payload, opcode):
+    """One final client frame (masked, as RFC 6455 requires)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    body = bytes(b ^ mask[i & 3] for i, b in enumerate(payload)) if n < 4096 else \
+        (int.from_bytes(payload, "big") ^ int.from_bytes(mask * (n // 4) + mask[:n % 4], "big")).to_bytes(n, "big")
+    return head + mask + body
+
+
+def ws_read(s):
+    """One server frame: (opcode, payload)."""
+    def exact(k):
+        data = b""
+        while len(data) < k:
+            chunk = s.recv(k - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exact(8))[0]
+    return b0 & 0x0F, exact(n)
+
+
+def slowread(n):
+    raise_nofile(n)
+    base = rss_kb()
+    out = {"base_rss_kb": base, "max_rss_kb": base, "legit_ok": 0, "legit_fail": 0,
+           "opened": 0, "messages_sent": 0, "send_errors": 0, "max_buffered_seen": 0}
+    stop = threading.Event()
+
+    def legit():
+        # A well-behaved client on another address: small echoes, read at once.
+        try:
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind((LEGIT, 0))
+            s.connect(("127.0.0.1", PORT))
+            ws_handshake(s)
+        except OSError:
+            out["legit_fail"] += 1
+            return
+        i = 0
+        while not stop.is_set():
+            i += 1
+            text = ("legit %d" % i).encode()
+            try:
+                s.sendall(ws_frame(text, 1))
+                op, data = ws_read(s)
+                out["legit_ok" if (op, data) == (1, text) else "legit_fail"] += 1
+            except OSError:
+                out["legit_fail"] += 1
+                break
+            time.sleep(0.2)
+        s.close()
+
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        try:
+            s.settimeout(10)
+            s.connect(("127.0.0.1", PORT))
+            ws_handshake(s)
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        socks.append(s)
+    out["opened"] = len(socks)
+    lt = threading.Thread(target=legit)
+    lt.start()
+    frame = ws_frame(b"\x5a" * (512 * 1024), 2)
+    pending = {s: memoryview(frame) for s in socks}
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_WRITE)
+    t0 = last_sample = time.time()
+    while pending and time.time() - t0 < 20:
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            try:
+                k = s.send(pending[s][:262144])
+            except OSError:
+                out["send_errors"] += 1  # the server closed it
+                sel.unregister(s)
+                del pending[s]
+                continue
+            pending[s] = pending[s][k:]
+            if not len(pending[s]):
+                out["messages_sent"] += 1
+                pending[s] = memoryview(frame)
+        if time.time() - last_sample >= 0.5:
+            last_sample = time.time()
+            r = rss_kb()
+            if r is not None and r > out["max_rss_kb"]:
+                out["max_rss_kb"] = r
+            st, body = legit_get("/limits-stats")
+            if st == 200:
+                b = json.loads(body)["server"]["buffered"]
+                out["max_buffered_seen"] = max(out["max_buffered_seen"], b)
+    out["attack_s"] = round(time.time() - t0, 1)
+    st, body = legit_get("/limits-stats")
+    out["stats_during"] = json.loads(body) if st == 200 else None
+    for s in socks:
+        s.close()
+    time.sleep(4)  # the server's sweep trims freed memory once a second
+    out["after_rss_kb"] = rss_kb()
+    stop.set()
+    lt.join(20)
+    return out
+
+
 if MODE == "slowpost":
     result = slowpost(N or 400)
 elif MODE == "flood":
     result = flood(N or 3000)
 elif MODE == "wsflood":
     result = asyncio.run(wsflood())
+elif MODE == "slowread":
+    result = slowread(N or 100)
 else:
     sys.exit("unknown mode " + MODE)
 result["server_alive"] = alive()
