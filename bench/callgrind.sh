@@ -52,9 +52,10 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Lift the per-address connection cap and WebSocket rate limits (README,
-# "Security model"): the profile runs many connections from loopback.
-export RELAYNET_LIMITS="max_connections=100000,max_connections_per_ip=0,ws_msg_rate=0,ws_byte_rate=0"
+# Lift the per-address connection cap, WebSocket rate limits and the
+# server-wide buffer budget (README, "Security model"): the profile runs many
+# connections from loopback and broadcasts to all of them.
+export RELAYNET_LIMITS="max_connections=100000,max_connections_per_ip=0,ws_msg_rate=0,ws_byte_rate=0,max_buffered=0"
 export LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;"
 export LUA_CPATH_5_4="$ROOT/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;"
 PORT=$((11000 + $$ % 5000))
