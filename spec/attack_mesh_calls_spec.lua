@@ -33,6 +33,17 @@ local function rss_kib(m, id)
   return kib
 end
 
+-- Waits until node id's RSS is back within RSS_AFTER_KIB of `base`; returns it.
+local function rss_back(m, id, base, peak)
+  local after
+  MH.wait_until(function()
+    after = rss_kib(m, id)
+    return after - base < RSS_AFTER_KIB
+  end, id .. "'s RSS to come back near its baseline", 30,
+    function() return string.format("base %d KiB, peak %d KiB, now %d KiB", base, peak, after) end)
+  return after
+end
+
 local function stats_of(m, id)
   local st = assert(m:status(id), "no /status from " .. id)
   return st.stats
@@ -222,12 +233,7 @@ describe("attack: remote calls in flight", function()
       MH.wait_until(function() return stats_of(m, "a1").pending_calls == 0 end, "a1 to drop the calls", 20)
       assert.equal(node_cap, stats_of(m, "a1").calls_canceled)
       assert.equal(legit + 1, rn.remote_call("b1", "counter", "increment", {}, 10))
-      local after
-      MH.wait_until(function()
-        after = rss_kib(m, "a1")
-        return after - base < RSS_AFTER_KIB
-      end, "a1's RSS to come back near its baseline", 30,
-        function() return string.format("base %d KiB, peak %d KiB, now %d KiB", base, peak, after) end)
+      local after = rss_back(m, "a1", base, peak)
       print(string.format("\n  /rpc flood: RSS base %d KiB, peak %d KiB (+%d), after %d KiB",
         base, peak, peak - base, after))
       sk.c:close_wait(1000, "bye")
@@ -400,12 +406,7 @@ describe("attack: relayed calls in flight", function()
       assert.equal(200, stats_of(m, "a1").forwards_expired - before.forwards_expired)
       assert(gone < 10, "short forwards lived " .. gone .. " s")
       assert.equal(legit + 1, rpc_ok(m, "a1", "b1", "increment"))
-      local after
-      MH.wait_until(function()
-        after = rss_kib(m, "a1")
-        return after - base < RSS_AFTER_KIB
-      end, "a1's RSS to come back near its baseline", 30,
-        function() return string.format("base %d KiB, peak %d KiB, now %d KiB", base, peak, after) end)
+      local after = rss_back(m, "a1", base, peak)
       print(string.format("\n  relay flood: %d calls in %.1f s; RSS base %d KiB, peak %d KiB (+%d), after %d KiB",
         total, took, base, peak, peak - base, after))
       e.c:close_wait(1000, "bye")
