@@ -125,8 +125,8 @@ local function listen(opts, websocket)
   if self._mesh then
     for _, fn in ipairs(builtins) do fn(self) end
     if insecure then
-      io.stderr:write("relaynet: WARNING: server ", id, " serves the mesh (/ws/p2p, /rpc, /status, /peers, ",
-        "/routes, /registry) to every address without authentication (insecure_mesh)\n")
+      io.stderr:write("relaynet: WARNING: server ", id, " serves the mesh (", table.concat(M.PROTECTED_PATHS, ", "),
+        ") to every address without authentication (insecure_mesh)\n")
     end
   end
   return self
