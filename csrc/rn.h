@@ -28,18 +28,26 @@
  * frames it, which is how relaynet sends close frames with its own codes. */
 #define RN_WRITE_CLOSE ((enum lws_write_protocol)4)
 
-/* Event types delivered to the Lua dispatcher (see rn_loop.c). */
+/* The kinds of event delivered to the Lua dispatcher (rn_loop.c), listed
+ * once: X(NAME, what the event carries). The list makes the enum (RN_EV_NAME)
+ * and the Lua constants (core.EV_NAME, rn_module.c). */
+#define RN_EVENT_KINDS(X)                                                      \
+  X(HTTP, "a complete HTTP request: req")                                      \
+  X(OPEN, "a WebSocket is established: conn")                                  \
+  X(MESSAGE, "a whole message: conn, data/len, flag = binary")                 \
+  X(CLOSE, "a WebSocket is gone: conn, code, data = reason")                   \
+  X(WRITTEN, "a queued message with a waiter was written: conn, ticket, flag") \
+  X(DRAIN, "a send queue fell below its high-water mark: conn")                \
+  X(CONNERR, "an outgoing connection failed: conn, data = message")            \
+  X(SIGNAL, "SIGINT or SIGTERM: code = signal number")                         \
+  X(RESOLVED, "a DNS lookup finished: ticket, data = address or error")
+
 enum rn_event_type {
-  RN_EV_HTTP = 1,    /* a complete HTTP request: req */
-  RN_EV_OPEN,        /* a WebSocket is established: conn */
-  RN_EV_MESSAGE,     /* a whole message: conn, data/len, flag = binary */
-  RN_EV_CLOSE,       /* a WebSocket is gone: conn, code, data = reason */
-  RN_EV_WRITTEN,     /* a queued message with a waiter was written: conn, ticket */
-  RN_EV_DRAIN,       /* a send queue fell below its high-water mark: conn */
-  RN_EV_CONNERR,     /* an outgoing connection failed: conn, data = message */
-  RN_EV_SIGNAL,      /* SIGINT or SIGTERM: code = signal number */
-  RN_EV_RESOLVED,    /* a DNS lookup finished: ticket, data = address or error */
-  RN_EV_HTTP_DONE    /* an HTTP response was fully written or abandoned: req */
+  RN_EV_NONE_ = 0,
+#define RN__EV_ENUM(name, doc) RN_EV_##name,
+  RN_EVENT_KINDS(RN__EV_ENUM)
+#undef RN__EV_ENUM
+  RN_EV_COUNT_
 };
 
 struct rn_conn;
@@ -182,6 +190,8 @@ typedef struct rn_server {
   char **protected_paths; /* exact paths served to loopback peers only (rn_protect.c) */
   int nprotected;
   int refcnt;         /* Lua box + live connections/requests */
+  int owner_ref;      /* registry ref of the Lua value set by server:set_owner(),
+                       * pushed with OPEN and HTTP events; LUA_NOREF: none */
   char *host;
   rn_ipent **ips;     /* RN_IP_BUCKETS chains, allocated on first accept */
   int nips_conns;     /* connections counted in ips (each holds a server ref) */
@@ -248,6 +258,13 @@ typedef struct rn_conn {
   char peer[48];     /* the peer's address as text (an IPv6 address fits) */
 } rn_conn;
 
+/* Per-session data of the server protocol: a wsi is either an HTTP
+ * connection (req set while a request is in flight) or a WebSocket. */
+typedef struct rn_pss {
+  struct rn_req *req;
+  struct rn_conn *conn;
+} rn_pss;
+
 typedef struct rn_req {
   rn_loop *L;
   rn_server *srv;
@@ -278,18 +295,6 @@ typedef struct rn_req {
   int headers_sent;
   int done;
 } rn_req;
-
-/* rn_loop.c */
-rn_loop *rn__loop_get(lua_State *L);
-rn_loop *rn__loop_ensure(lua_State *L);
-int rn__event_push(rn_loop *l, const rn_event *ev);
-int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off);
-void rn__conn_unref(rn_conn *c);
-void rn__req_unref(rn_req *r);
-void rn__server_unref(rn_server *s);
-unsigned char *rn__scratch(rn_loop *l, size_t len);
-int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial, size_t max);
-size_t rn__grow_cap(size_t cap, size_t need, size_t initial, size_t max);
 
 /* The server's buffered-bytes budget (max_buffered; see rn_server.buffered).
  * rn__buffered_fits: 1 when `more` bytes fit (or the budget is off). */
@@ -324,47 +329,135 @@ static inline void rn__buffered_sub(rn_server *s, size_t n) {
   s->buffered = n > s->buffered ? 0 : s->buffered - n;
 }
 
-/* rn_conn.c */
+/* The limits that apply to a connection: its server's, or its own for a
+ * client connection. */
+static inline const rn_limits *rn__conn_limits(const rn_conn *c) {
+  return c->srv ? &c->srv->lim : &c->cl->lim;
+}
+
+/* Frees a connection's reassembly buffer and gives its bytes back to the
+ * budget. */
+static inline void rn__conn_rx_free(rn_conn *c) {
+  if (c->srv)
+    rn__buffered_sub(c->srv, c->rxcap);
+  free(c->rx);
+  c->rx = NULL;
+  c->rxcap = c->rxlen = 0;
+}
+
+/* The files of the core, each one concept, and what each offers the others.
+ * A file uses only the files listed before it, except where noted: the
+ * event queue and the loop are below everything, and the lws callbacks
+ * (server, client) are above the connection and request files they feed. */
+
+/* rn_module.c: luaopen_relaynet_core and the error convention. */
+/* Error helper: pushes nil, "CODE: message", "CODE" and returns 3. */
+int rn__fail(lua_State *L, const char *code, const char *fmt, ...);
+
+/* rn_buf.c: growing buffers. */
+int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial, size_t max);
+size_t rn__grow_cap(size_t cap, size_t need, size_t initial, size_t max);
+
+/* rn_utf8.c: 0: s is complete, valid UTF-8; > 0: valid but for an
+ * incomplete sequence of that many bytes at the end; < 0: invalid. */
+int rn__utf8_check(const unsigned char *s, size_t len);
+
+/* rn_limits.c */
+extern const rn_limits rn__default_limits;
 void rn__limits_from_table(lua_State *L, int idx, rn_limits *lim);
 int rn__limits_defaults(lua_State *L);
+
+/* rn_event.c: the event queue, the event arena and the scratch buffer. */
+int rn__event_push(rn_loop *l, const rn_event *ev);
+void rn__event_pop(rn_loop *l, rn_event *ev);
+void rn__event_release(rn_event *ev);
+void rn__events_drop(rn_loop *l);
+int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off);
+void rn__arena_reset(rn_loop *l);
+unsigned char *rn__scratch(rn_loop *l, size_t len);
+
+/* rn_loop.c: the uv loop and lws context of a Lua state; dispatch. */
+rn_loop *rn__loop_get(lua_State *L);
+rn_loop *rn__loop_ensure(lua_State *L);
+void rn__loop_anchor(lua_State *L);
+void rn__loop_open_lua(lua_State *L);
+
+/* rn_sendq.c: a connection's queue of outgoing messages. */
+rn_msg *rn__msg_new(const void *data, size_t len, int binary);
+void rn__msg_unref(rn_msg *m);
+int rn__sendq_push(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued);
+int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary);
+int rn__sendq_flush(rn_conn *c, struct lws *wsi);
+void rn__sendq_clear(rn_conn *c);
+void rn__txpart_set(rn_conn *c, size_t n);
+void rn__txpart_sync(rn_conn *c);
+
+/* rn_close.c: the closing handshake, and the closes the core decides
+ * (slow consumers, eviction from a full budget). */
+void rn__conn_start_close(rn_conn *c, int code, const char *reason, int rlen, int graceful);
+int rn__conn_fail(rn_conn *c, int code, const char *reason);
+void rn__conn_send_close_frame(rn_conn *c);
 int rn__conn_check_close(const void *in, size_t len);
-void rn__conn_answer_close(rn_conn *c, int code);
-rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client);
-void rn__conn_established(rn_conn *c, struct lws *wsi);
-int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len);
-int rn__conn_writeable(rn_conn *c, struct lws *wsi);
 void rn__conn_peer_close(rn_conn *c, const void *in, size_t len);
-void rn__conn_closed(rn_conn *c);
+int rn__conn_on_peer_close(rn_conn *c, const void *in, size_t len);
+int rn__evict(rn_server *s);
 void rn__conn_sweep(rn_loop *l);
-const rn_limits *rn__conn_limits(const rn_conn *c);
-void rn__conn_open_lua(lua_State *L);
-void rn__json_open_lua(lua_State *L);
-/* 0: s is complete, valid UTF-8; > 0: valid but for an incomplete sequence
- * of that many bytes at the end; < 0: invalid. */
-int rn__utf8_check(const unsigned char *s, size_t len);
+
+/* rn_recv.c: receiving WebSocket messages (rates, reassembly, UTF-8). */
+int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len);
+
+/* rn_conn.c: the connection object, its lws side and its Lua type. */
+rn_conn *rn__conn_new(rn_loop *l, rn_server *srv, int client);
+void rn__conn_unref(rn_conn *c);
+void rn__conn_established(rn_conn *c, struct lws *wsi);
+int rn__conn_writeable(rn_conn *c, struct lws *wsi);
+void rn__conn_closed(rn_conn *c);
 void rn__conn_push(lua_State *L, rn_conn *c);
+void rn__conn_open_lua(lua_State *L);
 
-/* rn_server.c */
-void rn__servers_release(rn_loop *l);
-void rn__body_sweep(rn_loop *l);
-void rn__counters_push(lua_State *L, const rn_counters *c);
-void rn__server_open_lua(lua_State *L);
-int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
-                        void *user, void *in, size_t len);
-void rn__req_push(lua_State *L, rn_req *r);
+/* rn_addr.c: TCP connections per source address (max_connections_per_ip). */
+int rn__ip_filter(rn_server *s, const struct lws_filter_network_conn_args *a);
+void rn__ip_count(rn_server *s, struct lws *wsi);
+void rn__ip_uncount(rn_server *s, struct lws *wsi);
+void rn__ips_free(rn_server *s);
 
-/* rn_client.c */
-void rn__client_open_lua(lua_State *L);
-int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
-                        void *user, void *in, size_t len);
-
-/* rn_protect.c */
+/* rn_protect.c: the paths only loopback peers may use. */
 int rn__peer_is_loopback(struct lws *wsi);
 void rn__protect_from_table(lua_State *L, int idx, rn_server *s);
 void rn__protect_free(rn_server *s);
 int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path);
 
-/* Error helper: pushes nil, "CODE: message", "CODE" and returns 3. */
-int rn__fail(lua_State *L, const char *code, const char *fmt, ...);
+/* rn_http.c: HTTP requests (headers, bodies, responses) and their Lua type. */
+int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss);
+int rn__http_refuse(struct lws *wsi, rn_pss *pss, int status);
+int rn__http_body(rn_pss *pss, struct lws *wsi, const void *in, size_t len);
+int rn__http_body_done(rn_pss *pss, struct lws *wsi);
+int rn__http_writeable(rn_pss *pss, struct lws *wsi);
+void rn__req_detach(rn_pss *pss);
+void rn__req_unref(rn_req *r);
+void rn__body_sweep(rn_loop *l);
+void rn__req_push(lua_State *L, rn_req *r);
+void rn__req_open_lua(lua_State *L);
+
+/* rn_server.c: listening servers, the server protocol callback (HTTP and
+ * the WebSocket half), counters, and the server's Lua type. */
+void rn__server_unref(rn_server *s);
+void rn__server_push_owner(lua_State *L, rn_server *s);
+void rn__servers_release(lua_State *L, rn_loop *l);
+void rn__counters_push(lua_State *L, const rn_counters *c);
+void rn__server_open_lua(lua_State *L);
+
+/* rn_client.c: outgoing connections and DNS. */
+void rn__client_open_lua(lua_State *L);
+int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                        void *user, void *in, size_t len);
+
+/* rn_json.c, rn_jsondec.c: the JSON codec (core.json_encode/json_decode).
+ * Whatever relaynet.json.MAX_DEPTH says, neither direction nests deeper than
+ * RN_JSON_DEPTH_CAP: both recurse on the C stack, and the encoder's cycle
+ * check keeps one slot per level. */
+#define RN_JSON_DEPTH_CAP 63
+void rn__json_open_lua(lua_State *L);
+int rn__json_decode(lua_State *L);
 
 #endif

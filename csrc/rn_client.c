@@ -61,18 +61,7 @@ int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
       return 0;
     return rn__conn_writeable(c, wsi);
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-    if (c) {
-      int bad;
-      if (c->close_sent)
-        return -1;
-      bad = rn__conn_check_close(in, len);
-      if (bad) {
-        rn__conn_answer_close(c, bad);
-        return -1;
-      }
-      rn__conn_peer_close(c, in, len);
-    }
-    return 0;
+    return c ? rn__conn_on_peer_close(c, in, len) : 0;
   case LWS_CALLBACK_CLIENT_CLOSED:
     if (c) {
       lws_set_opaque_user_data(wsi, NULL);

@@ -1,6 +1,7 @@
 /*
- * relaynet core: the per-Lua-state loop (one uv loop, one lws context), the
- * event queue that carries lws callbacks to Lua, and the module entry point.
+ * relaynet core: the per-Lua-state loop (one uv loop, one lws context),
+ * core.poll and the dispatch of queued events (rn_event.c) to Lua, the
+ * sweep timer, signals, and shutdown.
  *
  * Lifecycle: the loop is created lazily by the first call that needs it
  * (listen, connect, poll) and torn down by core.shutdown(), which closes every
@@ -13,26 +14,10 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-int rn__fail(lua_State *L, const char *code, const char *fmt, ...) {
-  va_list ap;
-  lua_pushnil(L);
-  lua_pushstring(L, code);
-  lua_pushliteral(L, ": ");
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_concat(L, 3);
-  lua_pushstring(L, code);
-  return 3;
-}
-
-/* The loop lives in a full userdata anchored in the registry, so that its
- * memory is released with the Lua state even if shutdown never ran. */
 /* The loop context lives in the registry under the address of this
  * variable: a light-userdata key costs no string look-up, and rn__loop_get
  * runs several times per turn of the loop. */
@@ -162,77 +147,6 @@ rn_loop *rn__loop_ensure(lua_State *L) {
   return l;
 }
 
-int rn__event_push(rn_loop *l, const rn_event *ev) {
-  size_t idx;
-  if (l->ev_count == l->ev_cap) {
-    size_t ncap = l->ev_cap ? l->ev_cap * 2 : 64, i;
-    rn_event *n = (rn_event *)malloc(ncap * sizeof *n);
-    if (!n) {
-      l->oom = 1;
-      free(ev->data);
-      return -1;
-    }
-    for (i = 0; i < l->ev_count; i++)
-      n[i] = l->ev[(l->ev_head + i) % l->ev_cap];
-    free(l->ev);
-    l->ev = n;
-    l->ev_cap = ncap;
-    l->ev_head = 0;
-  }
-  idx = (l->ev_head + l->ev_count) % l->ev_cap;
-  l->ev[idx] = *ev;
-  l->ev_count++;
-  if (ev->conn)
-    ev->conn->refcnt++;
-  if (ev->req)
-    ev->req->refcnt++;
-  return 0;
-}
-
-/* The event arena: message events copy small payloads here instead of into
- * a malloc'd buffer each, so a message costs no allocation on its way to Lua.
- * The arena is emptied by rn_poll whenever the event queue is empty (every
- * payload has been copied into a Lua string by then). Returns 0 and the
- * payload's offset, or -1 when the arena is at its cap or out of memory (the
- * caller then mallocs). */
-#define RN_ARENA_MAX (4u << 20)
-
-int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off) {
-  size_t need = l->arena_len + len;
-  if (len == 0) { /* the arena may not exist yet: no memcpy to NULL */
-    *off = l->arena_len;
-    return 0;
-  }
-  if (need > RN_ARENA_MAX || rn__grow(&l->arena, &l->arena_cap, need, 16384, 0) < 0)
-    return -1;
-  memcpy(l->arena + l->arena_len, p, len);
-  *off = l->arena_len;
-  l->arena_len = need;
-  return 0;
-}
-
-unsigned char *rn__scratch(rn_loop *l, size_t len) {
-  if (rn__grow(&l->scratch, &l->scratch_cap, LWS_PRE + len, 4096, 0) < 0)
-    return NULL;
-  return l->scratch + LWS_PRE;
-}
-
-/* Takes the oldest event off the queue (the caller checked ev_count). */
-static void rn__event_pop(rn_loop *l, rn_event *ev) {
-  *ev = l->ev[l->ev_head];
-  l->ev_head = (l->ev_head + 1) % l->ev_cap;
-  l->ev_count--;
-}
-
-static void rn__event_release(rn_event *ev) {
-  free(ev->data);
-  ev->data = NULL;
-  if (ev->conn)
-    rn__conn_unref(ev->conn);
-  if (ev->req)
-    rn__req_unref(ev->req);
-}
-
 /* Pushes the Lua values of one event and calls dispatch(type, ...) (the
  * function at stack index 2). */
 static void rn__dispatch_one(lua_State *L, rn_loop *l, rn_event *ev) {
@@ -242,12 +156,21 @@ static void rn__dispatch_one(lua_State *L, rn_loop *l, rn_event *ev) {
   switch (ev->type) {
   case RN_EV_HTTP:
     rn__req_push(L, ev->req);
-    n += 1;
+    rn__server_push_owner(L, ev->req->srv);
+    n += 2;
     break;
   case RN_EV_OPEN:
     rn__conn_push(L, ev->conn);
     lua_pushinteger(L, (lua_Integer)ev->conn->id);
-    n += 2;
+    if (ev->conn->srv) {
+      /* A server connection: its server, its path and its peer. */
+      rn__server_push_owner(L, ev->conn->srv);
+      lua_pushstring(L, ev->conn->path ? ev->conn->path : "/");
+      lua_pushstring(L, ev->conn->peer);
+      n += 5;
+    } else {
+      n += 2;
+    }
     break;
   case RN_EV_MESSAGE:
     lua_pushinteger(L, (lua_Integer)ev->conn->id);
@@ -335,13 +258,7 @@ static int rn_poll(lua_State *L) {
   if (l->dispatching)
     return luaL_error(L, "relaynet: core.poll called from inside an event dispatch");
   if (l->ev_count == 0) {
-    l->arena_len = 0;
-    if (l->arena_cap > RN_ARENA_MAX / 4) {
-      /* A burst grew it: give the memory back. */
-      free(l->arena);
-      l->arena = NULL;
-      l->arena_cap = 0;
-    }
+    rn__arena_reset(l);
     if (timeout == 0) {
       uv_run(&l->loop, UV_RUN_NOWAIT);
     } else {
@@ -422,13 +339,9 @@ static int rn_shutdown(lua_State *L) {
   }
   while (uv_run(&l->loop, UV_RUN_NOWAIT) && i++ < 2000)
     ;
-  rn__servers_release(l);
+  rn__servers_release(L, l);
   /* Events still queued refer to connections lws has now closed. */
-  while (l->ev_count > 0) {
-    rn_event ev;
-    rn__event_pop(l, &ev);
-    rn__event_release(&ev);
-  }
+  rn__events_drop(l);
   uv_walk(&l->loop, rn__walk_count, &left);
   if (uv_loop_close(&l->loop) != 0 || left > 0 || l->ctx) {
     l->running = 0;
@@ -482,13 +395,30 @@ static int rn_loop_gc(lua_State *L) {
   return 0;
 }
 
-static int rn_version(lua_State *L) {
-  lua_pushstring(L, lws_get_library_version());
-  lua_pushstring(L, uv_version_string());
-  return 2;
+/* The loop context lives in a full userdata anchored in the registry, so
+ * that its memory is released with the Lua state even if shutdown never
+ * ran. Called by luaopen (a second require finds it there). */
+void rn__loop_anchor(lua_State *L) {
+  rn_loop *l;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
+  if (!lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  l = (rn_loop *)lua_newuserdatauv(L, sizeof *l, 0);
+  memset(l, 0, sizeof *l);
+  l->next_conn_id = 1;
+  l->next_ticket = 1;
+  lua_newtable(L);
+  lua_pushcfunction(L, rn_loop_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
 }
 
-int luaopen_relaynet_core(lua_State *L) {
+/* The loop's functions in the core table at the top of the stack. */
+void rn__loop_open_lua(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"poll", rn_poll},
     {"now", rn_now},
@@ -496,40 +426,6 @@ int luaopen_relaynet_core(lua_State *L) {
     {"trim_memory", rn_trim_memory},
     {"shutdown", rn_shutdown},
     {"running", rn_running},
-    {"versions", rn_version},
     {NULL, NULL}};
-  rn_loop *l;
-
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    l = (rn_loop *)lua_newuserdatauv(L, sizeof *l, 0);
-    memset(l, 0, sizeof *l);
-    l->next_conn_id = 1;
-    l->next_ticket = 1;
-    lua_newtable(L);
-    lua_pushcfunction(L, rn_loop_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__loop_key);
-  } else {
-    lua_pop(L, 1);
-  }
-
-  lua_newtable(L);
   luaL_setfuncs(L, funcs, 0);
-  rn__conn_open_lua(L);
-  rn__server_open_lua(L);
-  rn__client_open_lua(L);
-  rn__json_open_lua(L);
-  lua_pushinteger(L, RN_EV_HTTP); lua_setfield(L, -2, "EV_HTTP");
-  lua_pushinteger(L, RN_EV_OPEN); lua_setfield(L, -2, "EV_OPEN");
-  lua_pushinteger(L, RN_EV_MESSAGE); lua_setfield(L, -2, "EV_MESSAGE");
-  lua_pushinteger(L, RN_EV_CLOSE); lua_setfield(L, -2, "EV_CLOSE");
-  lua_pushinteger(L, RN_EV_WRITTEN); lua_setfield(L, -2, "EV_WRITTEN");
-  lua_pushinteger(L, RN_EV_DRAIN); lua_setfield(L, -2, "EV_DRAIN");
-  lua_pushinteger(L, RN_EV_CONNERR); lua_setfield(L, -2, "EV_CONNERR");
-  lua_pushinteger(L, RN_EV_SIGNAL); lua_setfield(L, -2, "EV_SIGNAL");
-  lua_pushinteger(L, RN_EV_RESOLVED); lua_setfield(L, -2, "EV_RESOLVED");
-  return 1;
 }

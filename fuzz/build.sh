@@ -61,8 +61,9 @@ fi
 # --- the harnesses -------------------------------------------------------------
 # json_*: the whole core (csrc/*.c) opened with luaopen_relaynet_core; the
 # libwebsockets and libuv libraries are linked as they are (not ours).
-# ws_receive: csrc/rn_conn.c (included by the harness) and rn_buf.c, with the few
-# lws/loop functions it calls replaced by a scripted fake (fuzz/ws_receive.c).
+# ws_receive: the receive, close, send-queue and UTF-8 files of csrc/ and
+# rn_buf.c, with the few lws/loop functions they call replaced by a scripted
+# fake (fuzz/ws_receive.c).
 # http_request: the whole core plus the Lua http router and JSON-RPC module.
 CORE_DIR=${FUZZ_CSRC:-csrc} # another tree of csrc/ (e.g. a snapshot) may be fuzzed instead
 CORE_SRC=$(ls "$CORE_DIR"/*.c)
@@ -70,7 +71,8 @@ FZ="-fsanitize=fuzzer $CFLAGS -Wall -Wextra -Wno-unused-parameter -std=gnu99 $LU
 # FUZZ_ONLY="h1 h2" builds only those harnesses.
 for h in ${FUZZ_ONLY:-json_decode json_roundtrip ws_receive http_request}; do
   case $h in
-    ws_receive) $CC $FZ "fuzz/$h.c" "$CORE_DIR/rn_buf.c" -o "$OUT/$h" $LUA_LIBS ;;
+    ws_receive) $CC $FZ "fuzz/$h.c" "$CORE_DIR/rn_buf.c" "$CORE_DIR/rn_recv.c" "$CORE_DIR/rn_close.c" \
+                  "$CORE_DIR/rn_sendq.c" "$CORE_DIR/rn_utf8.c" -o "$OUT/$h" $LUA_LIBS ;;
     *) $CC $FZ -DRN_REPO="\"$PWD\"" "fuzz/$h.c" $CORE_SRC -o "$OUT/$h" $LUA_LIBS -lwebsockets -luv ;;
   esac
 done

@@ -1,7 +1,7 @@
-/* libFuzzer harness: the WebSocket receive path that is ours (csrc/rn_conn.c):
- * rn__conn_receive's reassembly, size limit, rate limit and incremental UTF-8
- * validation, rn__utf8_check itself, and the close-frame checks
- * rn__conn_check_close / rn__conn_peer_close.
+/* libFuzzer harness: the WebSocket receive path that is ours (csrc/rn_recv.c,
+ * rn_close.c, rn_utf8.c, rn_sendq.c): rn__conn_receive's reassembly, size
+ * limit, rate limit and incremental UTF-8 validation, rn__utf8_check itself,
+ * and the close-frame checks rn__conn_check_close / rn__conn_peer_close.
  *
  * How it is driven: libwebsockets has already parsed the frame headers,
  * unmasked the payload and handled control frames by the time it calls
@@ -9,11 +9,11 @@
  * lws_is_final_fragment() and lws_frame_is_binary(), and on failure it writes
  * a close frame. Running a real server in-process would put lws's own parser
  * (not ours, and not built with the sanitizers) between the fuzzer and this
- * code, at a hundredth of the speed. So this file includes rn_conn.c itself
- * and replaces, at link time, the handful of lws and loop functions it calls
- * with a scripted fake: the fuzz input is a sequence of fragments, each with
- * its FIN and binary bits, and the fake answers for the fragment being
- * delivered. Nothing in rn_conn.c is changed.
+ * code, at a hundredth of the speed. So this file is linked with those
+ * files of csrc/ (fuzz/build.sh) and replaces, at link time, the handful of
+ * lws and loop functions they call with a scripted fake: the fuzz input is
+ * a sequence of fragments, each with its FIN and binary bits, and the fake
+ * answers for the fragment being delivered. Nothing in csrc/ is changed.
  *
  * Input: byte 0 picks the configuration (max_message, event arena or malloc,
  * token buckets on or off, server or client connection, the connection's
@@ -21,7 +21,7 @@
  * [flags][len][len bytes], flags bit 0 = FIN, bit 1 = binary, bits 2-7 =
  * milliseconds of fake time that pass before the fragment (x 8).
  *
- * Checked against a model written independently of rn_conn.c (a code-point
+ * Checked against a model written independently of csrc/ (a code-point
  * decoder for UTF-8, the IANA close-code list): every message delivered has
  * exactly the bytes and binary flag of its fragments; the connection fails
  * with 1009 exactly when a message would exceed max_message, with 1007
@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../csrc/rn_conn.c"
+#include "rn.h"
 
 #define CHECK(cond, ...)                                       \
   do {                                                         \

@@ -68,11 +68,6 @@ function M.info(rec)
   return rec.box:info()
 end
 
---- The same for a box that has no record yet (a server connection opening).
-function M.box_info(box)
-  return box:info()
-end
-
 --- Starts the close handshake; returns what the core returns.
 function M.close(rec, code, reason)
   return rec.box:close(code, reason)

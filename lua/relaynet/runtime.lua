@@ -37,9 +37,11 @@ local function on_message(rec, data, binary)
   if cl then cl:_deliver(data, binary) end -- else: refused while stopping
 end
 
-local function on_open(box, num)
+-- A client's OPEN carries (box, num); a server connection's adds its
+-- server, path and peer address.
+local function on_open(box, num, srv, path, peer)
   if client.on_open(num) then return end
-  server.on_open(box, num, stopping)
+  server.on_open(box, num, srv, path, peer, stopping)
 end
 
 local function on_close(num, code, reason)
@@ -63,7 +65,7 @@ end
 local on_http, on_written, on_drained = server.on_http, conn.written, conn.drained
 local on_connerr, on_resolved = client.on_connerr, client.on_resolved
 
-local function dispatch(ev, a, b, c)
+local function dispatch(ev, a, b, c, d, e)
   if ev == EV_MESSAGE then
     -- The hot path: a message on a plain server WebSocket goes straight to
     -- its server's handler (no extra Lua frame, no varargs). rec.handlers is
@@ -77,8 +79,8 @@ local function dispatch(ev, a, b, c)
     else
       on_message(rec, b, c)
     end
-  elseif ev == EV_HTTP then on_http(a, stopping)
-  elseif ev == EV_OPEN then on_open(a, b)
+  elseif ev == EV_HTTP then on_http(a, b, stopping)
+  elseif ev == EV_OPEN then on_open(a, b, c, d, e)
   elseif ev == EV_CLOSE then on_close(a, b, c)
   elseif ev == EV_WRITTEN then on_written(a, b, c)
   elseif ev == EV_DRAIN then on_drained(a)

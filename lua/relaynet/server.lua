@@ -36,7 +36,6 @@ M.settings = { shutdown_grace = 5 }
 -- state of the current run (M.reset empties it) ---------------------------------
 
 local servers = {}         -- server id -> server
-local servers_by_port = {} -- port -> server
 local live = {}            -- open server objects: the one check on the send path
 local http_inflight = 0
 
@@ -105,7 +104,6 @@ local function listen(opts, websocket)
   local id = opts.id or ("server_" .. port)
   if servers[id] then -- an explicit id elsewhere took this port's name
     box:close()
-    box:destroy()
     error("relaynet.HttpServer.listen: a server with id " .. id .. " is already running", 3)
   end
   local self = setmetatable({
@@ -120,7 +118,8 @@ local function listen(opts, websocket)
   }, Server)
   servers[self.id] = self
   live[self] = true
-  servers_by_port[port] = self
+  -- OPEN and HTTP events of this server carry this object (core: set_owner)
+  box:set_owner(self)
   self._mesh = opts.mesh ~= false
   if self._mesh then
     for _, fn in ipairs(builtins) do fn(self) end
@@ -226,8 +225,8 @@ function Server:_destroy()
   if self._destroyed then return end
   self._destroyed = true
   if self._destroy_timer then self._destroy_timer.cancel() end
-  if servers_by_port[self.port] == self then servers_by_port[self.port] = nil end
-  self._box:destroy()
+  self._box:close()
+  self._box:set_owner(nil) -- its late events find no server: refused as closed
 end
 
 Server.__close = function(self) self:close() end
@@ -302,9 +301,8 @@ M.WebSocket = WebSocket
 -- events (called by relaynet.runtime's dispatch) -------------------------------------
 
 --- EV_HTTP: answers one request in its own coroutine (503 while stopping).
-function M.on_http(reqbox, stopping)
+function M.on_http(reqbox, srv, stopping)
   local info = reqbox:info()
-  local srv = servers_by_port[info.port]
   http_inflight = http_inflight + 1
   sched.go(function()
     local status, body, headers
@@ -344,19 +342,20 @@ function M.on_http(reqbox, stopping)
   end)
 end
 
---- EV_OPEN of an accepted connection: makes its record and hands it to a
---- mounted endpoint or to the server's connect handler. A plain connection's
---- record gets rec.handlers (the server's handler table), which is what
---- dispatch reads for every message.
-function M.on_open(box, num, stopping)
-  local info = conn.box_info(box)
-  local srv = servers_by_port[info.port]
+--- EV_OPEN of an accepted connection on server srv (nil once the server
+--- is gone), at `path`, from `peer`: makes its record and hands it to a
+--- mounted endpoint or to the server's connect handler. A plain
+--- connection's record gets rec.handlers (the server's handler table),
+--- which is what dispatch reads for every message.
+function M.on_open(box, num, srv, path, peer, stopping)
   local rec = conn.new(box, num, srv, nil)
   if not srv or stopping then
     conn.close(rec, 1001, "server closing")
     return
   end
-  local mount = srv._mesh and mounts[info.path]
+  local info = { id = rec.id, state = "open", queued = 0, peer = peer, path = path, client = false,
+    port = srv.port, server = srv.id }
+  local mount = srv._mesh and mounts[path]
   if mount then
     rec.mount = mount
     mount.on_open(rec, info)
@@ -365,12 +364,7 @@ function M.on_open(box, num, stopping)
   srv._conns[rec.id] = rec
   rec.handlers = srv._handlers
   local h = srv._handlers.connect
-  if h then
-    info.id = rec.id
-    info.server = srv.id
-    info.num = nil
-    handle(CONNECT_LABEL, rec.id, h, 2, rec.id, info)
-  end
+  if h then handle(CONNECT_LABEL, rec.id, h, 2, rec.id, info) end
 end
 
 --- The record of a closed connection leaves its server's list (called before
@@ -410,7 +404,7 @@ end
 
 --- Forgets every server (the end of a run).
 function M.reset()
-  servers, servers_by_port = {}, {}
+  servers = {}
   http_inflight = 0
 end
 

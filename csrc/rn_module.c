@@ -1,0 +1,51 @@
+/*
+ * relaynet core: the module entry point (luaopen_relaynet_core), the event
+ * kinds as Lua constants, and the error convention every file uses.
+ *
+ * core's functions come from the file of their concept: the loop
+ * (rn_loop.c), connections (rn_conn.c), servers and requests (rn_server.c,
+ * rn_http.c), clients and DNS (rn_client.c), JSON (rn_json.c).
+ */
+#include "rn.h"
+
+#include <stdarg.h>
+
+/* Errors: operational failures return nil, "CODE: message", "CODE" (misuse
+ * raises instead, with luaL_argerror or luaL_error). */
+int rn__fail(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  lua_pushstring(L, code);
+  lua_pushliteral(L, ": ");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 3);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+static int rn_version(lua_State *L) {
+  lua_pushstring(L, lws_get_library_version());
+  lua_pushstring(L, uv_version_string());
+  return 2;
+}
+
+int luaopen_relaynet_core(lua_State *L) {
+  rn__loop_anchor(L);
+  lua_newtable(L);
+  lua_pushcfunction(L, rn_version);
+  lua_setfield(L, -2, "versions");
+  rn__loop_open_lua(L);
+  rn__conn_open_lua(L);
+  rn__server_open_lua(L);
+  rn__client_open_lua(L);
+  rn__json_open_lua(L);
+  /* core.EV_HTTP, core.EV_OPEN, ...: the event kinds dispatch receives. */
+#define RN__EV_CONST(name, doc)      \
+  lua_pushinteger(L, RN_EV_##name); \
+  lua_setfield(L, -2, "EV_" #name);
+  RN_EVENT_KINDS(RN__EV_CONST)
+#undef RN__EV_CONST
+  return 1;
+}

@@ -1,0 +1,184 @@
+/*
+ * relaynet core: a connection's send queue.
+ *
+ * Send contract: when nothing is queued and lws holds no partial write, a
+ * message is written at once (on libuv this avoids a uv_poll_start per
+ * message); otherwise it is queued and written from the WRITEABLE callback
+ * (rn__sendq_flush). A queued message is a refcounted rn_msg, so a broadcast
+ * shares one buffer among every server connection's queue.
+ *
+ * Every byte queued, and every write lws holds in part, is charged to the
+ * server's max_buffered budget while it is held (rn_server.buffered).
+ */
+#include "rn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void rn__msg_unref(rn_msg *m) {
+  if (--m->refcnt == 0)
+    free(m);
+}
+
+rn_msg *rn__msg_new(const void *data, size_t len, int binary) {
+  rn_msg *m = (rn_msg *)malloc(sizeof *m + LWS_PRE + len);
+  if (!m)
+    return NULL;
+  m->refcnt = 1;
+  m->binary = binary;
+  m->len = len;
+  if (len)
+    memcpy(m->buf + LWS_PRE, data, len);
+  return m;
+}
+
+/* Drops every queued message; a waiter (ticket) is told it was not written. */
+void rn__sendq_clear(rn_conn *c) {
+  rn_qnode *n = c->qhead, *next;
+  for (; n; n = next) {
+    next = n->next;
+    if (n->ticket) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_WRITTEN;
+      ev.conn = c;
+      ev.ticket = n->ticket;
+      ev.flag = 0; /* not written */
+      rn__event_push(c->L, &ev);
+    }
+    rn__msg_unref(n->msg);
+    free(n);
+  }
+  c->qhead = c->qtail = NULL;
+  if (c->srv)
+    rn__buffered_sub(c->srv, c->qbytes);
+  c->qbytes = 0;
+  c->over_since = 0;
+}
+
+/* Sets the bytes charged to the budget for a write lws holds in part. */
+void rn__txpart_set(rn_conn *c, size_t n) {
+  if (!c->srv || n == c->txpart)
+    return;
+  if (n > c->txpart)
+    rn__buffered_add(c->srv, n - c->txpart);
+  else
+    rn__buffered_sub(c->srv, c->txpart - n);
+  c->txpart = n;
+}
+
+/* Releases that charge once lws has written the rest (or the wsi is gone). */
+void rn__txpart_sync(rn_conn *c) {
+  if (c->txpart && (!c->wsi || !lws_partial_buffered(c->wsi)))
+    rn__txpart_set(c, 0);
+}
+
+static int rn__write_msg(rn_conn *c, rn_msg *m) {
+  unsigned char *p = m->buf + LWS_PRE;
+  if (c->client && m->refcnt > 1) {
+    /* Client frames are masked in place: never write a shared buffer. */
+    p = rn__scratch(c->L, m->len);
+    if (!p)
+      return -1;
+    memcpy(p, m->buf + LWS_PRE, m->len);
+  }
+  if (lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
+    return -1;
+  /* Called only when lws held nothing: a partial now is this message's. */
+  rn__txpart_set(c, lws_partial_buffered(c->wsi) ? m->len : 0);
+  return 0;
+}
+
+static void rn__after_dequeue(rn_conn *c) {
+  const rn_limits *lim = rn__conn_limits(c);
+  if (c->qbytes <= lim->send_high_water) {
+    c->over_since = 0;
+    if (c->want_drain) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_DRAIN;
+      ev.conn = c;
+      c->want_drain = 0;
+      rn__event_push(c->L, &ev);
+    }
+  }
+}
+
+/* Writes queued messages from the WRITEABLE callback, at most 16 per call
+ * and only while lws holds no partial write, emitting RN_EV_WRITTEN for each
+ * one a waiter asked about and RN_EV_DRAIN when the queue falls to its high
+ * water mark. Returns 0, or -1 when a write failed (the caller closes). */
+int rn__sendq_flush(rn_conn *c, struct lws *wsi) {
+  int budget = 16;
+  while (c->qhead && budget-- > 0 && !lws_partial_buffered(wsi)) {
+    rn_qnode *n = c->qhead;
+    int rc;
+    c->qhead = n->next;
+    if (!c->qhead)
+      c->qtail = NULL;
+    c->qbytes -= n->msg->len;
+    if (c->srv)
+      rn__buffered_sub(c->srv, n->msg->len);
+    rc = rn__write_msg(c, n->msg);
+    if (n->ticket) {
+      rn_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.type = RN_EV_WRITTEN;
+      ev.conn = c;
+      ev.ticket = n->ticket;
+      ev.flag = rc == 0;
+      rn__event_push(c->L, &ev);
+    }
+    rn__msg_unref(n->msg);
+    free(n);
+    if (rc < 0)
+      return -1;
+  }
+  rn__after_dequeue(c);
+  return 0;
+}
+
+/* Writes one message at once from the loop's scratch buffer (the caller
+ * checked that nothing is queued and lws holds no partial write); lws keeps
+ * any unsent tail, which is charged to the budget. Returns 0, -1 when the
+ * write failed, or -2 when no scratch memory could be had. */
+int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary) {
+  unsigned char *p = rn__scratch(c->L, len);
+  if (!p)
+    return -2;
+  memcpy(p, data, len);
+  if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
+    return -1;
+  rn__txpart_set(c, lws_partial_buffered(c->wsi) ? len : 0);
+  return 0;
+}
+
+/* Queues (or writes at once) one message; returns 0, or -1 on allocation or
+ * write failure. *queued is set when the message waits in the queue. */
+int rn__sendq_push(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued) {
+  rn_qnode *n;
+  const rn_limits *lim = rn__conn_limits(c);
+  *queued = 0;
+  if (!c->qhead && !lws_partial_buffered(c->wsi))
+    return rn__write_msg(c, m);
+  n = (rn_qnode *)malloc(sizeof *n);
+  if (!n)
+    return -1;
+  n->next = NULL;
+  n->msg = m;
+  m->refcnt++;
+  n->ticket = ticket;
+  if (c->qtail)
+    c->qtail->next = n;
+  else
+    c->qhead = n;
+  c->qtail = n;
+  c->qbytes += m->len;
+  if (c->srv)
+    rn__buffered_add(c->srv, m->len);
+  if (c->qbytes > lim->send_high_water && !c->over_since)
+    c->over_since = uv_now(&c->L->loop) ? uv_now(&c->L->loop) : 1;
+  *queued = 1;
+  lws_callback_on_writable(c->wsi);
+  return 0;
+}
