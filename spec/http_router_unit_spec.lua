@@ -3,7 +3,7 @@
 -- sockets and no event loop.
 
 local http = require("relaynet.http")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 
 local function h1() return "one" end
 local function h2() return "two" end
@@ -71,37 +71,44 @@ end)
 
 describe("http.normalize", function()
   it("takes status, body, headers", function()
-    local s, b, h = http.normalize(cjson, 201, "made", { x = "1" })
+    local s, b, h = http.normalize(json, 201, "made", { x = "1" })
     assert.equal(201, s)
     assert.equal("made", b)
     assert.same({ x = "1" }, h)
   end)
 
   it("takes a body alone, nothing, or a response table", function()
-    assert.same({ 200, "hi", {} }, { http.normalize(cjson, "hi") })
-    assert.same({ 204, "", {} }, { http.normalize(cjson) })
+    assert.same({ 200, "hi", {} }, { http.normalize(json, "hi") })
+    assert.same({ 204, "", {} }, { http.normalize(json) })
     assert.same({ 202, "b", { y = "2" } },
-      { http.normalize(cjson, { status = 202, body = "b", headers = { y = "2" } }) })
+      { http.normalize(json, { status = 202, body = "b", headers = { y = "2" } }) })
   end)
 
   it("encodes a table body as JSON unless a content type is set", function()
-    local s, b, h = http.normalize(cjson, 200, { a = 1 })
+    local s, b, h = http.normalize(json, 200, { a = 1 })
     assert.equal(200, s)
-    assert.same({ a = 1 }, cjson.decode(b))
+    assert.equal('{"a":1}', b)
     assert.equal("application/json", h["content-type"])
-    local _, _, h2h = http.normalize(cjson, 200, { a = 1 }, { ["Content-Type"] = "text/x" })
+    local _, _, h2h = http.normalize(json, 200, { a = 1 }, { ["Content-Type"] = "text/x" })
     assert.is_nil(h2h["content-type"])
     assert.equal("text/x", h2h["Content-Type"])
   end)
 
   it("accepts a numeric string status and refuses anything else", function()
-    assert.equal(404, (http.normalize(cjson, "404", "no")))
-    assert.has_error(function() http.normalize(cjson, 1.5, "x") end)
-    assert.has_error(function() http.normalize(cjson, true, "x") end)
+    assert.equal(404, (http.normalize(json, "404", "no")))
+    assert.has_error(function() http.normalize(json, 1.5, "x") end)
+    assert.has_error(function() http.normalize(json, true, "x") end)
+  end)
+
+  it("raises on a table body the codec cannot encode", function()
+    assert.has_error(function() http.normalize(json, 200, { x = 0 / 0 }) end,
+      "relaynet: route handler returned a body JSON cannot hold: cannot encode NaN or infinity")
+    assert.has_error(function() http.normalize(json, { body = { f = print } }) end,
+      "relaynet: route handler returned a body JSON cannot hold: cannot encode a value of type function")
   end)
 
   it("turns a non-string body into a string", function()
-    assert.equal("42", select(2, http.normalize(cjson, 200, 42)))
+    assert.equal("42", select(2, http.normalize(json, 200, 42)))
   end)
 end)
 

@@ -17,7 +17,7 @@
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local root = here .. "/../.."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-local json = require("relaynet.json") -- exact integers (needs only lua-cjson)
+local json = require("relaynet.json") -- exact integers (needs only relaynet.core)
 
 local RELAYNET = root .. "/bin/relaynet"
 local COUNTER = here .. "/counter_server.lua"

@@ -109,7 +109,10 @@ M.REASON = REASON
 
 --- Normalizes a handler's return values to status, body, headers.
 --- Accepts (status, body, headers), (body) or ({status=, body=, headers=}).
-function M.normalize(cjson, a, b, c)
+--- A table body is encoded with json.encode (relaynet.json: text | nil,
+--- message); a body it cannot encode raises, like a non-integer status, so
+--- the caller answers 500 and reports the message.
+function M.normalize(json, a, b, c)
   local status, body, headers
   if type(a) == "table" then
     status, body, headers = a.status or 200, a.body, a.headers
@@ -126,7 +129,9 @@ function M.normalize(cjson, a, b, c)
   end
   headers = headers or {}
   if type(body) == "table" then
-    body = cjson.encode(body)
+    local text, err = json.encode(body)
+    if not text then error("relaynet: route handler returned a body JSON cannot hold: " .. tostring(err), 0) end
+    body = text
     local has_ct = false
     for k in pairs(headers) do
       if type(k) == "string" and k:lower() == "content-type" then has_ct = true end

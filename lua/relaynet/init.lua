@@ -49,7 +49,9 @@ M._parse_url = client.parse_url
 M._mesh_routes = rpc.mesh_routes
 M._rpc_ws = rpc.ws_message
 
-M.json = require("cjson")
+-- JSON: relaynet.json, the exact codec the mesh and JSON-RPC use (integers
+-- stay integers; decode and encode return nil, message instead of raising).
+M.json = require("relaynet.json")
 
 -- the mesh
 M.node_id = mesh.node_id

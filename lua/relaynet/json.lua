@@ -1,4 +1,5 @@
--- relaynet.json: JSON for the mesh and JSON-RPC.
+-- relaynet.json: the JSON codec of relaynet (rn.json), also used by the mesh
+-- and JSON-RPC.
 --
 -- Both directions are C (relaynet.core, csrc/rn_json.c): the mesh decodes and
 -- encodes every envelope it receives, forwards or sends, and in Lua (or in
@@ -13,17 +14,23 @@
 --
 -- decode(s) -> value | nil, message ("... at character N").
 -- encode(v) -> string | nil, message.
--- M.null is the JSON null sentinel (cjson.null); an empty Lua table encodes
--- as {} unless it is marked with M.array. Tables are encoded by what they
--- hold themselves: metamethods (__index, __pairs, __len) are not consulted.
--- Nesting is capped at 63 levels whatever MAX_DEPTH says.
+-- Neither raises on bad input: text that is not JSON and values JSON cannot
+-- hold are operational failures, returned as nil, message.
+-- M.null is the JSON null sentinel: decode gives it for null, encode writes
+-- it as null. It is a function (compare it with ==, never call it): the C
+-- codec takes the sentinel from its caller and matches it by identity among
+-- the values that are not tables, strings, numbers or booleans, and a
+-- function is such a value that plain Lua can make. An empty Lua table
+-- encodes as {} unless it is marked with M.array. Tables are encoded by what
+-- they hold themselves: metamethods (__index, __pairs, __len) are not
+-- consulted. Nesting is capped at 63 levels whatever MAX_DEPTH says.
 
 local core = require("relaynet.core")
-local cjson = require("cjson.safe")
 
 local M = {}
 
-M.null = cjson.null
+--- The JSON null sentinel (a unique value, never nil, so it survives in tables).
+function M.null() end
 M.MAX_DEPTH = 32
 
 local array_mt = { __name = "relaynet.json.array" }

@@ -17,7 +17,7 @@
 --   p2p.peer.getStatus, p2p.registry, p2p.peers, p2p.routes
 --   Names starting with "rpc." or "p2p." are reserved: -32601 unless listed.
 --
--- Strictness beyond parsing with cjson: the text must be valid UTF-8 without
+-- Strictness (relaynet.json parses the text): it must be valid UTF-8 without
 -- raw control characters inside strings; `[]` and `{}` are told apart (an
 -- empty array is marked with json.array); ids must be strings, finite numbers
 -- or null and are echoed with the same value: integers as integers, other

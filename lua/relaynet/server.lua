@@ -13,7 +13,7 @@ local sched = require("relaynet.sched")
 local http = require("relaynet.http")
 local mesh = require("relaynet.mesh")
 local conn = require("relaynet.conn")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 
 local M = {}
 
@@ -322,7 +322,7 @@ function M.on_http(reqbox, srv, stopping)
         end
         local ok, a, b, c = xpcall(handler, debug.traceback, info)
         if ok then
-          ok, status, body, headers = pcall(http.normalize, cjson, a, b, c)
+          ok, status, body, headers = pcall(http.normalize, json, a, b, c)
           if not ok then
             sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(status))
             status, body, headers = 500, "internal server error\n", nil
