@@ -14,7 +14,7 @@
 
 local H = require("helper")
 local rn = require("relaynet")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 local harness = require("mesh_harness")
 
 local SERVER = H.ROOT .. "/spec/tools/limits_server.lua"
@@ -65,7 +65,7 @@ local function attack(mode, n, timeout)
       local rc, out, perr = H.sh(H.PY .. " " .. H.q(ATTACK) .. " " .. mode .. " " .. port .. " " .. pid ..
         " " .. (n or 0)):wait(timeout)
       assert(rc == 0, "attacker failed: " .. tostring(perr))
-      report = cjson.decode(out)
+      report = assert(json.decode(out))
     end)
     server:kill()
     os.remove(pidfile)

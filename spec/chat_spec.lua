@@ -3,7 +3,7 @@
 -- file run as a script.
 
 local rn = require("relaynet")
-local json = require("cjson")
+local json = require("relaynet.json")
 local H = require("helper")
 
 local chat = dofile(H.ROOT .. "/examples/chat.lua")

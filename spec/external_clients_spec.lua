@@ -3,7 +3,7 @@
 
 local H = require("helper")
 local rn = require("relaynet")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 
 local PYC = H.ROOT .. "/spec/tools/py_client.py"
 
@@ -18,8 +18,9 @@ local function py(mode, url, ...)
       local rc, out, err = h:wait(timeout or 60)
       assert(rc == 0, "py_client " .. mode .. " exited with " .. tostring(rc) .. ": " .. err)
       local line = out:match("[^\n]+")
-      local ok, res = pcall(cjson.decode, line or "")
-      assert(ok and type(res) == "table", "py_client " .. mode .. " printed no JSON: " .. out .. err)
+      local res, derr = json.decode(line or "")
+      assert(type(res) == "table",
+        "py_client " .. mode .. " printed no JSON (" .. tostring(derr) .. "): " .. out .. err)
       assert(res.error == nil, "py_client " .. mode .. " failed: " .. tostring(res.error) .. "\n" .. err)
       res.raw = line
       return res
@@ -55,7 +56,7 @@ describe("python3-websockets client", function()
       local res = py("echo", url_of(srv)):result()
       assert.are.equal(9, #res.cases, res.raw)
       for _, c in ipairs(res.cases) do
-        assert(c.ok, "case " .. c.name .. " not echoed exactly: " .. cjson.encode(c))
+        assert(c.ok, "case " .. c.name .. " not echoed exactly: " .. tostring(json.encode(c)))
         assert.are.equal(c.sent_len, c.len)
       end
       assert.are.equal(1000, res.close_code)
@@ -80,7 +81,7 @@ describe("python3-websockets client", function()
       local res = py("fragmented", url_of(srv)):result()
       assert.are.equal(2, #res.cases, res.raw)
       for _, c in ipairs(res.cases) do
-        assert(c.ok, "case " .. c.name .. " not echoed whole: " .. cjson.encode(c))
+        assert(c.ok, "case " .. c.name .. " not echoed whole: " .. tostring(json.encode(c)))
       end
       assert.are.equal("frag-one frag-two ünïcödé frag-€nd", res.cases[1].text)
       -- exactly two messages reached the handler, not one per fragment

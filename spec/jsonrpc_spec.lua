@@ -8,7 +8,6 @@ local H = require("helper")
 local rn = require("relaynet")
 local json = require("relaynet.json")
 local jsonrpc = require("relaynet.jsonrpc")
-local cjson = require("cjson")
 
 local RPC_CLIENT = H.ROOT .. "/spec/tools/rpc_client.py"
 local RELAYNET = H.ROOT .. "/bin/relaynet"
@@ -34,8 +33,8 @@ local function py(mode, url, cases)
   os.remove(file)
   assert(rc == 0, "rpc_client " .. mode .. " exited with " .. tostring(rc) .. ": " .. err)
   local line = out:match("[^\n]+")
-  local ok, res = pcall(cjson.decode, line or "")
-  assert(ok and type(res) == "table", "rpc_client " .. mode .. " printed no JSON: " .. out .. err)
+  local res, derr = json.decode(line or "")
+  assert(type(res) == "table", "rpc_client " .. mode .. " printed no JSON (" .. tostring(derr) .. "): " .. out .. err)
   assert(res.error == nil, "rpc_client " .. mode .. " failed: " .. tostring(res.error) .. "\n" .. err)
   return res
 end

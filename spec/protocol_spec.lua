@@ -6,7 +6,7 @@
 
 local H = require("helper")
 local rn = require("relaynet")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 
 local PROBE = H.ROOT .. "/spec/tools/probe.py"
 local MAX_MESSAGE = 1024
@@ -18,8 +18,8 @@ local function probe(port, name, extra, timeout)
   local rc, out, err = H.sh(cmd):wait(timeout or 30)
   assert(rc == 0, "probe " .. name .. " exited with " .. tostring(rc) .. ": " .. err)
   local line = out:match("[^\n]+")
-  local ok, res = pcall(cjson.decode, line or "")
-  assert(ok and type(res) == "table", "probe " .. name .. " printed no JSON: " .. out .. err)
+  local res, derr = json.decode(line or "")
+  assert(type(res) == "table", "probe " .. name .. " printed no JSON (" .. tostring(derr) .. "): " .. out .. err)
   res.raw = line
   return res
 end

@@ -9,7 +9,7 @@
 
 local rn = require("relaynet")
 local core = require("relaynet.core")
-local cjson = require("cjson")
+local json = require("relaynet.json")
 
 local root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/tools/[^/]*$")) or "."
 local echo = dofile(root .. "/examples/echo.lua")
@@ -19,7 +19,7 @@ local pidfile = assert(arg[2], "usage: limits_server.lua PORT PIDFILE")
 rn.main(function()
   local srv = assert(echo.start(port, "127.0.0.1"))
   srv:route("GET", "/limits-stats", function()
-    return 200, cjson.encode({ total = core.stats(), server = srv._box:stats() }),
+    return 200, assert(json.encode({ total = core.stats(), server = srv._box:stats() })),
       { ["content-type"] = "application/json" }
   end)
   local f = assert(io.open("/proc/self/stat"))
