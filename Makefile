@@ -20,7 +20,7 @@ SRC        := $(wildcard csrc/*.c)
 OBJ        := $(patsubst csrc/%.c,build/obj/%.o,$(SRC))
 CORE       := build/relaynet/core.so
 
-DEB_PKGS   := lua5.4 liblua5.4-dev lua-cjson libwebsockets-dev libwebsockets-evlib-uv \
+DEB_PKGS   := lua5.4 liblua5.4-dev libwebsockets-dev libwebsockets-evlib-uv \
               libuv1-dev luarocks pkg-config gcc make
 TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
 

@@ -15,8 +15,8 @@ and keepalive on by default.
   license = "MIT",
   homepage = "https://example.invalid/relaynet",
 }
--- lua-cjson comes from Debian (lua-cjson); it is not listed here so that
--- `luarocks make` works offline with --deps-mode=none or without a server.
+-- No Lua rocks are needed: JSON is relaynet's own (relaynet.json, in the
+-- core). lua-cjson is not used, because it turns integers into floats.
 dependencies = {
   "lua >= 5.4",
 }

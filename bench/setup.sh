@@ -11,7 +11,7 @@ set -eu
 cd "$(dirname "$0")"
 
 PKGS="gcc make pkg-config libuv1-dev libwebsockets-dev libwebsockets-evlib-uv \
-lua5.4 lua-cjson libnginx-mod-http-lua lua-nginx-websocket lua-http lua-cqueues \
+lua5.4 libnginx-mod-http-lua lua-nginx-websocket lua-http lua-cqueues \
 nodejs npm valgrind strace util-linux python3"
 
 missing=""
