@@ -24,7 +24,9 @@ DEB_PKGS   := lua5.4 liblua5.4-dev libwebsockets-dev libwebsockets-evlib-uv \
               libuv1-dev luarocks pkg-config gcc make
 TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
 
-export LUA_PATH_5_4  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
+# spec/support/ is on the path so that a spec can require("helper") and
+# require("mesh_harness").
+export LUA_PATH_5_4  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/support/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
 export LUA_CPATH_5_4 := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
 
 .PHONY: all deps test-deps build test check lint busted run echo clean install valgrind e2e-deps
@@ -94,7 +96,7 @@ echo: build
 
 valgrind: build test-deps
 	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
-	  --show-leak-kinds=definite,indirect --suppressions=spec/valgrind.supp $(LUA) spec/tools/traffic.lua
+	  --show-leak-kinds=definite,indirect --suppressions=spec/support/valgrind.supp $(LUA) spec/support/traffic.lua
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/bin
@@ -173,7 +175,7 @@ ASAN_NOPRELOAD := curl pgrep pkill ps python3 node npm npx chromium valgrind
 
 # Leak checking is off (detect_leaks=0): spec and example processes exit
 # without closing their Lua state and lws/libuv keep process-lifetime
-# allocations; leaks are `make valgrind`'s job (with spec/valgrind.supp).
+# allocations; leaks are `make valgrind`'s job (with spec/support/valgrind.supp).
 test-asan: deps test-deps e2e-deps
 	@mkdir -p $(ASAN_DIR)/relaynet $(ASAN_DIR)/bin
 	$(ASAN_CC) $(ASAN_FLAGS) -O1 -g $(WARN) -Werror -fPIC -std=c99 -D_GNU_SOURCE $(LUA_INC) \

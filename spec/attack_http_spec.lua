@@ -2,8 +2,8 @@
 -- real processes over real sockets.
 --
 -- The server is examples/echo.lua's, started with its default limits by
--- spec/tools/limits_server.lua (which adds GET /limits-stats). The attacker
--- is spec/tools/attack_http.py; it attacks from 127.0.0.1 while a legitimate
+-- spec/support/limits_server.lua (which adds GET /limits-stats). The attacker
+-- is spec/support/attack_http.py; it attacks from 127.0.0.1 while a legitimate
 -- client bound to 127.0.0.2 (loopback too, but another source address)
 -- keeps asking for answers, and it samples the server's RSS. Every attack
 -- is bounded in count and time. Asserted for each attack: the process
@@ -17,8 +17,8 @@ local rn = require("relaynet")
 local json = require("relaynet.json")
 local harness = require("mesh_harness")
 
-local SERVER = H.ROOT .. "/spec/tools/limits_server.lua"
-local ATTACK = H.ROOT .. "/spec/tools/attack_http.py"
+local SERVER = H.ROOT .. "/spec/support/limits_server.lua"
+local ATTACK = H.ROOT .. "/spec/support/attack_http.py"
 local PER_IP = rn.DEFAULT_LIMITS.max_connections_per_ip
 
 -- Starts the server on a free port and returns its sh handle and process

@@ -1,5 +1,5 @@
 -- spec/attack_mesh_calls_spec.lua: issue 8's call floods, rebuilt against
--- real node processes (spec/mesh_harness.lua).
+-- real node processes (spec/support/mesh_harness.lua).
 --
 -- The attackers run in this test process and speak the wire protocols by
 -- hand over real sockets: JSON-RPC over WebSocket (/rpc) and the mesh
@@ -20,7 +20,7 @@ local H = require("helper")
 local MH = require("mesh_harness")
 local json = require("relaynet.json")
 
-local WIDE_RPC = H.ROOT .. "/spec/tools/counter_wide_rpc.lua"
+local WIDE_RPC = H.ROOT .. "/spec/support/counter_wide_rpc.lua"
 local RSS_BOUND_KIB = 64 * 1024   -- growth allowed while the attack runs
 local RSS_AFTER_KIB = 8 * 1024    -- growth still allowed once it is over
 

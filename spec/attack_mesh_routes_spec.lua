@@ -1,7 +1,7 @@
 -- spec/attack_mesh_routes_spec.lua: hostile mesh peers against the routing,
 -- advert and link bounds (issue 8), with real node processes.
 --
--- The attacker is spec/attack_mesh_routes.py, a Python program speaking the
+-- The attacker is spec/support/attack_mesh_routes.py, a Python program speaking the
 -- /ws/p2p protocol of docs/PROTOCOL.md to 127.0.0.1. While it runs, each
 -- test checks that the node survives, that its RSS stays under baseline +
 -- 64 MiB (and comes back near the baseline afterwards where the attack held
@@ -14,7 +14,7 @@ local H = require("helper")
 local MH = require("mesh_harness")
 local json = require("relaynet.json")
 
-local ATTACKER = H.ROOT .. "/spec/attack_mesh_routes.py"
+local ATTACKER = H.ROOT .. "/spec/support/attack_mesh_routes.py"
 local MiB = 1024 * 1024
 
 -- VmRSS of process `pid` in bytes (nil once it is gone).

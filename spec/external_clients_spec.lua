@@ -1,11 +1,11 @@
 -- spec/external_clients_spec.lua: relaynet's server against python3-websockets
--- (spec/tools/py_client.py), a client implementation nobody here wrote.
+-- (spec/support/py_client.py), a client implementation nobody here wrote.
 
 local H = require("helper")
 local rn = require("relaynet")
 local json = require("relaynet.json")
 
-local PYC = H.ROOT .. "/spec/tools/py_client.py"
+local PYC = H.ROOT .. "/spec/support/py_client.py"
 
 -- Starts py_client.py in the background: a handle whose :result(timeout)
 -- waits for it and returns the decoded JSON line.

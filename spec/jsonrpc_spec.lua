@@ -1,7 +1,7 @@
 -- spec/jsonrpc_spec.lua: JSON-RPC 2.0 (relaynet.jsonrpc) over POST /rpc and
 -- WebSocket /rpc of a plain mesh-enabled server, driven by clients nobody
 -- here wrote: curl, python3 http.client and python3-websockets
--- (spec/tools/rpc_client.py). Every response is compared byte for byte.
+-- (spec/support/rpc_client.py). Every response is compared byte for byte.
 -- The last block runs real node processes (bin/relaynet) for remote_call.
 
 local H = require("helper")
@@ -9,7 +9,7 @@ local rn = require("relaynet")
 local json = require("relaynet.json")
 local jsonrpc = require("relaynet.jsonrpc")
 
-local RPC_CLIENT = H.ROOT .. "/spec/tools/rpc_client.py"
+local RPC_CLIENT = H.ROOT .. "/spec/support/rpc_client.py"
 local RELAYNET = H.ROOT .. "/bin/relaynet"
 local NODE = "rpc-t1" -- this process's node id in these tests
 

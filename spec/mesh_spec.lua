@@ -1,7 +1,7 @@
 -- spec/mesh_spec.lua: the peer mesh with real node processes.
 --
 -- Every node is a `bin/relaynet` process on a free loopback port, most of
--- them running examples/p2p/counter_server.lua (spec/mesh_harness.lua). The
+-- them running examples/p2p/counter_server.lua (spec/support/mesh_harness.lua). The
 -- test process joins the mesh as node "tester" and calls rn.remote_call
 -- itself; JSON-RPC goes through curl. The only time measurements tell a
 -- prompt failure from one at the timeout ("well before the timeout").

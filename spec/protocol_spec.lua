@@ -1,5 +1,5 @@
 -- spec/protocol_spec.lua: every protocol limit, proven over real sockets with
--- a raw-socket probe (spec/tools/probe.py) that nobody in relaynet wrote the
+-- a raw-socket probe (spec/support/probe.py) that nobody in relaynet wrote the
 -- framing for. Each test starts its own echo server, runs one probe, asserts
 -- the exact RFC 6455 / HTTP outcome, and then proves the server still serves
 -- a fresh client (WebSocket echo round trip and a plain HTTP GET).
@@ -8,7 +8,7 @@ local H = require("helper")
 local rn = require("relaynet")
 local json = require("relaynet.json")
 
-local PROBE = H.ROOT .. "/spec/tools/probe.py"
+local PROBE = H.ROOT .. "/spec/support/probe.py"
 local MAX_MESSAGE = 1024
 local MAX_BODY = 1024
 

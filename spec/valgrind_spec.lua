@@ -12,8 +12,8 @@ describe("under valgrind", function()
         "cd", H.q(H.ROOT), "&&",
         "valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect",
         "--errors-for-leak-kinds=definite,indirect --error-exitcode=99",
-        "--suppressions=spec/valgrind.supp",
-        "lua5.4 spec/tools/traffic.lua",
+        "--suppressions=spec/support/valgrind.supp",
+        "lua5.4 spec/support/traffic.lua",
       }, " ")
       local rc, out, err = H.sh(cmd):wait(240)
       assert.equal("traffic ok\t100\n", out)

@@ -1,4 +1,5 @@
--- spec/helper.lua: shared test helpers.
+-- spec/support/helper.lua: shared test helpers (require("helper"): the
+-- Makefile puts spec/support/ on LUA_PATH).
 --
 -- H.run(fn, timeout) runs fn inside rn.run with a hard test timeout, collects
 -- handler errors reported through rn.on_error, rethrows the first failure
@@ -10,7 +11,7 @@ local rn = require("relaynet")
 local H = {}
 
 H.PY = "/usr/bin/python3" -- Debian's python3, where python3-websockets lives
-H.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helper%.lua$")) or "."
+H.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/support/helper%.lua$")) or "."
 
 --- Runs fn() in the relaynet loop. Errors inside fn (or reported by handlers
 --- unless allow_errors) fail the test. Returns the list of reported errors.

@@ -1,8 +1,8 @@
--- spec/tools/limits_server.lua: examples/echo.lua's server with its default
+-- spec/support/limits_server.lua: examples/echo.lua's server with its default
 -- limits, plus GET /limits-stats (the refusal counters as JSON), for
 -- spec/attack_http_spec.lua.
 --
---   lua5.4 spec/tools/limits_server.lua PORT PIDFILE
+--   lua5.4 spec/support/limits_server.lua PORT PIDFILE
 --
 -- Writes its process id to PIDFILE once it listens (the spec reads the
 -- process's RSS from /proc).
@@ -11,7 +11,7 @@ local rn = require("relaynet")
 local core = require("relaynet.core")
 local json = require("relaynet.json")
 
-local root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/tools/[^/]*$")) or "."
+local root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/support/[^/]*$")) or "."
 local echo = dofile(root .. "/examples/echo.lua")
 local port = assert(math.tointeger(tonumber(arg[1])), "usage: limits_server.lua PORT PIDFILE")
 local pidfile = assert(arg[2], "usage: limits_server.lua PORT PIDFILE")

@@ -1,4 +1,4 @@
--- spec/mesh_harness.lua: real mesh nodes for the specs.
+-- spec/support/mesh_harness.lua: real mesh nodes for the specs.
 --
 -- Each node is a separate `bin/relaynet` process (by default running
 -- examples/p2p/counter_server.lua) started with --port/--node-id/--add-peer on
