@@ -11,19 +11,18 @@ local mesh = require("relaynet.mesh")
 local json = require("relaynet.json")
 local conn = require("relaynet.conn")
 local server = require("relaynet.server")
+local jsonrpc = require("relaynet.jsonrpc")
 
 local M = {}
+
+-- JSON-RPC's own counters (the per-connection and per-address caps) are
+-- shown in the mesh's status as rpc_<name>.
+mesh.add_counters("rpc_", jsonrpc.stats)
 
 local function json_response(value)
   local body, err = json.encode(value)
   if not body then error(err, 0) end
   return 200, body, { ["content-type"] = "application/json" }
-end
-
-local function rpc_module()
-  local ok, mod = pcall(require, "relaynet.jsonrpc")
-  if ok then return mod end
-  return nil, mod
 end
 
 --- Built-in routes of a mesh-enabled server.
@@ -33,9 +32,7 @@ function M.mesh_routes(srv)
   srv:route("GET", "/registry", function() return json_response(mesh.registry()) end)
   srv:route("GET", "/routes", function() return json_response(mesh.routes()) end)
   srv:route("POST", "/rpc", function(req)
-    local rpc, err = rpc_module()
-    if not rpc then error(err, 0) end
-    local out = rpc.handle(req.body, { transport = "http", peer = req.peer, addr = req.peer })
+    local out = jsonrpc.handle(req.body, { transport = "http", peer = req.peer, addr = req.peer })
     if out == nil then return 204, "" end
     return 200, out, { ["content-type"] = "application/json" }
   end)
@@ -43,8 +40,6 @@ end
 
 --- One text frame on /rpc: answers it on the same connection.
 function M.ws_message(rec, data, binary)
-  local rpc, err = rpc_module()
-  if not rpc then error(err, 0) end
   local out
   if binary then -- JSON-RPC is text: a binary frame cannot be a request
     out = '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: binary frame"}}'
@@ -53,7 +48,7 @@ function M.ws_message(rec, data, binary)
     -- (max_calls_per_connection) and canceled when it closes.
     local owner = rec.rpc_owner
     if not owner then owner = { n = 0 }; rec.rpc_owner = owner end
-    out = rpc.handle(data, { transport = "ws", peer = rec.id, owner = owner, addr = rec.addr })
+    out = jsonrpc.handle(data, { transport = "ws", peer = rec.id, owner = owner, addr = rec.addr })
   end
   if out ~= nil and not rec.closed then conn.send_raw(rec, out) end
 end
@@ -71,8 +66,7 @@ server.mount("/rpc", {
   end,
   on_close = function(rec)
     -- its calls still waiting can never be answered: fail them now
-    local rpc = package.loaded["relaynet.jsonrpc"]
-    if rec.rpc_owner and rpc then rpc.close(rec.rpc_owner) end
+    if rec.rpc_owner then jsonrpc.close(rec.rpc_owner) end
   end,
 })
 

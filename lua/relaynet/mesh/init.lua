@@ -158,6 +158,17 @@ end
 
 -- views ---------------------------------------------------------------------------
 
+--- Shows the counters in table `counters` (name -> number, read when the
+--- status is built) in status().stats as `prefix`..name. The layers above
+--- the mesh add theirs this way (relaynet.rpc adds JSON-RPC's as rpc_*), so
+--- the mesh needs to know none of them.
+function M.add_counters(prefix, counters)
+  if type(prefix) ~= "string" or type(counters) ~= "table" then
+    error("relaynet.mesh.add_counters: expected a prefix string and a table", 2)
+  end
+  S.counters[prefix] = counters
+end
+
 function M.peers()
   local list = json.array()
   for id, link in pairs(S.links) do
@@ -201,10 +212,8 @@ function M.status()
   s.pending_calls = S.n_calls
   s.forwarded_in_flight = S.n_forwards
   s.served_in_flight = S.n_served
-  -- JSON-RPC's own counters (per-connection caps), once it is in use
-  local rpc = package.loaded["relaynet.jsonrpc"]
-  if type(rpc) == "table" and type(rpc.stats) == "table" then
-    for k, v in pairs(rpc.stats) do s["rpc_" .. k] = v end
+  for prefix, counters in pairs(S.counters) do
+    for k, v in pairs(counters) do s[prefix .. k] = v end
   end
   s.pending_links = S.n_pending
   s.links = W.count(S.links)

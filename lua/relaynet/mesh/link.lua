@@ -12,6 +12,7 @@
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
 local core = require("relaynet.core")
+local client = require("relaynet.client")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
@@ -20,7 +21,7 @@ local C = require("relaynet.mesh.calls")
 
 local cfg = S.config
 local hrtime = core.hrtime
-local contains, is_name, now, send, rn = W.contains, W.is_name, W.now, W.send, W.rn
+local contains, is_name, now, send, running = W.contains, W.is_name, W.now, W.send, W.running
 
 local L = {}
 
@@ -184,7 +185,7 @@ end
 -- health: pings, silent links, expired bookkeeping ------------------------------------
 
 local function health()
-  while rn().running() do
+  while running() do
     local t = now()
     for _, link in pairs(S.links) do
       if t - (link.last_seen or t) > cfg.link_timeout then
@@ -223,7 +224,7 @@ local function health()
 end
 
 local function ensure_health()
-  if S.health_started or not rn().running() then return end
+  if S.health_started or not running() then return end
   S.health_started = true
   sched.spawn(health)
 end
@@ -269,17 +270,17 @@ end
 -- time, redialed with jittered exponential backoff after it closes.
 local function maintain(p)
   local backoff = cfg.backoff_min
-  while p.active and rn().running() do
+  while p.active and running() do
     local link = { dir = "out", url = p.url, state = "hello", opened = now() }
-    local client = rn().ws_connect(p.url, {
+    local cl = client.ws_connect(p.url, {
       timeout = cfg.connect_timeout,
       on_message = function(msg, binary) L.on_link_message(link, msg, binary) end,
       on_close = function(code, reason) L.on_link_close(link, code, reason) end,
     })
-    if client then
-      link.send = function(t) return client:send(t) end
-      link.close = function(c, r) client:close(c, r) end
-      p.client = client
+    if cl then
+      link.send = function(t) return cl:send(t) end
+      link.close = function(c, r) cl:close(c, r) end
+      p.client = cl
       add_pending(link)
       ensure_health()
       hello(link)
@@ -292,10 +293,10 @@ local function maintain(p)
       -- once it is gone
       local dup = link.refused
       if dup and dup ~= "self" then
-        while p.active and S.links[dup] and rn().running() do sched.sleep(1) end
+        while p.active and S.links[dup] and running() do sched.sleep(1) end
       end
     end
-    if not (p.active and rn().running()) then break end
+    if not (p.active and running()) then break end
     local jitter = 0.5 + math.random() -- 50% .. 150%
     sched.sleep(backoff * jitter)
     backoff = math.min(backoff * 2, cfg.backoff_max)
@@ -306,7 +307,7 @@ end
 --- Starts the maintainer of peer record `p` unless it runs already, relaynet
 --- is not running or the mesh is disabled.
 function L.start_peer(p)
-  if p.running or not rn().running() or not S.enabled then return end
+  if p.running or not running() or not S.enabled then return end
   p.running = true
   sched.spawn(maintain, p)
 end

@@ -150,7 +150,7 @@ end
 --- advert_delay and keeps adverts at least advert_min_interval apart, so a
 --- flood of changes coalesces. Does nothing while relaynet is not running.
 function R.schedule_advert()
-  if S.advert_timer or not W.rn().running() then return end
+  if S.advert_timer or not W.running() then return end
   local wait = math.max(cfg.advert_delay, S.last_flush + cfg.advert_min_interval - now())
   S.advert_timer = sched.after(wait, send_adverts)
 end

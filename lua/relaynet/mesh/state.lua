@@ -4,7 +4,8 @@
 -- module and reads and writes the fields below through it; none keeps a copy
 -- of a per-run table in a local of its own, because reset() replaces those
 -- tables. What persists across runs (config, node identity, exposed servers,
--- configured peers, the message handler) is never replaced.
+-- configured peers, the message handler, the counters of other layers) is
+-- never replaced.
 
 local S = {}
 
@@ -59,6 +60,7 @@ S.enabled = true        -- false once M.disable() was called
 S.message_handler = nil -- fn(from, payload) for route_message payloads
 S.my_seq = 1            -- this node's advert sequence number (bumped by expose/unexpose)
 S.started_at = os.time()
+S.counters = {}         -- status prefix -> counter table of a layer above (M.add_counters)
 
 -- Per-run state (replaced by reset()) ---------------------------------------------
 --

@@ -1,16 +1,20 @@
 -- relaynet.mesh.wire: what every mesh file uses to build, check and send
--- envelopes, and the one lookup of the relaynet facade.
+-- envelopes, and whether relaynet is running.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
 
 local W = {}
 
---- The relaynet facade (for running() and ws_connect). Looked up at call
---- time through package.loaded: the facade requires the mesh, so the mesh
---- cannot require it at load time (a hidden cycle the issue wants gone).
-function W.rn()
-  return package.loaded["relaynet"] or require("relaynet")
+-- relaynet.runtime requires relaynet.mesh when it loads (it starts and
+-- resets the mesh around every run), so the mesh cannot require it at load
+-- time: it is required here on first use, when both are loaded.
+local runtime
+
+--- True while relaynet runs and is not stopping (relaynet.runtime.running).
+function W.running()
+  if not runtime then runtime = require("relaynet.runtime") end
+  return runtime.running()
 end
 
 --- The scheduler's clock, in seconds.
