@@ -44,6 +44,7 @@ build = {
     ["relaynet.mesh.ident"] = "lua/relaynet/mesh/ident.lua",
     ["relaynet.mesh.wire"] = "lua/relaynet/mesh/wire.lua",
     ["relaynet.mesh.routes"] = "lua/relaynet/mesh/routes.lua",
+    ["relaynet.mesh.serve"] = "lua/relaynet/mesh/serve.lua",
     ["relaynet.mesh.calls"] = "lua/relaynet/mesh/calls.lua",
     ["relaynet.mesh.link"] = "lua/relaynet/mesh/link.lua",
     ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",

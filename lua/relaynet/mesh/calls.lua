@@ -1,12 +1,14 @@
--- relaynet.mesh.calls: server calls (remote_call, serving, relaying,
--- responses, dedup) and route_message payloads.
+-- relaynet.mesh.calls: the calling and relaying side of server calls
+-- (remote_call, relaying, responses, calls lost with a link) and
+-- route_message payloads. The served side is mesh/serve.lua.
 --
 -- One road for traffic not addressed to this node: on_call and
 -- on_route_message check their envelope, then relay() drops loops,
--- delivers what is for this node, and hands the rest to forward(). One
--- builder, respond(), makes every server_response this node originates
--- (answers, refusals, and ELINKLOST for calls relayed over a link that
--- went down). Nothing here suspends except the callers of remote_call.
+-- delivers what is for this node (serve.serve_call, deliver_message), and
+-- hands the rest to forward(). Every server_response this node originates
+-- (answers, refusals, and ELINKLOST for calls relayed over a link that went
+-- down) is built by wire.respond. Nothing here suspends except the callers
+-- of remote_call.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
@@ -14,10 +16,12 @@ local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
+local SV = require("relaynet.mesh.serve")
 
 local cfg = S.config
 local contains, is_name, now, fail = W.contains, W.is_name, W.now, W.fail
 local encode_envelope, send_text = W.encode_envelope, W.send_text
+local respond, reply, call_key = W.respond, W.reply, I.call_key
 
 local C = {}
 
@@ -28,45 +32,6 @@ C.ERROR_CODES = {
   ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true, EBUSY = true,
 }
 local ERROR_CODES = C.ERROR_CODES
-
--- The key of a call in the forward and dedup tables: the caller's node id
--- and its call id, length-prefixed so that no two (caller, id) pairs give
--- the same key whatever bytes they contain.
-local function call_key(caller, id)
-  return #caller .. ":" .. caller .. id
-end
-
--- responses ------------------------------------------------------------------------
-
---- Sends the server_response answering call `reply_to` of node `caller` on
---- `link`: an error (err, code; code defaults to EREMOTE) or a result. A
---- result JSON cannot hold is answered with EREMOTE saying so (the caller
---- learns at once rather than at its timeout).
-local function respond(link, reply_to, caller, result, err, code)
-  local data
-  if err then
-    data = { error = { code = code or "EREMOTE", message = err } }
-  else
-    data = { result = result == nil and json.null or result }
-  end
-  local env = {
-    type = "server_response", id = I.new_id(), reply_to = reply_to, from = I.node_id(),
-    to = caller, ttl = cfg.max_ttl, data = data,
-  }
-  local text, eerr = encode_envelope(env)
-  if not text then
-    S.stats.unencodable = S.stats.unencodable + 1
-    env.data = { error = { code = "EREMOTE", message = "EREMOTE: the answer of node " .. I.node_id() ..
-      " cannot be encoded as JSON: " .. tostring(eerr) } }
-    text = encode_envelope(env)
-  end
-  if text then send_text(link, text) end
-end
-
--- Answers `call` (a server_call envelope) on `link`.
-local function reply(link, call, result, err, code)
-  return respond(link, call.id, call.from, result, err, code)
-end
 
 -- forwards -------------------------------------------------------------------------
 
@@ -188,70 +153,6 @@ local function relay(link, env, call, deliver)
   return forward(link, env, call)
 end
 
--- running methods ------------------------------------------------------------------
-
--- The ETIMEDOUT a call gets when server.method on `node` did not answer.
-local function no_answer(server, method, node, timeout)
-  return fail("ETIMEDOUT", "%s.%s on node %s did not answer within %g s", server, method, node, timeout)
-end
-
-local function pack_results(res, first)
-  local n = res.n - first + 1
-  if n <= 0 then return nil end
-  if n == 1 then return res[first] end
-  local out = json.array()
-  for i = first, res.n do
-    local v = res[i]
-    if v == nil then v = json.null end
-    out[#out + 1] = v
-  end
-  return out
-end
-
--- The function behind server.method on this node: fn | nil, msg, code.
-local function find_method(server, method)
-  local methods = S.exposed[server]
-  if not methods then
-    return fail("ENOSERVER", "no server '%s' on node %s", server, I.node_id())
-  end
-  local fn = methods[method]
-  if type(fn) ~= "function" or method:sub(1, 1) == "_" then
-    return fail("ENOMETHOD", "server '%s' on node %s has no method '%s'", server, I.node_id(), method)
-  end
-  return fn
-end
-
--- Runs job.fn(table.unpack(job.args)) (in a coroutine of its own, started by
--- sched.go) and stores xpcall's packed results in job.res; then calls
--- job.on_done() if someone waits for it.
-local function call_unpacked(fn, args, n)
-  return fn(table.unpack(args, 1, n))
-end
-
-local function run_job(job)
-  local args = job.args
-  -- args.n only counts when it is an integer (a remote caller may send
-  -- {"n": "x"}); the unpacking itself runs inside the xpcall, so even an
-  -- impossible count comes back as EREMOTE rather than a lost reply.
-  local n = args.n
-  if math.type(n) ~= "integer" then n = #args end
-  job.res = table.pack(xpcall(call_unpacked, debug.traceback, job.fn, args, n))
-  local on_done = job.on_done
-  if on_done then on_done() end
-end
-
--- The outcome of a finished job: result | nil, msg, "EREMOTE".
-local function job_result(job, server, method)
-  local done = job.res
-  if not done[1] then
-    local msg = tostring(done[2])
-    sched.report("relaynet.mesh: " .. server .. "." .. method .. " raised: " .. msg)
-    msg = msg:match("^([^\n]*)") or msg
-    return fail("EREMOTE", "%s.%s on node %s raised: %s", server, method, I.node_id(), msg)
-  end
-  return pack_results(done, 2)
-end
-
 -- calls this node makes ------------------------------------------------------------
 
 -- A call this node waits for: registered in `calls` (remote ones, under
@@ -278,14 +179,14 @@ end
 -- Calls a method of a server exposed on this node, in its own coroutine,
 -- waiting at most `timeout` seconds (the caller must be able to wait).
 local function call_local(owner, server, method, args, timeout)
-  local fn, ferr, fcode = find_method(server, method)
+  local fn, ferr, fcode = SV.find_method(server, method)
   if not fn then return nil, ferr, fcode end
   local job = { fn = fn, args = args }
   local waiter
   job.on_done = function()
     if waiter then sched.wake(waiter[1], waiter[2], true) end
   end
-  sched.go(run_job, job)
+  sched.go(SV.run_job, job)
   if not job.res then
     local entry = {}
     add_call(owner, entry, false)
@@ -297,12 +198,12 @@ local function call_local(owner, server, method, args, timeout)
     end_call(entry)
     if not ok then
       if code == "ETIMEDOUT" then
-        return no_answer(server, method, I.node_id(), timeout)
+        return SV.no_answer(server, method, I.node_id(), timeout)
       end
       return nil, err, code
     end
   end
-  return job_result(job, server, method)
+  return SV.job_result(job, server, method)
 end
 
 --- Raises (at `level`) when remote_call's arguments have the wrong types.
@@ -374,7 +275,7 @@ function C.call(owner, node, server, method, args, timeout)
   if ok == true then return a end
   if ok == false then return nil, a, c end
   if c == "ETIMEDOUT" then
-    return no_answer(server, method, node, timeout)
+    return SV.no_answer(server, method, node, timeout)
   end
   return nil, a, c
 end
@@ -400,96 +301,6 @@ function C.cancel_calls(owner)
   return n
 end
 
--- serving calls, with dedup ----------------------------------------------------------
---
--- Served call ids, for dropping duplicates: call_key(caller, call id) ->
--- expiry time (the call's own timeout plus a second; a copy arriving later
--- finds its caller gone). Two generations of tables: new ids go into
--- `dedup_new`; when it holds half of cfg.max_dedup ids, or is older than
--- cfg.dedup_window, it becomes `dedup_old` and the previous old generation is
--- dropped whole. So memory stays under max_dedup ids at any call rate, and
--- nothing is ever deleted key by key (a Lua table that is full of deleted
--- keys rehashes on every insert).
-
-local function rotate_dedup(t, evicting)
-  if evicting then
-    for _, expiry in pairs(S.dedup_old) do
-      if expiry >= t then S.stats.dedup_evicted = S.stats.dedup_evicted + 1 end
-    end
-  end
-  S.dedup_old, S.dedup_old_n = S.dedup_new, S.dedup_new_n
-  S.dedup_new, S.dedup_new_n, S.dedup_born = {}, 0, t
-end
-
---- Starts a new dedup generation when the current one is dedup_window old
---- (called by the health loop).
-function C.age_dedup(t)
-  if t - S.dedup_born >= cfg.dedup_window then rotate_dedup(t, false) end
-end
-
-local function seen_call(key, t)
-  local expiry = S.dedup_new[key] or S.dedup_old[key]
-  return expiry ~= nil and expiry >= t
-end
-
-local function remember_call(key, keep, t)
-  if S.dedup_new_n >= cfg.max_dedup // 2 then rotate_dedup(t, true) end
-  S.dedup_new[key] = t + keep
-  S.dedup_new_n = S.dedup_new_n + 1
-end
-
-local function serve_call(link, env)
-  local stats = S.stats
-  local data = env.data
-  local key = call_key(env.from, env.id)
-  local t = now()
-  if seen_call(key, t) then
-    stats.duplicate_calls = stats.duplicate_calls + 1
-    return
-  end
-  local remaining = (tonumber(data.timeout_ms) or 0) / 1000
-  remember_call(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window), t)
-  if remaining <= 0 then
-    return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. I.node_id(),
-      "ETIMEDOUT")
-  end
-  if S.n_served >= cfg.max_served then
-    stats.served_refused = stats.served_refused + 1
-    return reply(link, env, nil, string.format("EBUSY: node %s is already serving %d calls (mesh max_served)",
-      I.node_id(), S.n_served), "EBUSY")
-  end
-  remaining = math.min(remaining, cfg.max_timeout)
-  stats.calls_served = stats.calls_served + 1
-  local server, method = data.server, data.method
-  local fn, ferr, fcode = find_method(server, method)
-  if not fn then return reply(link, env, nil, ferr, fcode) end
-  -- Run the method in a coroutine of its own. Most methods return without
-  -- suspending: then the reply goes out at once, with no coroutine or timer
-  -- left waiting for it. One that suspends is answered when it finishes, or
-  -- with ETIMEDOUT at the call's deadline, whichever comes first; until then
-  -- it counts against cfg.max_served.
-  local job = { fn = fn, args = data.args }
-  sched.go(run_job, job)
-  if job.res then
-    return reply(link, env, job_result(job, server, method))
-  end
-  S.n_served = S.n_served + 1
-  local timer
-  job.on_done = function()
-    if job.replied then return end
-    job.replied = true
-    S.n_served = S.n_served - 1
-    timer.cancel()
-    reply(link, env, job_result(job, server, method))
-  end
-  timer = sched.after(remaining, function()
-    if job.replied then return end
-    job.replied = true
-    S.n_served = S.n_served - 1
-    reply(link, env, no_answer(server, method, I.node_id(), remaining))
-  end)
-end
-
 -- messages on links ---------------------------------------------------------------
 
 local function valid_call(env)
@@ -509,7 +320,7 @@ function C.on_call(link, env)
     end
     return
   end
-  return relay(link, env, true, serve_call)
+  return relay(link, env, true, SV.serve_call)
 end
 
 --- server_response: wakes the caller waiting on this node, or passes the

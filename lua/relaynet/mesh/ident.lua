@@ -1,4 +1,5 @@
--- relaynet.mesh.ident: this node's id and the ids of the messages it sends.
+-- relaynet.mesh.ident: this node's id, the ids of the messages it sends,
+-- and the key that names a call of another node.
 --
 -- The node id persists across runs. It can be changed with set_node_id only
 -- while no link is up (peers know the node by it).
@@ -52,6 +53,13 @@ function I.new_id()
   next_id = next_id + 1
   if not id_prefix then id_prefix = "-" .. random_hex(4) .. "-" end
   return I.node_id() .. id_prefix .. next_id
+end
+
+--- The key of a call in the forward and dedup tables: the caller's node id
+--- and its call id, length-prefixed so that no two (caller, id) pairs give
+--- the same key whatever bytes they contain.
+function I.call_key(caller, id)
+  return #caller .. ":" .. caller .. id
 end
 
 return I

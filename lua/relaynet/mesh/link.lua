@@ -18,6 +18,7 @@ local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
+local SV = require("relaynet.mesh.serve")
 
 local cfg = S.config
 local hrtime = core.hrtime
@@ -206,7 +207,7 @@ local function health()
       end
     end
     C.expire_forwards(t)
-    C.age_dedup(t)
+    SV.age_dedup(t)
     if S.gc_due then
       S.gc_due = false
       collectgarbage("collect")

@@ -1,11 +1,11 @@
 -- relaynet.mesh.state: the mesh's shared state, in one table.
 --
--- Every mesh file (ident, wire, routes, calls, link, init) requires this
--- module and reads and writes the fields below through it; none keeps a copy
--- of a per-run table in a local of its own, because reset() replaces those
--- tables. What persists across runs (config, node identity, exposed servers,
--- configured peers, the message handler, the counters of other layers) is
--- never replaced.
+-- Every mesh file (ident, wire, routes, serve, calls, link, init) requires
+-- this module and reads and writes the fields below through it; none keeps
+-- a copy of a per-run table in a local of its own, because reset() replaces
+-- those tables. What persists across runs (config, node identity, exposed
+-- servers, configured peers, the message handler, the counters of other
+-- layers) is never replaced.
 
 local S = {}
 
@@ -77,10 +77,11 @@ S.counters = {}         -- status prefix -> counter table of a layer above (M.ad
 -- Calls (mesh/calls.lua): calls[call id] = { co, wid, first_hop, node, owner }
 -- for remote calls this node waits for; forwards[call_key] = { from, link,
 -- to, deadline, caller, id } for relayed calls awaiting their response;
--- n_calls, n_forwards and n_served count remote calls, forwards and
--- suspended served calls. dedup_new / dedup_old are the two generations of
--- served call ids (call_key -> expiry), with their counts and the birth
--- time of the new one.
+-- n_calls and n_forwards count them.
+--
+-- Served calls (mesh/serve.lua): n_served counts the suspended ones;
+-- dedup_new / dedup_old are the two generations of served call ids
+-- (call_key -> expiry), with their counts and the birth time of the new one.
 --
 -- gc_due (not per-run: reset() leaves it) is set when much state was
 -- dropped at once; the health loop then collects garbage and trims memory.

@@ -1,8 +1,13 @@
 -- relaynet.mesh.wire: what every mesh file uses to build, check and send
--- envelopes, and whether relaynet is running.
+-- envelopes, including the one builder of the server_response envelope,
+-- and whether relaynet is running.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
+local S = require("relaynet.mesh.state")
+local I = require("relaynet.mesh.ident")
+
+local cfg = S.config
 
 local W = {}
 
@@ -66,6 +71,37 @@ function W.send(link, env)
   end
   local ok = link.send(text)
   return ok == true
+end
+
+--- The one builder of the server_responses this node originates: sends the
+--- answer to call `reply_to` of node `caller` on `link`, an error (err,
+--- code; code defaults to EREMOTE) or a result. A result JSON cannot hold is
+--- answered with EREMOTE saying so (the caller learns at once rather than at
+--- its timeout), and counted in stats.unencodable.
+function W.respond(link, reply_to, caller, result, err, code)
+  local data
+  if err then
+    data = { error = { code = code or "EREMOTE", message = err } }
+  else
+    data = { result = result == nil and json.null or result }
+  end
+  local env = {
+    type = "server_response", id = I.new_id(), reply_to = reply_to, from = I.node_id(),
+    to = caller, ttl = cfg.max_ttl, data = data,
+  }
+  local text, eerr = W.encode_envelope(env)
+  if not text then
+    S.stats.unencodable = S.stats.unencodable + 1
+    env.data = { error = { code = "EREMOTE", message = "EREMOTE: the answer of node " .. I.node_id() ..
+      " cannot be encoded as JSON: " .. tostring(eerr) } }
+    text = W.encode_envelope(env)
+  end
+  if text then W.send_text(link, text) end
+end
+
+--- Answers `call` (a server_call envelope) on `link`: W.respond for it.
+function W.reply(link, call, result, err, code)
+  return W.respond(link, call.id, call.from, result, err, code)
 end
 
 return W
