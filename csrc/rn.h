@@ -346,12 +346,16 @@ static inline void rn__conn_rx_free(rn_conn *c) {
 }
 
 /* The files of the core, each one concept, and what each offers the others.
- * A file uses only the files listed before it, except where noted: the
- * event queue and the loop are below everything, and the lws callbacks
- * (server, client) are above the connection and request files they feed. */
+ * A file calls only files listed before it, with two kinds of exception:
+ *  - the loop (rn_loop.c) drives the files after it (dispatch, the sweep,
+ *    shutdown), and the Lua entry points of those files find their loop
+ *    through rn__loop_get / rn__loop_ensure;
+ *  - connections, requests and per-address entries hold a reference to
+ *    their server and release it with rn__server_unref.
+ * rn_module.c (luaopen_relaynet_core) is the top: it opens every file's
+ * Lua functions. */
 
-/* rn_module.c: luaopen_relaynet_core and the error convention. */
-/* Error helper: pushes nil, "CODE: message", "CODE" and returns 3. */
+/* rn_error.c: pushes nil, "CODE: message", "CODE" and returns 3. */
 int rn__fail(lua_State *L, const char *code, const char *fmt, ...);
 
 /* rn_buf.c: growing buffers. */
@@ -369,14 +373,12 @@ int rn__limits_defaults(lua_State *L);
 
 /* rn_event.c: the event queue, the event arena and the scratch buffer. */
 int rn__event_push(rn_loop *l, const rn_event *ev);
-void rn__event_pop(rn_loop *l, rn_event *ev);
-void rn__event_release(rn_event *ev);
-void rn__events_drop(rn_loop *l);
 int rn__arena_put(rn_loop *l, const void *p, size_t len, size_t *off);
 void rn__arena_reset(rn_loop *l);
 unsigned char *rn__scratch(rn_loop *l, size_t len);
 
-/* rn_loop.c: the uv loop and lws context of a Lua state; dispatch. */
+/* rn_loop.c: the uv loop and lws context of a Lua state; core.poll and the
+ * dispatch of events, the sweep, shutdown. */
 rn_loop *rn__loop_get(lua_State *L);
 rn_loop *rn__loop_ensure(lua_State *L);
 void rn__loop_anchor(lua_State *L);

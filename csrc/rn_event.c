@@ -4,8 +4,9 @@
  * direct writes. All three belong to the loop (rn_loop); nothing here
  * calls into Lua.
  *
- * An event holds a reference to its connection or request while queued;
- * rn__event_release drops it (and frees a malloc'd payload).
+ * An event holds a reference to its connection or request while queued
+ * (taken here by rn__event_push); the loop drops it when the event has
+ * been dispatched (rn_loop.c).
  */
 #include "rn.h"
 
@@ -67,21 +68,6 @@ unsigned char *rn__scratch(rn_loop *l, size_t len) {
   return l->scratch + LWS_PRE;
 }
 
-/* Takes the oldest event off the queue (the caller checked ev_count). */
-void rn__event_pop(rn_loop *l, rn_event *ev) {
-  *ev = l->ev[l->ev_head];
-  l->ev_head = (l->ev_head + 1) % l->ev_cap;
-  l->ev_count--;
-}
-
-void rn__event_release(rn_event *ev) {
-  free(ev->data);
-  ev->data = NULL;
-  if (ev->conn)
-    rn__conn_unref(ev->conn);
-  if (ev->req)
-    rn__req_unref(ev->req);
-}
 
 /* Empties the arena (every payload has been copied into a Lua string once
  * the queue is empty), giving the memory back when a burst grew it. */
@@ -91,15 +77,5 @@ void rn__arena_reset(rn_loop *l) {
     free(l->arena);
     l->arena = NULL;
     l->arena_cap = 0;
-  }
-}
-
-/* Releases every queued event (shutdown: they refer to connections lws has
- * closed). */
-void rn__events_drop(rn_loop *l) {
-  while (l->ev_count > 0) {
-    rn_event ev;
-    rn__event_pop(l, &ev);
-    rn__event_release(&ev);
   }
 }

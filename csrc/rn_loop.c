@@ -147,6 +147,32 @@ rn_loop *rn__loop_ensure(lua_State *L) {
   return l;
 }
 
+/* Takes the oldest event off the queue (the caller checked ev_count). */
+static void rn__event_pop(rn_loop *l, rn_event *ev) {
+  *ev = l->ev[l->ev_head];
+  l->ev_head = (l->ev_head + 1) % l->ev_cap;
+  l->ev_count--;
+}
+
+static void rn__event_release(rn_event *ev) {
+  free(ev->data);
+  ev->data = NULL;
+  if (ev->conn)
+    rn__conn_unref(ev->conn);
+  if (ev->req)
+    rn__req_unref(ev->req);
+}
+
+/* Releases every queued event (shutdown: they refer to connections lws has
+ * closed). */
+static void rn__events_drop(rn_loop *l) {
+  while (l->ev_count > 0) {
+    rn_event ev;
+    rn__event_pop(l, &ev);
+    rn__event_release(&ev);
+  }
+}
+
 /* Pushes the Lua values of one event and calls dispatch(type, ...) (the
  * function at stack index 2). */
 static void rn__dispatch_one(lua_State *L, rn_loop *l, rn_event *ev) {

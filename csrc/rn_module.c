@@ -1,29 +1,12 @@
 /*
- * relaynet core: the module entry point (luaopen_relaynet_core), the event
- * kinds as Lua constants, and the error convention every file uses.
+ * relaynet core: the module entry point (luaopen_relaynet_core) and the
+ * event kinds as Lua constants.
  *
  * core's functions come from the file of their concept: the loop
  * (rn_loop.c), connections (rn_conn.c), servers and requests (rn_server.c,
  * rn_http.c), clients and DNS (rn_client.c), JSON (rn_json.c).
  */
 #include "rn.h"
-
-#include <stdarg.h>
-
-/* Errors: operational failures return nil, "CODE: message", "CODE" (misuse
- * raises instead, with luaL_argerror or luaL_error). */
-int rn__fail(lua_State *L, const char *code, const char *fmt, ...) {
-  va_list ap;
-  lua_pushnil(L);
-  lua_pushstring(L, code);
-  lua_pushliteral(L, ": ");
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_concat(L, 3);
-  lua_pushstring(L, code);
-  return 3;
-}
 
 static int rn_version(lua_State *L) {
   lua_pushstring(L, lws_get_library_version());
