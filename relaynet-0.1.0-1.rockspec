@@ -47,6 +47,7 @@ build = {
     ["relaynet.mesh.serve"] = "lua/relaynet/mesh/serve.lua",
     ["relaynet.mesh.calls"] = "lua/relaynet/mesh/calls.lua",
     ["relaynet.mesh.link"] = "lua/relaynet/mesh/link.lua",
+    ["relaynet.mesh.transport"] = "lua/relaynet/mesh/transport.lua",
     ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",
     ["relaynet.runtime"] = "lua/relaynet/runtime.lua",
     ["relaynet.conn"] = "lua/relaynet/conn.lua",

@@ -1,19 +1,25 @@
 -- Route selection of relaynet.mesh.routes, driven in-process: adverts from
--- fake links (tables with send and close), no sockets and no event loop.
+-- links over fake transports (tables with send and close), no sockets and no
+-- event loop.
 -- relaynet is not running here, so no advert is scheduled; what the tables
 -- hold is read through the mesh's views and status.
 
 local mesh = require("relaynet.mesh")
 local routes = require("relaynet.mesh.routes")
+local L = require("relaynet.mesh.link")
 local json = require("relaynet.json")
 
 local cfg = mesh.config
 
 -- A link that is up to neighbour `peer`, recording what is sent on it.
 local function fake_link(peer, delta)
-  local link = { peer = peer, state = "up", delta = delta ~= false, sent = {} }
-  link.send = function(text) link.sent[#link.sent + 1] = json.decode(text); return true end
-  link.close = function(code, reason) link.closed = { code, reason } end
+  local link = L.new("in", nil, nil, nil)
+  link.peer, link.state, link.delta, link.sent = peer, "up", delta ~= false, {}
+  link.transport = {
+    id = "fake-" .. peer,
+    send = function(text) link.sent[#link.sent + 1] = json.decode(text); return true end,
+    close = function(code, reason) link.closed = { code, reason } end,
+  }
   return link
 end
 

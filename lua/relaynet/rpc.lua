@@ -1,10 +1,10 @@
--- relaynet.rpc: the built-in endpoints of a mesh-enabled server, registered
+-- relaynet.rpc: JSON-RPC and the views of a mesh-enabled server, registered
 -- with relaynet.server when this module loads (the facade loads it):
---   /ws/p2p   WebSocket: an inbound mesh link, handed to mesh.accept;
 --   /rpc      WebSocket: JSON-RPC, one request or batch per text frame;
 --   POST /rpc JSON-RPC over HTTP;
 --   GET /status, /peers, /registry, /routes: the mesh's views as JSON.
--- Every one of these paths is in server.PROTECTED_PATHS.
+-- The mesh mounts its own path, /ws/p2p (relaynet.mesh.transport). Every
+-- one of these paths is in server.PROTECTED_PATHS.
 
 local sched = require("relaynet.sched")
 local mesh = require("relaynet.mesh")
@@ -67,36 +67,6 @@ server.mount("/rpc", {
   on_close = function(rec)
     -- its calls still waiting can never be answered: fail them now
     if rec.rpc_owner then jsonrpc.close(rec.rpc_owner) end
-  end,
-})
-
--- /ws/p2p: an inbound mesh link. The link gets send and close functions
--- on this connection; its messages and its close go to the mesh.
-server.mount("/ws/p2p", {
-  on_open = function(rec, info)
-    conn.set_internal(rec, mesh.config.link_rate_scale)
-    if not mesh.enabled() then
-      conn.close(rec, 4404, "the mesh is disabled on this node")
-      return
-    end
-    local send, close = conn.link_io(rec)
-    local ok, link = xpcall(mesh.accept, debug.traceback, send, close, info.peer)
-    if not ok then
-      sched.report("mesh accept on " .. rec.id .. ": " .. tostring(link))
-      conn.close(rec, 1011, "internal error")
-      return
-    end
-    rec.link = link
-    link.conn_id = rec.id
-  end,
-  on_message = function(rec, data, binary)
-    local link = rec.link
-    if not link then return end -- refused in on_open, closing
-    local ok, err = xpcall(mesh.on_link_message, debug.traceback, link, data, binary)
-    if not ok then sched.report("mesh link " .. rec.id .. ": " .. tostring(err)) end
-  end,
-  on_close = function(rec, code, reason)
-    if rec.link then mesh.on_link_close(rec.link, code, reason) end
   end,
 })
 

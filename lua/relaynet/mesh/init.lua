@@ -5,13 +5,15 @@
 -- This file is the mesh's public API, its configuration and its views; the
 -- work is done in the files beside it (docs/DESIGN.md, "The mesh's files"):
 -- state.lua (shared state and config), ident.lua (ids), wire.lua (envelopes),
--- routes.lua (routing and adverts), calls.lua (calls, relaying, route
--- messages) and link.lua (links, health, dialing).
+-- routes.lua (routing and adverts), serve.lua (running exposed methods,
+-- dedup), calls.lua (calls, relaying, route messages), link.lua (the Link,
+-- health) and transport.lua (/ws/p2p, dialing peers, the link transports).
 --
 -- Contract with the rest of relaynet:
---  * init.lua hands inbound /ws/p2p connections to M.accept(rec), then
---    their messages to M.on_link_message(link, text, binary) and their close
---    to M.on_link_close(link, code, reason). Those never suspend.
+--  * relaynet.runtime calls M.start() when rn.run() starts (the mesh then
+--    mounts /ws/p2p on relaynet.server and dials its peers) and M.reset()
+--    when it has ended. Link traffic enters and leaves the mesh in
+--    transport.lua only.
 --  * Everything that waits goes through relaynet.sched (remote_call waits
 --    for its response or its timeout; link maintainers wait for closes).
 --  * Per-run state (links, routes, calls in flight) is dropped by M.reset()
@@ -25,6 +27,7 @@ local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local L = require("relaynet.mesh.link")
+local T = require("relaynet.mesh.transport")
 
 local is_name = W.is_name
 
@@ -90,11 +93,7 @@ function M.send_message(node, payload)
   return C.send_message(node, payload)
 end
 
--- links ---------------------------------------------------------------------------
-
-M.on_link_message = L.on_link_message
-M.on_link_close = L.on_link_close
-M.accept = L.accept
+-- peers ---------------------------------------------------------------------------
 
 --- Adds a peer to dial (and keep dialing) while relaynet runs.
 function M.add_peer(url)
@@ -107,7 +106,7 @@ function M.add_peer(url)
     S.peer_urls[url] = p
   end
   p.active = true
-  L.start_peer(p)
+  T.start_peer(p)
   return true
 end
 
@@ -117,20 +116,22 @@ function M.remove_peer(url)
   if not p then return false end
   p.active = false
   S.peer_urls[url] = nil
-  if p.client then p.client:close(1000, "peer removed") end
+  if p.link then p.link:close(1000, "peer removed") end
   return true
 end
 
---- Called when rn.run() starts: dials the configured peers.
+--- Called when rn.run() starts: mounts /ws/p2p and dials the configured peers.
 function M.start()
   S.started_at = os.time()
-  for _, p in pairs(S.peer_urls) do L.start_peer(p) end
+  T.mount()
+  for _, p in pairs(S.peer_urls) do T.start_peer(p) end
   if next(S.peer_urls) then L.ensure_health() end
 end
 
 --- Called when rn.run() has ended: forgets links, routes and calls.
 function M.reset()
   L.close_all()
+  T.forget_peers()
   S.reset(W.now())
 end
 

@@ -1,18 +1,20 @@
--- relaynet.mesh.link: links to neighbours, both directions: hello, ping and
--- pong, message dispatch, the health loop, accepting inbound links and
--- dialing the configured peers.
+-- relaynet.mesh.link: the Link, one object for both directions of a link to
+-- a neighbour: hello, ping and pong, message dispatch, the links waiting for
+-- hello, and the health loop.
 --
--- A link is a table { dir = "in" | "out", state = "hello" | "up" | "closed",
--- peer, send(text), close(code, reason), ... }. An inbound one is made by
--- L.accept with the facade's send and close functions; an outbound one by
--- the maintainer of a configured peer around a relaynet client. Both get
--- their messages through L.on_link_message and their close through
--- L.on_link_close, which never suspend.
+-- A Link is { dir = "in" | "out", state = "hello" | "up" | "closed", peer,
+-- transport, ... } with the methods send, close, on_message and on_close.
+-- Its transport is an adapter (mesh/transport.lua) over an accepted /ws/p2p
+-- connection or a dialed client, and both have the same shape:
+-- { id (the connection id), send(text) -> true | falsy, close(code, reason) }.
+-- Whichever its direction, a link's messages arrive through
+-- Link:on_message and its close through Link:on_close, called by the
+-- transport once per WebSocket event; neither suspends nor raises. Nothing
+-- in this file knows which kind of connection carries a link.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
 local core = require("relaynet.core")
-local client = require("relaynet.client")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
@@ -28,6 +30,33 @@ local L = {}
 
 --- The version this node speaks in hello; a peer with another is refused.
 L.PROTOCOL_VERSION = 1
+
+local Link = {}
+Link.__index = Link
+Link.__name = "relaynet.mesh.Link"
+L.Link = Link
+
+--- A new link in direction `dir` ("in": accepted, "out": dialed) over
+--- `transport` (nil until a dialed connection is up), in state "hello".
+--- `addr` is the peer's address of an inbound link, `url` the URL an
+--- outbound one dials.
+function L.new(dir, transport, addr, url)
+  return setmetatable({ dir = dir, state = "hello", opened = now(), transport = transport,
+    addr = addr, url = url }, Link)
+end
+
+--- Sends text on the link: true when the transport took it; false when the
+--- link is closed or the send failed.
+function Link:send(text)
+  if self.state == "closed" then return false end
+  return self.transport.send(text) == true
+end
+
+--- Starts the close handshake of the link's connection. Link:on_close
+--- follows when the connection is gone.
+function Link:close(code, reason)
+  self.transport.close(code, reason)
+end
 
 local function hello(link)
   send(link, { type = "hello", id = I.new_id(), from = I.node_id(),
@@ -85,19 +114,19 @@ local function on_hello(link, env)
   end
   if not is_name(from, 64) or type(data) ~= "table" then
     stats.hello_rejected = stats.hello_rejected + 1
-    link.close(4400, "bad hello")
+    link:close(4400, "bad hello")
     return
   end
   if data.version ~= L.PROTOCOL_VERSION then
     stats.hello_rejected = stats.hello_rejected + 1
-    link.close(4400, "unsupported protocol version " .. tostring(data.version))
+    link:close(4400, "unsupported protocol version " .. tostring(data.version))
     return
   end
   local mine = I.node_id()
   if from == mine then
     stats.hello_rejected = stats.hello_rejected + 1
     link.refused = "self"
-    link.close(4400, "cannot link to myself")
+    link:close(4400, "cannot link to myself")
     return
   end
   -- A peer that lists "delta" gets change adverts; others the full table.
@@ -111,11 +140,11 @@ local function on_hello(link, env)
     if dialer(link) == preferred and dialer(existing) ~= preferred then
       existing.replaced = true
       link_down(existing)
-      existing.close(4409, "replaced by the preferred link")
+      existing:close(4409, "replaced by the preferred link")
     else
       stats.hello_rejected = stats.hello_rejected + 1
       link.refused = from
-      link.close(4409, "duplicate link to " .. from)
+      link:close(4409, "duplicate link to " .. from)
       return
     end
   end
@@ -139,10 +168,9 @@ local HANDLERS = {
   server_call = C.on_call, server_response = C.on_response, route_message = C.on_route_message,
 }
 
---- A message arrived on a link (inbound or outbound). Decodes it and hands
---- it to its handler; anything malformed or out of turn is counted in
---- stats.bad_messages and dropped.
-function L.on_link_message(link, text, binary)
+-- Decodes a message of `link` and hands it to its handler; anything
+-- malformed or out of turn is counted in stats.bad_messages and dropped.
+local function receive(link, text, binary)
   local stats = S.stats
   link.last_seen = now()
   if binary then
@@ -171,9 +199,9 @@ function L.on_link_message(link, text, binary)
   h(link, env, text)
 end
 
---- A link's WebSocket is gone: the link is closed, and its routes and calls
---- are dropped when it was up; a maintainer waiting on it is woken.
-function L.on_link_close(link, code, reason)
+-- The link's WebSocket is gone: the link is closed, and its routes and calls
+-- are dropped when it was up; a maintainer waiting on it is woken.
+local function closed(link, code, reason)
   unpend(link)
   local was_up = link.state == "up"
   link.state = "closed"
@@ -183,6 +211,25 @@ function L.on_link_close(link, code, reason)
   if w then link.waiter = nil; sched.wake(w[1], w[2], true) end
 end
 
+-- An error in the mesh's handling of a link event is a bug here: it is
+-- reported, and the link and the loop carry on.
+local function report(link, err)
+  sched.report("mesh link " .. tostring(link.transport and link.transport.id) .. ": " .. tostring(err))
+end
+
+--- The one delivery road of both directions: a text (or binary) message
+--- arrived on the link's connection. Never raises.
+function Link:on_message(text, binary)
+  local ok, err = xpcall(receive, debug.traceback, self, text, binary)
+  if not ok then report(self, err) end
+end
+
+--- The link's connection closed with `code` and `reason`. Never raises.
+function Link:on_close(code, reason)
+  local ok, err = xpcall(closed, debug.traceback, self, code, reason)
+  if not ok then report(self, err) end
+end
+
 -- health: pings, silent links, expired bookkeeping ------------------------------------
 
 local function health()
@@ -190,7 +237,7 @@ local function health()
     local t = now()
     for _, link in pairs(S.links) do
       if t - (link.last_seen or t) > cfg.link_timeout then
-        link.close(4408, "link timeout")
+        link:close(4408, "link timeout")
         link.state = "closed"
         link_down(link)
       elseif t - (link.ping_sent or 0) >= cfg.ping_interval then
@@ -203,7 +250,7 @@ local function health()
     for link in pairs(S.pending_links) do
       if t - link.opened > cfg.hello_timeout then
         unpend(link)
-        link.close(4408, "no hello")
+        link:close(4408, "no hello")
       end
     end
     C.expire_forwards(t)
@@ -224,21 +271,28 @@ local function health()
   S.health_started = false
 end
 
-local function ensure_health()
+--- Starts the health loop when links or peers need it (and it is not
+--- running, and relaynet is).
+function L.ensure_health()
   if S.health_started or not running() then return end
   S.health_started = true
   sched.spawn(health)
 end
 
---- Starts the health loop when links or peers need it (and it is not running).
-L.ensure_health = ensure_health
+--- A link whose transport is up starts waiting for hello, and says its own.
+function L.open(link)
+  add_pending(link)
+  L.ensure_health()
+  hello(link)
+end
 
---- Hands an accepted /ws/p2p connection to the mesh. Returns the link.
---- `addr` is the peer's address (for the per-address share of the links
---- waiting for hello; nil: not counted per address).
-function L.accept(send_fn, close_fn, addr)
+--- An inbound link over `transport`, from address `addr` (nil: not counted
+--- per address). Refused (its connection closed with 4503 or 4429, the link
+--- returned closed) past max_pending_links, max_links or the address's
+--- share of max_pending_per_address; else opened. Returns the link.
+function L.accept(transport, addr)
   local stats = S.stats
-  local link = { dir = "in", state = "hello", opened = now(), send = send_fn, close = close_fn, addr = addr }
+  local link = L.new("in", transport, addr, nil)
   local refused
   if S.n_pending >= cfg.max_pending_links then
     refused = "too many links waiting for hello"
@@ -249,77 +303,25 @@ function L.accept(send_fn, close_fn, addr)
     -- refused for their address's share.
     stats.links_refused = stats.links_refused + 1
     stats.links_refused_address = stats.links_refused_address + 1
-    close_fn(4429, "too many links waiting for hello from " .. addr)
+    link:close(4429, "too many links waiting for hello from " .. addr)
     link.state = "closed"
     return link
   end
   if refused then
     stats.links_refused = stats.links_refused + 1
-    close_fn(4503, refused)
+    link:close(4503, refused)
     link.state = "closed"
     return link
   end
-  add_pending(link)
-  ensure_health()
-  hello(link)
+  L.open(link)
   return link
 end
 
--- outbound peers -------------------------------------------------------------------------
-
--- Dials peer record `p` while it is active and relaynet runs: one link at a
--- time, redialed with jittered exponential backoff after it closes.
-local function maintain(p)
-  local backoff = cfg.backoff_min
-  while p.active and running() do
-    local link = { dir = "out", url = p.url, state = "hello", opened = now() }
-    local cl = client.ws_connect(p.url, {
-      timeout = cfg.connect_timeout,
-      on_message = function(msg, binary) L.on_link_message(link, msg, binary) end,
-      on_close = function(code, reason) L.on_link_close(link, code, reason) end,
-    })
-    if cl then
-      link.send = function(t) return cl:send(t) end
-      link.close = function(c, r) cl:close(c, r) end
-      p.client = cl
-      add_pending(link)
-      ensure_health()
-      hello(link)
-      if link.state ~= "closed" then
-        sched.wait("mesh link " .. p.url, nil, function(co, wid) link.waiter = { co, wid } end)
-      end
-      p.client = nil
-      if link.since then backoff = cfg.backoff_min end
-      -- refused as a duplicate: the existing link serves; dial again only
-      -- once it is gone
-      local dup = link.refused
-      if dup and dup ~= "self" then
-        while p.active and S.links[dup] and running() do sched.sleep(1) end
-      end
-    end
-    if not (p.active and running()) then break end
-    local jitter = 0.5 + math.random() -- 50% .. 150%
-    sched.sleep(backoff * jitter)
-    backoff = math.min(backoff * 2, cfg.backoff_max)
-  end
-  p.running = false
-end
-
---- Starts the maintainer of peer record `p` unless it runs already, relaynet
---- is not running or the mesh is disabled.
-function L.start_peer(p)
-  if p.running or not running() or not S.enabled then return end
-  p.running = true
-  sched.spawn(maintain, p)
-end
-
 --- Marks every link closed (relaynet.run() has ended; their sockets are
---- gone) and forgets the peers' maintainers; the caller then resets the
---- per-run state.
+--- gone); the caller then resets the per-run state.
 function L.close_all()
   for link in pairs(S.pending_links) do link.state = "closed" end
   for _, link in pairs(S.links) do link.state = "closed" end
-  for _, p in pairs(S.peer_urls) do p.running = false; p.client = nil end
 end
 
 return L

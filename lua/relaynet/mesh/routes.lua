@@ -14,9 +14,10 @@
 -- n_dests (#cands), n_entries (routes over all neighbours) and n_names
 -- (server names held in those routes).
 --
--- Nothing here opens a socket or suspends: a link is any table with `peer`,
--- `state`, `delta` and the functions send(text) and close(code, reason), so
--- these functions can be driven in-process (spec/mesh_routes_unit_spec.lua).
+-- Nothing here opens a socket or suspends: a link is a Link (mesh/link.lua)
+-- of which this file reads `peer`, `state` and `delta` and calls send(text)
+-- and close(code, reason), so these functions can be driven in-process over
+-- a fake transport (spec/mesh_routes_unit_spec.lua).
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
@@ -294,7 +295,7 @@ function R.on_advert(link, env, text)
   local nr = #data.routes + (data.withdraw and #data.withdraw or 0)
   if nr > cfg.max_routes or (text and #text > cfg.max_advert_bytes) then
     stats.adverts_refused = stats.adverts_refused + 1
-    link.close(4413, string.format("advert too large (%d routes, %d bytes; at most %d routes, %d bytes)",
+    link:close(4413, string.format("advert too large (%d routes, %d bytes; at most %d routes, %d bytes)",
       nr, text and #text or 0, cfg.max_routes, cfg.max_advert_bytes))
     return
   end

@@ -1,11 +1,11 @@
 -- relaynet.mesh.state: the mesh's shared state, in one table.
 --
--- Every mesh file (ident, wire, routes, serve, calls, link, init) requires
--- this module and reads and writes the fields below through it; none keeps
--- a copy of a per-run table in a local of its own, because reset() replaces
--- those tables. What persists across runs (config, node identity, exposed
--- servers, configured peers, the message handler, the counters of other
--- layers) is never replaced.
+-- Every mesh file (ident, wire, routes, serve, calls, link, transport,
+-- init) requires this module and reads and writes the fields below through
+-- it; none keeps a copy of a per-run table in a local of its own, because
+-- reset() replaces those tables. What persists across runs (config, node
+-- identity, exposed servers, configured peers, the message handler, the
+-- counters of other layers) is never replaced.
 
 local S = {}
 
@@ -55,7 +55,7 @@ S.config = {
 -- Persistent state (survives reset()) ---------------------------------------------
 
 S.exposed = {}          -- server name -> methods table
-S.peer_urls = {}        -- url -> peer record { url, active, running, client }
+S.peer_urls = {}        -- url -> peer record { url, active, running, link }
 S.enabled = true        -- false once M.disable() was called
 S.message_handler = nil -- fn(from, payload) for route_message payloads
 S.my_seq = 1            -- this node's advert sequence number (bumped by expose/unexpose)
@@ -64,8 +64,9 @@ S.counters = {}         -- status prefix -> counter table of a layer above (M.ad
 
 -- Per-run state (replaced by reset()) ---------------------------------------------
 --
--- Links: links[peer id] = link (up); pending_links[link] = true (waiting for
--- hello), counted by n_pending and, for inbound ones, pending_by_addr[addr].
+-- Links (mesh/link.lua): links[peer id] = the Link that is up to that
+-- peer; pending_links[link] = true (waiting for hello), counted by n_pending
+-- and, for inbound ones, pending_by_addr[addr].
 --
 -- Routing (mesh/routes.lua): rib[neighbour][dest] = { path, seq, servers }
 -- is what that neighbour advertised; cands[dest] the set of neighbours that

@@ -54,10 +54,11 @@ function W.encode_envelope(env)
   return json.encode(env)
 end
 
---- Sends encoded text on a link; false when the link is closed or the send fails.
+--- Sends encoded text on a link (a Link of mesh/link.lua, or nil); false
+--- when there is no link, it is closed or the send fails.
 function W.send_text(link, text)
-  if not link or link.state == "closed" then return false end
-  return link.send(text) == true
+  if not link then return false end
+  return link:send(text)
 end
 
 --- Encodes and sends an envelope this node built itself; one that cannot be
@@ -69,8 +70,7 @@ function W.send(link, env)
     sched.report("relaynet.mesh: cannot encode a " .. tostring(env.type) .. " message: " .. tostring(err))
     return false
   end
-  local ok = link.send(text)
-  return ok == true
+  return link:send(text)
 end
 
 --- The one builder of the server_responses this node originates: sends the
