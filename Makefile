@@ -13,7 +13,7 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 WARN       := -Wall -Wextra -Wshadow -Wno-unused-parameter
 RN_CFLAGS  := $(CFLAGS) $(WARN) -fPIC -std=c99 -D_GNU_SOURCE $(LUA_INC)
-LIBS       := -lwebsockets -luv -lm
+LIBS       := -lwebsockets -luv -lssl -lcrypto -lm
 PORT       ?= 8080
 
 SRC        := $(wildcard csrc/*.c)
@@ -21,7 +21,7 @@ OBJ        := $(patsubst csrc/%.c,build/obj/%.o,$(SRC))
 CORE       := build/relaynet/core.so
 
 DEB_PKGS   := lua5.4 liblua5.4-dev libwebsockets-dev libwebsockets-evlib-uv \
-              libuv1-dev luarocks pkg-config gcc make
+              libuv1-dev libssl-dev luarocks pkg-config gcc make
 TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
 
 # spec/support/ is on the path so that a spec can require("helper") and

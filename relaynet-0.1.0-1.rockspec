@@ -23,16 +23,20 @@ dependencies = {
 external_dependencies = {
   LIBWEBSOCKETS = { header = "libwebsockets.h", library = "websockets" },
   LIBUV = { header = "uv.h", library = "uv" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "builtin",
   modules = {
     ["relaynet.core"] = {
-      sources = { "csrc/rn_loop.c", "csrc/rn_conn.c", "csrc/rn_server.c", "csrc/rn_client.c",
-                  "csrc/rn_json.c", "csrc/rn_protect.c", "csrc/rn_buf.c" },
-      libraries = { "websockets", "uv", "m" },
-      incdirs = { "$(LIBWEBSOCKETS_INCDIR)", "$(LIBUV_INCDIR)" },
-      libdirs = { "$(LIBWEBSOCKETS_LIBDIR)", "$(LIBUV_LIBDIR)" },
+      sources = { "csrc/rn_addr.c", "csrc/rn_buf.c", "csrc/rn_client.c", "csrc/rn_close.c",
+                  "csrc/rn_conn.c", "csrc/rn_error.c", "csrc/rn_event.c", "csrc/rn_http.c",
+                  "csrc/rn_json.c", "csrc/rn_jsondec.c", "csrc/rn_limits.c", "csrc/rn_loop.c",
+                  "csrc/rn_module.c", "csrc/rn_protect.c", "csrc/rn_recv.c", "csrc/rn_sendq.c",
+                  "csrc/rn_server.c", "csrc/rn_tls.c", "csrc/rn_utf8.c" },
+      libraries = { "websockets", "uv", "ssl", "crypto", "m" },
+      incdirs = { "$(LIBWEBSOCKETS_INCDIR)", "$(LIBUV_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(LIBWEBSOCKETS_LIBDIR)", "$(LIBUV_LIBDIR)", "$(OPENSSL_LIBDIR)" },
       defines = { "_GNU_SOURCE" },
     },
     ["relaynet"] = "lua/relaynet/init.lua",
@@ -53,6 +57,7 @@ build = {
     ["relaynet.conn"] = "lua/relaynet/conn.lua",
     ["relaynet.server"] = "lua/relaynet/server.lua",
     ["relaynet.client"] = "lua/relaynet/client.lua",
+    ["relaynet.tls"] = "lua/relaynet/tls.lua",
     ["relaynet.rpc"] = "lua/relaynet/rpc.lua",
   },
   install = {

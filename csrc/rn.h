@@ -143,11 +143,19 @@ typedef struct rn_ipent {
 } rn_ipent;
 #define RN_IP_BUCKETS 1024
 
+/* Client vhosts a loop may hold: one per CA file, plus the default. */
+#define RN_CLIENT_VHOSTS 8
+
 /* The per-Lua-state loop context: one uv loop and one lws context. */
 typedef struct rn_loop {
   uv_loop_t loop;
   struct lws_context *ctx;
-  struct lws_vhost *client_vh;
+  /* Client vhosts (rn_client.c), made on first use: [0] plain and TLS
+   * verified against the system's CA store, then one per CA file named by
+   * a connect (at most RN_CLIENT_VHOSTS). */
+  struct lws_vhost *client_vh[RN_CLIENT_VHOSTS];
+  char *client_ca[RN_CLIENT_VHOSTS]; /* [0] is NULL */
+  int nclient_vh;
   uv_timer_t poll_timer; /* wakes uv_run for the Lua scheduler's next timer */
   uv_timer_t sweep_timer; /* one-second sweep: slow consumers */
   uv_signal_t sig_int, sig_term;
@@ -193,6 +201,8 @@ typedef struct rn_server {
   int owner_ref;      /* registry ref of the Lua value set by server:set_owner(),
                        * pushed with OPEN and HTTP events; LUA_NOREF: none */
   char *host;
+  char *tls_cert, *tls_key, *tls_ca; /* TLS files (NULL: plain HTTP/WS) */
+  int tls_require_client_cert;
   rn_ipent **ips;     /* RN_IP_BUCKETS chains, allocated on first accept */
   int nips_conns;     /* connections counted in ips (each holds a server ref) */
   /* Bytes this server holds for its peers, bounded by lim.max_buffered: its
@@ -215,6 +225,7 @@ typedef struct rn_client_opts {
   lws_retry_bo_t retry;
   char *path, *host, *origin, *address, *protocol;
   int port;
+  char cert_error[96]; /* why the server's certificate was refused ("": it was not) */
 } rn_client_opts;
 
 /* One WebSocket connection. Kept small: an idle server connection costs
@@ -449,10 +460,15 @@ void rn__servers_release(lua_State *L, rn_loop *l);
 void rn__counters_push(lua_State *L, const rn_counters *c);
 void rn__server_open_lua(lua_State *L);
 
+/* rn_tls.c: checks TLS files before lws gets them (precise errors). */
+int rn__tls_check_server(const char *cert, const char *key, const char *ca,
+                         char *err, size_t errlen);
+int rn__tls_check_ca(const char *ca, char *err, size_t errlen);
+
 /* rn_client.c: outgoing connections and DNS. */
 void rn__client_open_lua(lua_State *L);
-int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
-                        void *user, void *in, size_t len);
+void rn__client_vhosts_forget(rn_loop *l);
+int rn__client_cert_verdict(struct lws *wsi, void *x509_ctx, size_t preverify_ok);
 
 /* rn_json.c, rn_jsondec.c: the JSON codec (core.json_encode/json_decode).
  * Whatever relaynet.json.MAX_DEPTH says, neither direction nests deeper than

@@ -4,15 +4,105 @@
  * lws resolves names with a blocking getaddrinfo(), so the Lua layer first
  * resolves with core.resolve() (uv_getaddrinfo on the uv thread pool) and
  * then connects to the numeric address.
+ *
+ * TLS (wss://): lws binds a client's TLS context to the vhost it connects
+ * through, so the loop keeps one client vhost per CA file named by a
+ * connect, made on first use, besides the default one, which verifies
+ * against the system's CA store. Certificates are verified, and so is the
+ * host name (the Host header's name, or the address), unless the connect
+ * asks for insecure.
  */
 #include "rn.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/x509.h>
+
+static int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                               void *user, void *in, size_t len);
+
+static const struct lws_protocols rn__client_protocols[2] = {
+  {"rn-client", rn__client_callback, 0, 4096, 0, NULL, 65536},
+  {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+/* The client vhost for `ca` (NULL: the system's CA store), made on first
+ * use. Returns NULL with a message in err when it cannot be made. */
+static struct lws_vhost *rn__client_vhost(rn_loop *l, const char *ca, char *err, size_t errlen) {
+  struct lws_context_creation_info info;
+  struct lws_vhost *vh;
+  char name[32];
+  int i;
+  for (i = 0; i < l->nclient_vh; i++)
+    if ((!ca && !l->client_ca[i]) || (ca && l->client_ca[i] && !strcmp(ca, l->client_ca[i])))
+      return l->client_vh[i];
+  if (!ca && l->nclient_vh > 0) {
+    snprintf(err, errlen, "the default client vhost is missing");
+    return NULL;
+  }
+  if (ca && l->nclient_vh == 0 && !rn__client_vhost(l, NULL, err, errlen))
+    return NULL; /* [0] is always the default one */
+  if (l->nclient_vh == RN_CLIENT_VHOSTS) {
+    snprintf(err, errlen, "at most %d different CA files per process", RN_CLIENT_VHOSTS - 1);
+    return NULL;
+  }
+  if (ca && rn__tls_check_ca(ca, err, errlen) < 0)
+    return NULL;
+  memset(&info, 0, sizeof info);
+  snprintf(name, sizeof name, "rn-client-%d", l->nclient_vh);
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.protocols = rn__client_protocols;
+  info.vhost_name = name;
+  info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+  info.client_ssl_ca_filepath = ca;
+  info.alpn = "http/1.1";
+  vh = lws_create_vhost(l->ctx, &info);
+  if (!vh) {
+    snprintf(err, errlen, "cannot set up client TLS%s%s", ca ? " with " : "", ca ? ca : "");
+    return NULL;
+  }
+  l->client_ca[l->nclient_vh] = ca ? strdup(ca) : NULL;
+  l->client_vh[l->nclient_vh++] = vh;
+  return vh;
+}
+
+/* Forgets the client vhosts (the lws context that owned them is gone). */
+void rn__client_vhosts_forget(rn_loop *l) {
+  int i;
+  for (i = 0; i < l->nclient_vh; i++) {
+    free(l->client_ca[i]);
+    l->client_ca[i] = NULL;
+    l->client_vh[i] = NULL;
+  }
+  l->nclient_vh = 0;
+}
+
+
+/* LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION (lws sends it to
+ * protocol 0 of its newest vhost, a server's or a client's, so both
+ * callbacks pass it here): when OpenSSL refused the server's certificate,
+ * keeps its reason for the connection's error, which lws would only give
+ * as "SSL err 1". Returns 0: the verdict stays OpenSSL's. */
+int rn__client_cert_verdict(struct lws *wsi, void *x509_ctx, size_t preverify_ok) {
+  rn_conn *c = wsi ? (rn_conn *)lws_get_opaque_user_data(wsi) : NULL;
+  int err;
+  if (preverify_ok || !c || !c->cl || !x509_ctx)
+    return 0;
+  err = X509_STORE_CTX_get_error((X509_STORE_CTX *)x509_ctx);
+  if (err != X509_V_OK && !c->cl->cert_error[0])
+    snprintf(c->cl->cert_error, sizeof c->cl->cert_error, "%s", X509_verify_cert_error_string(err));
+  return 0;
+}
 
 static void rn__client_failed(rn_conn *c, struct lws *wsi, const char *msg, size_t len) {
+  char buf[160];
   rn_event ev;
+  if (c->cl && c->cl->cert_error[0]) {
+    /* ECERT in relaynet.client: the message says "certificate". */
+    snprintf(buf, sizeof buf, "certificate verify failed: %s", c->cl->cert_error);
+    msg = buf;
+    len = strlen(buf);
+  }
   if (wsi)
     lws_set_opaque_user_data(wsi, NULL);
   if (c->state == RN_CS_CLOSED)
@@ -33,11 +123,13 @@ static void rn__client_failed(rn_conn *c, struct lws *wsi, const char *msg, size
   rn__conn_unref(c); /* the lws side */
 }
 
-int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
-                        void *user, void *in, size_t len) {
+static int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                               void *user, void *in, size_t len) {
   rn_conn *c = wsi ? (rn_conn *)lws_get_opaque_user_data(wsi) : NULL;
   (void)user;
   switch (reason) {
+  case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+    return rn__client_cert_verdict(wsi, user, len);
   case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
     if (c) {
       const char *msg = in ? (const char *)in : "connection failed";
@@ -96,17 +188,34 @@ static char *rn__optdup(lua_State *L, int idx, const char *field) {
   return r;
 }
 
-/* core.connect{address=, port=, path=, host=, origin=, protocol=, <limits>}
- * -> conn (connecting) | nil, msg, code. RN_EV_OPEN or RN_EV_CONNERR follows. */
+/* core.connect{address=, port=, path=, host=, origin=, protocol=, tls=,
+ * ca=, insecure=, <limits>} -> conn (connecting) | nil, msg, code.
+ * RN_EV_OPEN or RN_EV_CONNERR follows. tls: connect with TLS, verifying
+ * the certificate against ca (a PEM file) or the system's CA store, and
+ * the host name; insecure: accept any certificate and name. */
 static int rn_connect(lua_State *L) {
   rn_loop *l;
   rn_conn *c;
   rn_client_opts *cl;
   struct lws_client_connect_info ci;
   struct lws *wsi = NULL;
+  struct lws_vhost *vh;
   lua_Integer port;
+  int tls, insecure;
+  char err[320];
   luaL_checktype(L, 1, LUA_TTABLE);
   l = rn__loop_ensure(L);
+  lua_getfield(L, 1, "tls");
+  tls = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "insecure");
+  insecure = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "ca");
+  if (!lua_isnil(L, -1) && !lua_isstring(L, -1))
+    return luaL_error(L, "relaynet: ca must be a file name");
+  vh = rn__client_vhost(l, tls ? lua_tostring(L, -1) : NULL, err, sizeof err);
+  lua_pop(L, 3);
+  if (!vh)
+    return rn__fail(L, "ETLS", "%s", err);
   lua_getfield(L, 1, "port");
   port = luaL_checkinteger(L, -1);
   lua_pop(L, 1);
@@ -132,7 +241,14 @@ static int rn_connect(lua_State *L) {
 
   memset(&ci, 0, sizeof ci);
   ci.context = l->ctx;
-  ci.vhost = l->client_vh;
+  ci.vhost = vh;
+  if (tls) {
+    ci.ssl_connection = LCCSCF_USE_SSL;
+    if (insecure)
+      ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_ALLOW_INSECURE |
+                           LCCSCF_ALLOW_EXPIRED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
+    ci.alpn = "http/1.1";
+  }
   ci.address = cl->address;
   ci.port = cl->port;
   ci.path = cl->path ? cl->path : "/";

@@ -75,9 +75,7 @@ static void rn__handle_closed(uv_handle_t *h) {
 
 static int rn__loop_setup(rn_loop *l) {
   struct lws_context_creation_info info;
-  struct lws_vhost *vh;
   void *foreign[1];
-  static struct lws_protocols client_protocols[2];
   const char *dbg = getenv("RELAYNET_LWS_LOG");
 
   lws_set_log_level(dbg ? atoi(dbg) : 0, NULL);
@@ -90,8 +88,12 @@ static int rn__loop_setup(rn_loop *l) {
   info.foreign_loops = foreign;
   /* UTF-8 is validated by relaynet itself (rn_conn.c): lws's validator
    * drops the TCP connection without a close frame on a bad close reason. */
+  /* DO_SSL_GLOBAL_INIT: OpenSSL is set up once for the context (lws's
+   * certificate-verify callback needs it even when only clients use TLS);
+   * each TLS vhost asks for its own contexts (rn_server.c, rn_client.c). */
   info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-                 LWS_SERVER_OPTION_JUST_USE_RAW_ORIGIN; /* send Origin as given */
+                 LWS_SERVER_OPTION_JUST_USE_RAW_ORIGIN | /* send Origin as given */
+                 LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.pt_serv_buf_size = 16384;
   info.max_http_header_data = 8192;
@@ -105,22 +107,6 @@ static int rn__loop_setup(rn_loop *l) {
     return -1;
   }
 
-  /* The client vhost: outgoing connections (rn.ws_connect) bind here. */
-  memset(client_protocols, 0, sizeof client_protocols);
-  client_protocols[0].name = "rn-client";
-  client_protocols[0].callback = rn__client_callback;
-  client_protocols[0].rx_buffer_size = 4096;
-  client_protocols[0].tx_packet_size = 65536;
-  memset(&info, 0, sizeof info);
-  info.port = CONTEXT_PORT_NO_LISTEN;
-  info.protocols = client_protocols;
-  info.vhost_name = "rn-client";
-  vh = lws_create_vhost(l->ctx, &info);
-  if (!vh) {
-    lws_context_destroy(l->ctx);
-    return -1;
-  }
-  l->client_vh = vh;
 
   uv_timer_init(&l->loop, &l->poll_timer);
   uv_timer_init(&l->loop, &l->sweep_timer);
@@ -371,10 +357,11 @@ static int rn_shutdown(lua_State *L) {
   uv_walk(&l->loop, rn__walk_count, &left);
   if (uv_loop_close(&l->loop) != 0 || left > 0 || l->ctx) {
     l->running = 0;
+    rn__client_vhosts_forget(l);
     return rn__fail(L, "EBUSY", "%d uv handle(s) left open at shutdown", left);
   }
   l->running = 0;
-  l->client_vh = NULL;
+  rn__client_vhosts_forget(l);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -34,6 +34,9 @@ void rn__server_unref(rn_server *s) {
   rn__protect_free(s);
   rn__ips_free(s);
   free(s->host);
+  free(s->tls_cert);
+  free(s->tls_key);
+  free(s->tls_ca);
   free(s);
 }
 
@@ -82,6 +85,9 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
   rn_pss *pss = (rn_pss *)user;
 
   switch (reason) {
+  case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+    /* about an outgoing connection: see rn_client.c */
+    return rn__client_cert_verdict(wsi, user, len);
   case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
     /* lws 4.1.6 calls protocols[0] of the listening vhost with the peer's
      * address before it adopts the socket; the listening wsi has no
@@ -241,8 +247,45 @@ static int rn__bind_errno(const char *host, int port) {
   return err;
 }
 
-/* core.listen{port=, host=, websocket=, origins={...}, <limits>} ->
- * server | nil, msg, code */
+/* Reads tls = { cert =, key = [, ca =] [, require_client_cert =] } from the
+ * options at idx into s, checking the files (rn_tls.c). Returns 0 (also when
+ * there is no tls table), or -1 with nil, "ETLS: ...", "ETLS" pushed. Raises
+ * on misuse (a field of the wrong type, a missing cert or key). */
+static int rn__tls_from_table(lua_State *L, int idx, rn_server *s) {
+  char err[320];
+  lua_getfield(L, idx, "tls");
+  if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  luaL_argexpected(L, lua_istable(L, -1), idx, "tls to be a table { cert =, key = }");
+  lua_getfield(L, -1, "cert");
+  lua_getfield(L, -2, "key");
+  lua_getfield(L, -3, "ca");
+  lua_getfield(L, -4, "require_client_cert");
+  if (!lua_isstring(L, -4) || !lua_isstring(L, -3))
+    return luaL_error(L, "relaynet: tls needs cert and key (file names)");
+  if (!lua_isnil(L, -2) && !lua_isstring(L, -2))
+    return luaL_error(L, "relaynet: tls.ca must be a file name");
+  s->tls_require_client_cert = lua_toboolean(L, -1);
+  if (s->tls_require_client_cert && lua_isnil(L, -2))
+    return luaL_error(L, "relaynet: tls.require_client_cert needs tls.ca");
+  s->tls_cert = strdup(lua_tostring(L, -4));
+  s->tls_key = strdup(lua_tostring(L, -3));
+  s->tls_ca = lua_isnil(L, -2) ? NULL : strdup(lua_tostring(L, -2));
+  if (!s->tls_cert || !s->tls_key || (!s->tls_ca && !lua_isnil(L, -2)))
+    return luaL_error(L, "out of memory");
+  lua_pop(L, 5);
+  if (rn__tls_check_server(s->tls_cert, s->tls_key, s->tls_ca, err, sizeof err) < 0) {
+    s->closed = 1;
+    rn__fail(L, "ETLS", "%s", err);
+    return -1;
+  }
+  return 0;
+}
+
+/* core.listen{port=, host=, websocket=, origins={...}, tls={...}, <limits>}
+ * -> server | nil, msg, code */
 static int rn_listen(lua_State *L) {
   rn_loop *l;
   rn_server *s, **box;
@@ -281,6 +324,8 @@ static int rn_listen(lua_State *L) {
       return luaL_error(L, "out of memory");
   }
   lua_pop(L, 1);
+  if (rn__tls_from_table(L, 1, s) < 0)
+    return 3; /* nil, "ETLS: ...", "ETLS" */
   rn__protect_from_table(L, 1, s);
   lua_getfield(L, 1, "origins");
   if (lua_istable(L, -1)) {
@@ -331,6 +376,18 @@ static int rn_listen(lua_State *L) {
     struct in_addr a4;
     if (s->host && inet_pton(AF_INET, s->host, &a4) == 1)
       info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+  }
+  if (s->tls_cert) {
+    /* HTTPS and WSS on this port. Only HTTP/1.1 is offered by ALPN: lws
+     * would otherwise speak HTTP/2 to browsers, where relaynet's request
+     * and upgrade handling is not what it expects. */
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = s->tls_cert;
+    info.ssl_private_key_filepath = s->tls_key;
+    info.ssl_ca_filepath = s->tls_ca;
+    info.alpn = "http/1.1";
+    if (s->tls_require_client_cert)
+      info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
   }
   info.keepalive_timeout = 5;
   /* Always explicit: without a policy lws pings after 300 s. Zero disables. */

@@ -604,11 +604,12 @@ describe("the WebSocket client", function()
     end)
   end)
 
-  it("rejects bad URLs and wss with clear codes", function()
+  it("rejects bad URLs with clear codes; wss to a closed port is refused", function()
     H.run(function()
-      assert.same({ nil, "EINVAL: not a ws:// URL: http://x", "EINVAL" }, { rn.ws_connect("http://x") })
-      assert.same({ nil, "ENOTSUP: wss:// (TLS) is not supported yet", "ENOTSUP" },
-        { rn.ws_connect("wss://127.0.0.1:1/") })
+      assert.same({ nil, "EINVAL: not a ws:// or wss:// URL: http://x", "EINVAL" }, { rn.ws_connect("http://x") })
+      local c, err, code = rn.ws_connect("wss://127.0.0.1:1/")
+      assert.is_nil(c)
+      assert.are.equal("ECONNREFUSED", code, err)
     end)
   end)
 

@@ -6,6 +6,7 @@
 local core = require("relaynet.core")
 local sched = require("relaynet.sched")
 local conn = require("relaynet.conn")
+local tls = require("relaynet.tls")
 
 local M = {}
 
@@ -42,7 +43,11 @@ M.parse_url = parse_url
 --- Connects to a WebSocket server; suspends until the handshake is done.
 --- opts: timeout (s, default 10), origin, protocol, on_message(fn(msg, binary)),
 --- max_queued (messages kept for :receive(), default 1024) and limits.
---- Returns a client, or nil, msg, code.
+--- wss:// verifies the server's certificate against opts.ca (a PEM file;
+--- default rn.tls_config.ca) or the system's CA store, and its host name; opts.insecure = true
+--- accepts any certificate (tests only). Returns a client, or nil, msg,
+--- code: a certificate that fails verification gives ECERT, another TLS
+--- failure ETLS.
 function M.ws_connect(url, opts)
   if type(url) ~= "string" then error("relaynet.ws_connect: url must be a string", 2) end
   opts = opts or {}
@@ -51,8 +56,8 @@ function M.ws_connect(url, opts)
     sched.wait("rn.ws_connect") -- raises the standard explanation
   end
   local scheme, host, port, path = parse_url(url)
-  if not scheme then return fail("EINVAL", "not a ws:// URL: %s", url) end
-  if scheme == "wss" then return fail("ENOTSUP", "wss:// (TLS) is not supported yet") end
+  if not scheme then return fail("EINVAL", "not a ws:// or wss:// URL: %s", url) end
+  if opts.ca ~= nil and type(opts.ca) ~= "string" then error("relaynet.ws_connect: opts.ca must be a file name", 2) end
   if not port or port < 1 or port > 65535 then return fail("EINVAL", "bad port in %s", url) end
   local timeout = opts.timeout or 10
   local deadline = sched.now() + timeout
@@ -71,7 +76,8 @@ function M.ws_connect(url, opts)
     address = addr
   end
   local copt = { address = address, port = port, path = path,
-    host = host .. ":" .. port, origin = opts.origin, protocol = opts.protocol }
+    host = host .. ":" .. port, origin = opts.origin, protocol = opts.protocol,
+    tls = scheme == "wss", ca = tls.client_ca(opts), insecure = opts.insecure == true }
   for k, v in pairs(opts) do
     if DEFAULT_LIMITS[k] ~= nil then copt[k] = v end
   end
@@ -96,7 +102,14 @@ function M.ws_connect(url, opts)
     if cerr and cerr:match("^ETIMEDOUT") then
       return fail("ETIMEDOUT", "connecting to %s timed out after %g s", url, timeout)
     end
-    return fail("ECONNREFUSED", "cannot connect to %s: %s", url, tostring(cerr))
+    cerr = tostring(cerr)
+    -- lws reports TLS failures as connection errors; name them apart.
+    if scheme == "wss" and cerr:find("cert", 1, true) then
+      return fail("ECERT", "certificate of %s not accepted: %s", url, cerr)
+    elseif scheme == "wss" and (cerr:find("SSL", 1, true) or cerr:find("tls", 1, true)) then
+      return fail("ETLS", "TLS with %s failed: %s", url, cerr)
+    end
+    return fail("ECONNREFUSED", "cannot connect to %s: %s", url, cerr)
   end
   return self
 end

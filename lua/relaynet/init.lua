@@ -6,6 +6,7 @@
 --   relaynet.conn     connection records (the only user of a connection's C box)
 --   relaynet.server   HttpServer, WebSocket, the built-in endpoint registry
 --   relaynet.client   ws_connect and the WebSocket client
+--   relaynet.tls      rn.tls_config, the process-wide TLS files
 --   relaynet.rpc      /ws/p2p, /rpc and the mesh views on mesh-enabled servers
 --   relaynet.mesh     the mesh (peers, routes, remote calls)
 --
@@ -52,6 +53,9 @@ M._rpc_ws = rpc.ws_message
 -- JSON: relaynet.json, the exact codec the mesh and JSON-RPC use (integers
 -- stay integers; decode and encode return nil, message instead of raising).
 M.json = require("relaynet.json")
+
+-- TLS: process-wide certificate, key and CA files (relaynet.tls)
+M.tls_config = require("relaynet.tls").config
 
 -- the mesh
 M.node_id = mesh.node_id

@@ -13,6 +13,7 @@ local sched = require("relaynet.sched")
 local http = require("relaynet.http")
 local mesh = require("relaynet.mesh")
 local conn = require("relaynet.conn")
+local tls = require("relaynet.tls")
 local json = require("relaynet.json")
 
 local M = {}
@@ -98,6 +99,7 @@ local function listen(opts, websocket)
   local insecure = opts.insecure_mesh
   if insecure == nil then insecure = mesh.config.insecure_mesh end
   if opts.mesh ~= false and not insecure then copt.protected_paths = M.PROTECTED_PATHS end
+  copt.tls = tls.server_tls(opts)
   local box, err, code = core.listen(copt)
   if not box then return nil, err, code end
   local port = box:port()
