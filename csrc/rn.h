@@ -470,6 +470,12 @@ void rn__client_open_lua(lua_State *L);
 void rn__client_vhosts_forget(rn_loop *l);
 int rn__client_cert_verdict(struct lws *wsi, void *x509_ctx, size_t preverify_ok);
 
+/* rn_crypto.c: libcrypto primitives for the mesh (core.random, sha256,
+ * hmac_sha256, equal, ed25519_*, key_load/key_write, b64*), and a
+ * connection's TLS exporter value. */
+void rn__crypto_open_lua(lua_State *L);
+int rn__conn_tls_binding(lua_State *L, rn_conn *c);
+
 /* rn_json.c, rn_jsondec.c: the JSON codec (core.json_encode/json_decode).
  * Whatever relaynet.json.MAX_DEPTH says, neither direction nests deeper than
  * RN_JSON_DEPTH_CAP: both recurse on the C stack, and the encoder's cycle

@@ -331,6 +331,11 @@ static int rn_conn_set_rate_scale(lua_State *L) {
   return 0;
 }
 
+/* conn:tls_binding() -> the TLS exporter value, or nil (rn_crypto.c). */
+static int rn_conn_tls_binding(lua_State *L) {
+  return rn__conn_tls_binding(L, rn__conn_check(L, 1));
+}
+
 /* conn:pause(true|false): stops or resumes reading from the socket (TCP
  * back-pressure for a receiver that cannot keep up). */
 static int rn_conn_pause(lua_State *L) {
@@ -438,6 +443,7 @@ void rn__conn_open_lua(lua_State *L) {
     {"pause", rn_conn_pause},
     {"set_internal", rn_conn_set_internal},
     {"set_rate_scale", rn_conn_set_rate_scale},
+    {"tls_binding", rn_conn_tls_binding},
     {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", rn_conn_gc},

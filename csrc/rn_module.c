@@ -24,6 +24,7 @@ int luaopen_relaynet_core(lua_State *L) {
   rn__server_open_lua(L);
   rn__client_open_lua(L);
   rn__json_open_lua(L);
+  rn__crypto_open_lua(L);
   /* core.EV_HTTP, core.EV_OPEN, ...: the event kinds dispatch receives. */
 #define RN__EV_CONST(name, doc)      \
   lua_pushinteger(L, RN_EV_##name); \

@@ -68,6 +68,13 @@ function M.info(rec)
   return rec.box:info()
 end
 
+--- The TLS exporter value of the connection (32 bytes), or nil when it
+--- does not run over TLS (or is closed): channel binding for the mesh.
+function M.tls_binding(rec)
+  if rec.closed then return nil end
+  return rec.box:tls_binding()
+end
+
 --- Starts the close handshake; returns what the core returns.
 function M.close(rec, code, reason)
   return rec.box:close(code, reason)
