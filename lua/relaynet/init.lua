@@ -7,8 +7,8 @@
 --   relaynet.server   HttpServer, WebSocket, the built-in endpoint registry
 --   relaynet.client   ws_connect and the WebSocket client
 --   relaynet.tls      rn.tls_config, the process-wide TLS files
---   relaynet.rpc      /ws/p2p, /rpc and the mesh views on mesh-enabled servers
---   relaynet.mesh     the mesh (peers, routes, remote calls)
+--   relaynet.rpc      /rpc and the mesh views on mesh-enabled servers
+--   relaynet.mesh     the mesh (peers, routes, remote calls; it mounts /ws/p2p)
 --
 -- Error convention: misuse (a wrong argument type, a closed object) raises;
 -- operational failures (timeouts, closed connections, full queues) return

@@ -6,7 +6,8 @@
 -- M.mount(path, { on_open, on_message, on_close }) claims a WebSocket path
 -- on every mesh-enabled server, and M.builtin(fn) runs fn(server) for each
 -- new mesh-enabled server (to add its HTTP routes). relaynet.rpc registers
--- /ws/p2p, /rpc and the views this way.
+-- /rpc and the views this way, and relaynet.mesh (mesh/transport.lua)
+-- /ws/p2p.
 
 local core = require("relaynet.core")
 local sched = require("relaynet.sched")
