@@ -129,6 +129,7 @@ typedef struct rn_counters {
   uint64_t ws_too_big;           /* 1009 closes: max_message */
   uint64_t ws_slow_closes;       /* 1008 closes: slow consumer */
   uint64_t protected_refused;    /* 403: a mesh route asked by a non-loopback peer */
+  uint64_t token_refused;        /* 401: a token path asked without the bearer token */
   uint64_t buffer_send_refusals; /* EQUEUEFULL (or a broadcast skipped): max_buffered */
   uint64_t buffer_rx_closes;     /* 1008 closes: a reassembly buffer past max_buffered */
   uint64_t buffer_body_refusals; /* 503: a request body buffer past max_buffered */
@@ -197,6 +198,10 @@ typedef struct rn_server {
   int norigins;
   char **protected_paths; /* exact paths served to loopback peers only (rn_protect.c) */
   int nprotected;
+  char **token_paths;     /* exact paths that need the bearer token (rn_protect.c) */
+  int ntoken_paths;
+  char *token;            /* "Bearer <token>", or NULL */
+  size_t token_len;
   int refcnt;         /* Lua box + live connections/requests */
   int owner_ref;      /* registry ref of the Lua value set by server:set_owner(),
                        * pushed with OPEN and HTTP events; LUA_NOREF: none */

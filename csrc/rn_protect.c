@@ -8,6 +8,11 @@
  * loopback address mapped into IPv6) is answered 403 with a plain-text body
  * saying how to allow it, before any Lua code runs. The address comes from
  * the socket (getpeername), never from a header.
+ *
+ * Token paths: with a bearer token set (--rpc-token: JSON-RPC and the mesh
+ * views), those paths need "Authorization: Bearer <token>" from every peer,
+ * loopback included, compared in constant time; without it they answer 401.
+ * A token path is not also loopback-only: the token is the credential.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,6 +21,8 @@
 #include <sys/socket.h>
 
 #include "rn.h"
+
+#include <openssl/crypto.h>
 
 /* Is the connection's peer on the loopback network? 0 when unknown. */
 int rn__peer_is_loopback(struct lws *wsi) {
@@ -37,37 +44,73 @@ int rn__peer_is_loopback(struct lws *wsi) {
   return 0;
 }
 
-/* Reads opts.protected_paths (a list of exact paths, or nil) into s. */
-void rn__protect_from_table(lua_State *L, int idx, rn_server *s) {
-  int i, n;
-  lua_getfield(L, idx, "protected_paths");
+/* Reads the list of exact paths in field `name` of the options at idx (nil:
+ * none) into *paths / *n. */
+static void rn__paths_from_table(lua_State *L, int idx, const char *name, char ***paths, int *n) {
+  int i, len;
+  lua_getfield(L, idx, name);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return;
   }
   luaL_checktype(L, -1, LUA_TTABLE);
-  n = (int)lua_rawlen(L, -1);
-  s->protected_paths = (char **)calloc((size_t)n + 1, sizeof(char *));
-  if (!s->protected_paths)
+  len = (int)lua_rawlen(L, -1);
+  *paths = (char **)calloc((size_t)len + 1, sizeof(char *));
+  if (!*paths)
     luaL_error(L, "out of memory");
-  for (i = 1; i <= n; i++) {
+  for (i = 1; i <= len; i++) {
     lua_rawgeti(L, -1, i);
-    s->protected_paths[i - 1] = strdup(luaL_checkstring(L, -1));
-    if (!s->protected_paths[i - 1])
+    (*paths)[i - 1] = strdup(luaL_checkstring(L, -1));
+    if (!(*paths)[i - 1])
       luaL_error(L, "out of memory");
-    s->nprotected = i;
+    *n = i;
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
 }
 
-void rn__protect_free(rn_server *s) {
+static void rn__paths_free(char ***paths, int *n) {
   int i;
-  for (i = 0; i < s->nprotected; i++)
-    free(s->protected_paths[i]);
-  free(s->protected_paths);
-  s->protected_paths = NULL;
-  s->nprotected = 0;
+  for (i = 0; i < *n; i++)
+    free((*paths)[i]);
+  free(*paths);
+  *paths = NULL;
+  *n = 0;
+}
+
+/* Reads opts.protected_paths, opts.token_paths and opts.token (a string of
+ * 16 to 256 bytes, needed with token_paths) into s. */
+void rn__protect_from_table(lua_State *L, int idx, rn_server *s) {
+  size_t tlen = 0;
+  const char *token;
+  rn__paths_from_table(L, idx, "protected_paths", &s->protected_paths, &s->nprotected);
+  rn__paths_from_table(L, idx, "token_paths", &s->token_paths, &s->ntoken_paths);
+  lua_getfield(L, idx, "token");
+  token = lua_tolstring(L, -1, &tlen);
+  if (s->ntoken_paths && (!token || tlen < 16 || tlen > 256))
+    luaL_error(L, "relaynet: token must be a string of 16 to 256 bytes");
+  if (token && s->ntoken_paths) {
+    /* kept as the whole header value, "Bearer <token>" */
+    s->token = (char *)malloc(tlen + 8);
+    if (!s->token)
+      luaL_error(L, "out of memory");
+    memcpy(s->token, "Bearer ", 7);
+    memcpy(s->token + 7, token, tlen);
+    s->token[tlen + 7] = '\0';
+    s->token_len = tlen + 7;
+  }
+  lua_pop(L, 1);
+}
+
+void rn__protect_free(rn_server *s) {
+  rn__paths_free(&s->protected_paths, &s->nprotected);
+  rn__paths_free(&s->token_paths, &s->ntoken_paths);
+  if (s->token) {
+    OPENSSL_cleanse(s->token, s->token_len);
+    free(s->token);
+  }
+  s->token = NULL;
+  s->token_len = 0;
 }
 
 static const char rn__protect_body[] =
@@ -77,34 +120,66 @@ static const char rn__protect_body[] =
   "(HttpServer.listen{ insecure_mesh = true }), which logs a warning, or turn the\n"
   "mesh routes off with --no-mesh (HttpServer.listen{ mesh = false }).\n";
 
+static const char rn__token_body[] =
+  "401 Unauthorized: this path (JSON-RPC or a mesh view) needs the node's bearer token:\n"
+  "send the header \"Authorization: Bearer <token>\" with the token the node was\n"
+  "started with (--rpc-token FILE).\n";
+
+/* Writes a whole response with a hand-made status line (see below). */
+static int rn__write_status(struct lws *wsi, const char *status, const char *extra, const char *body,
+                            size_t blen) {
+  unsigned char buf[LWS_PRE + 1024];
+  unsigned char *start = buf + LWS_PRE;
+  int n = snprintf((char *)start, sizeof buf - LWS_PRE,
+                   "HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
+                   "content-length: %u\r\nconnection: close\r\n\r\n%s",
+                   status, extra, (unsigned)blen, body);
+  if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
+    return -1;
+  if (lws_write(wsi, start, (size_t)n, LWS_WRITE_RAW) < 0)
+    return -1;
+  return 1;
+}
+
+/* 1 when the request carries "Authorization: <s->token>" (constant time). */
+static int rn__token_ok(rn_server *s, struct lws *wsi) {
+  char got[300];
+  int n = lws_hdr_copy(wsi, got, sizeof got, WSI_TOKEN_HTTP_AUTHORIZATION);
+  return n > 0 && (size_t)n == s->token_len && CRYPTO_memcmp(got, s->token, s->token_len) == 0;
+}
+
+static int rn__path_in(char **paths, int n, const char *path) {
+  int i;
+  for (i = 0; i < n; i++)
+    if (!strcmp(paths[i], path))
+      return 1;
+  return 0;
+}
+
 /* When `path` is protected on s and the peer is not on loopback, writes the
  * 403 response and returns 1 (the caller then ends the transaction, or
- * returns 1 from CONFIRM_UPGRADE); returns -1 if the write failed and 0 when
- * the request may go on. Counts each refusal (protected_refused).
+ * returns 1 from CONFIRM_UPGRADE); a token path without the right token gets
+ * 401 the same way. Returns -1 if the write failed and 0 when the request
+ * may go on. Counts each refusal (protected_refused, token_refused).
  *
  * The status line is written by hand: while an upgrade is being confirmed,
  * lws 4.1.6 has not yet recorded the request's HTTP version and its header
  * helpers would answer "HTTP/1.0", which WebSocket clients reject as an
  * invalid response instead of reporting the 403. */
 int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path) {
-  unsigned char buf[LWS_PRE + 1024];
-  unsigned char *start = buf + LWS_PRE;
-  int i, n, hit = 0;
-  if (!s->nprotected || !path)
+  if (!path)
     return 0;
-  for (i = 0; i < s->nprotected && !hit; i++)
-    hit = !strcmp(s->protected_paths[i], path);
-  if (!hit || rn__peer_is_loopback(wsi))
+  if (s->ntoken_paths && rn__path_in(s->token_paths, s->ntoken_paths, path)) {
+    if (rn__token_ok(s, wsi))
+      return 0;
+    s->counters.token_refused++;
+    s->L->counters.token_refused++;
+    return rn__write_status(wsi, "401 Unauthorized", "www-authenticate: Bearer realm=\"relaynet\"\r\n",
+                            rn__token_body, sizeof rn__token_body - 1);
+  }
+  if (!s->nprotected || !rn__path_in(s->protected_paths, s->nprotected, path) || rn__peer_is_loopback(wsi))
     return 0;
   s->counters.protected_refused++;
   s->L->counters.protected_refused++;
-  n = snprintf((char *)start, sizeof buf - LWS_PRE,
-               "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
-               "content-length: %u\r\nconnection: close\r\n\r\n%s",
-               (unsigned)(sizeof rn__protect_body - 1), rn__protect_body);
-  if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
-    return -1;
-  if (lws_write(wsi, start, (size_t)n, LWS_WRITE_RAW) < 0)
-    return -1;
-  return 1;
+  return rn__write_status(wsi, "403 Forbidden", "", rn__protect_body, sizeof rn__protect_body - 1);
 }

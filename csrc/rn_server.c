@@ -424,7 +424,7 @@ static int rn_server_port(lua_State *L) {
 
 /* Pushes a table of refusal counters (names as in rn_counters). */
 void rn__counters_push(lua_State *L, const rn_counters *c) {
-  lua_createtable(L, 0, 12);
+  lua_createtable(L, 0, 13);
   lua_pushinteger(L, (lua_Integer)c->conn_refused_per_ip);
   lua_setfield(L, -2, "conn_refused_per_ip");
   lua_pushinteger(L, (lua_Integer)c->http_body_timeouts);
@@ -441,6 +441,8 @@ void rn__counters_push(lua_State *L, const rn_counters *c) {
   lua_setfield(L, -2, "ws_slow_closes");
   lua_pushinteger(L, (lua_Integer)c->protected_refused);
   lua_setfield(L, -2, "protected_refused");
+  lua_pushinteger(L, (lua_Integer)c->token_refused);
+  lua_setfield(L, -2, "token_refused");
   lua_pushinteger(L, (lua_Integer)c->buffer_send_refusals);
   lua_setfield(L, -2, "buffer_send_refusals");
   lua_pushinteger(L, (lua_Integer)c->buffer_rx_closes);

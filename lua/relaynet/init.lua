@@ -36,6 +36,7 @@ M.on_error = runtime.on_error
 M.server = runtime.server
 -- For the relaynet command: sets the server rn.server() returns.
 M._set_default_server = runtime.set_default_server
+M.set_rpc_token = server.set_rpc_token
 
 M.spawn = sched.spawn
 M.sleep = sched.sleep

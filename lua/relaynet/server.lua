@@ -31,9 +31,35 @@ local CONNECT_LABEL, CLOSE_LABEL = "connect handler for ", "close handler for "
 -- the CLI's --insecure-mesh) serves them to everyone and logs a warning.
 M.PROTECTED_PATHS = { "/ws/p2p", "/rpc", "/status", "/peers", "/routes", "/registry" }
 
+-- With credentials, protected mode lifts path by path: /ws/p2p once the mesh
+-- authenticates its links (rn.mesh_auth), and JSON-RPC and the views once a
+-- bearer token is set (rn.set_rpc_token, --rpc-token): they then answer
+-- every address, and need "Authorization: Bearer <token>" from all of them.
+M.TOKEN_PATHS = { "/rpc", "/status", "/peers", "/routes", "/registry" }
+
 --- Settings read at the moment they apply; the facade exposes
 --- shutdown_grace as rn.SHUTDOWN_GRACE (read and write).
-M.settings = { shutdown_grace = 5 }
+M.settings = { shutdown_grace = 5, rpc_token = nil }
+
+--- Sets the bearer token JSON-RPC and the mesh views require on servers
+--- that listen after this (nil: none). It must be 16 to 256 bytes.
+function M.set_rpc_token(token)
+  if token ~= nil and (type(token) ~= "string" or #token < 16 or #token > 256) then
+    error("relaynet.set_rpc_token: the token must be a string of 16 to 256 bytes", 2)
+  end
+  M.settings.rpc_token = token
+end
+
+-- The paths of protected mode a new server keeps (see PROTECTED_PATHS).
+local function protected_paths(token)
+  local authenticated = mesh.authenticated and mesh.authenticated()
+  local keep = {}
+  for _, p in ipairs(M.PROTECTED_PATHS) do
+    local lifted = (p == "/ws/p2p" and authenticated) or (token and p ~= "/ws/p2p")
+    if not lifted then keep[#keep + 1] = p end
+  end
+  return keep
+end
 
 -- state of the current run (M.reset empties it) ---------------------------------
 
@@ -99,7 +125,13 @@ local function listen(opts, websocket)
   if copt.websocket == nil then copt.websocket = true end
   local insecure = opts.insecure_mesh
   if insecure == nil then insecure = mesh.config.insecure_mesh end
-  if opts.mesh ~= false and not insecure then copt.protected_paths = M.PROTECTED_PATHS end
+  local token = opts.rpc_token
+  if token == nil then token = M.settings.rpc_token end
+  if opts.mesh ~= false then
+    if token then copt.token, copt.token_paths = token, M.TOKEN_PATHS end
+    if not insecure then copt.protected_paths = protected_paths(token) end
+  end
+  copt.rpc_token = nil
   copt.tls = tls.server_tls(opts)
   local box, err, code = core.listen(copt)
   if not box then return nil, err, code end
