@@ -2,6 +2,8 @@
 --
 --   lua5.4 examples/chat.lua [port]        (default port 8080)
 --   bin/relaynet examples/chat.lua [port]  (the same, in relaynet's runner)
+--   bin/relaynet examples/chat.lua [port] --tls-cert CERT --tls-key KEY
+--                                           (https, and the page chats over wss)
 --
 -- Protocol (every frame is a JSON object with a "type"):
 --   client -> server  {type="join", name=...}   name: 1-32 characters once trimmed
@@ -158,7 +160,10 @@ if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
       io.stderr:write("chat: ", err, "\n")
       return false
     end
-    print("chat room on http://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
+    -- M.start passes no tls option: the server is https exactly when the
+    -- process-wide certificate is set (bin/relaynet --tls-cert/--tls-key).
+    local scheme = rn.tls_config.cert and "https" or "http"
+    print("chat room on " .. scheme .. "://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
     io.stdout:flush()
     return true
   end

@@ -1,16 +1,33 @@
 -- examples/chat.lua: the JSON protocol over relaynet's own client, the page
--- over HTTP, two headless Chromium pages (spec/e2e/chat_browser.js), and the
--- file run as a script.
+-- over HTTP, two headless Chromium pages (spec/e2e/chat_browser.js) over
+-- http and ws and over https and wss, and the file run as a script.
 
 local rn = require("relaynet")
 local json = require("relaynet.json")
 local H = require("helper")
+local T = require("tls_files")
 
 local chat = dofile(H.ROOT .. "/examples/chat.lua")
 
 local function start()
   local srv = assert(chat.start(0, "127.0.0.1"))
   return srv, "ws://127.0.0.1:" .. srv.port .. "/ws"
+end
+
+-- Starts the chat script with sh, waits for its banner line (naming
+-- `scheme`, default http), returns the handle and the port it printed.
+local function spawn(cmd, scheme)
+  local h = H.sh(cmd)
+  for _ = 1, 500 do
+    local f = io.open(h.base .. ".out")
+    local banner = f and f:read("a") or ""
+    if f then f:close() end
+    local port = banner:match("^chat room on " .. (scheme or "http") .. "://localhost:(%d+)/ %(Ctrl%-C stops%)\n$")
+    if port then return h, port end
+    rn.sleep(0.02)
+  end
+  h:kill()
+  error("the chat script printed no banner: " .. cmd)
 end
 
 -- The next message on client c, decoded.
@@ -237,25 +254,51 @@ describe("examples/chat.lua", function()
         assert.are.equal("chat_browser: OK\n", out)
       end, { timeout = 60 })
     end)
+
+    it("lets them chat over https and wss, the server's key trusted by its SPKI hash", function()
+      local F = T.make()
+      finally(function() T.remove() end)
+      H.run(function()
+        -- The base64 SHA-256 of the certificate's SubjectPublicKeyInfo, for
+        -- Chromium's --ignore-certificate-errors-spki-list.
+        local rc, spki, err = H.sh("openssl x509 -in " .. H.q(F.cert) .. " -pubkey -noout"
+          .. " | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64"):wait(10)
+        assert.are.equal(0, rc, err)
+        spki = spki:gsub("%s+$", "")
+        assert.matches("^[%w+/]+=$", spki)
+
+        local h, port = spawn("cd / && exec lua5.4 " .. H.q(H.ROOT .. "/bin/relaynet") .. " "
+          .. H.q(H.ROOT .. "/examples/chat.lua") .. " 0 --tls-cert " .. H.q(F.cert)
+          .. " --tls-key " .. H.q(F.key), "https")
+        local ok, res = pcall(function()
+          local base = "https://localhost:" .. port .. "/"
+          -- TLS is really what the port speaks: https verifies against the
+          -- test CA and plain http is not served.
+          local status, body = H.curl("--cacert " .. H.q(F.ca) .. " " .. H.q(base))
+          assert.are.equal(200, status)
+          assert.matches("<title>relaynet chat</title>", body, 1, true)
+          assert.are_not.equal(200, (H.curl(H.q("http://localhost:" .. port .. "/"))))
+
+          local cmd = "node " .. H.q(H.ROOT .. "/spec/e2e/chat_browser.js") .. " " .. H.q(base)
+            .. " --trust-spki=" .. H.q(spki)
+          local brc, out, berr = H.sh(cmd):wait(45)
+          assert.are.equal(0, brc, "chat_browser.js failed:\n" .. out .. berr)
+          assert.are.equal("chat_browser: OK\n", out)
+
+          -- Without the key's hash the browser refuses the certificate.
+          brc, out, berr = H.sh("node " .. H.q(H.ROOT .. "/spec/e2e/chat_browser.js") .. " " .. H.q(base)):wait(45)
+          assert.are.equal(1, brc, out .. berr)
+          assert.matches("ERR_CERT_AUTHORITY_INVALID", berr, 1, true)
+        end)
+        os.execute("pkill -TERM -P " .. h.pid)
+        local src = h:wait(15)
+        assert(ok, res)
+        assert.are.equal(0, src)
+      end, { timeout = 120 })
+    end)
   end)
 
   describe("as a script", function()
-    -- Starts the script with sh, waits for its banner line, returns the
-    -- handle and the port it printed.
-    local function spawn(cmd)
-      local h = H.sh(cmd)
-      for _ = 1, 500 do
-        local f = io.open(h.base .. ".out")
-        local banner = f and f:read("a") or ""
-        if f then f:close() end
-        local port = banner:match("^chat room on http://localhost:(%d+)/ %(Ctrl%-C stops%)\n$")
-        if port then return h, port end
-        rn.sleep(0.02)
-      end
-      h:kill()
-      error("the chat script printed no banner: " .. cmd)
-    end
-
     it("serves the page from any working directory and stops cleanly on SIGTERM", function()
       H.run(function()
         local h, port = spawn("cd / && exec lua5.4 " .. H.q(H.ROOT .. "/examples/chat.lua") .. " 0")

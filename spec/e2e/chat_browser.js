@@ -2,10 +2,18 @@
 // Browser end-to-end test of examples/chat.lua in headless Chromium.
 //
 //   node spec/e2e/chat_browser.js http://127.0.0.1:PORT/ [--screenshot=/tmp/chat.png]
+//   node spec/e2e/chat_browser.js https://localhost:PORT/ --trust-spki=BASE64 [--screenshot=...]
 //
 // Two pages (separate browser contexts) join as Alice and Bob, talk to each
 // other, check join notices, user counts and user lists; then Bob's page
 // closes and Alice must see the leave notice and the count drop to 1.
+//
+// Over https, --trust-spki names the server certificate's key (the base64
+// SHA-256 of its SubjectPublicKeyInfo), which Chromium then accepts through
+// --ignore-certificate-errors-spki-list; no other certificate error is
+// ignored. Every page must then have been served over TLS (Playwright's
+// securityDetails) and every WebSocket it opened must be wss://; over http
+// every WebSocket must be ws://.
 // Exits 0 on success, 1 with a message naming the failed step otherwise,
 // 2 on bad usage, 3 when the whole run exceeds the hard timeout.
 "use strict";
@@ -18,10 +26,16 @@ const STEP_TIMEOUT_MS = 8000;
 const url = process.argv[2];
 const shotArg = process.argv.slice(3).find((a) => a.startsWith("--screenshot="));
 const screenshot = shotArg ? shotArg.slice("--screenshot=".length) : null;
-if (!url || !/^https?:\/\//.test(url)) {
-  console.error("usage: node chat_browser.js http://host:port/ [--screenshot=file.png]");
+const spkiArg = process.argv.slice(3).find((a) => a.startsWith("--trust-spki="));
+const trustSpki = spkiArg ? spkiArg.slice("--trust-spki=".length) : null;
+const badArg = process.argv.slice(3).find((a) => !/^--(screenshot|trust-spki)=./.test(a));
+if (!url || !/^https?:\/\//.test(url) || badArg || (trustSpki && !/^[A-Za-z0-9+/]{43}=$/.test(trustSpki))) {
+  console.error("usage: node chat_browser.js http://host:port/ [--screenshot=file.png]\n" +
+    "       node chat_browser.js https://host:port/ --trust-spki=BASE64_SHA256_OF_SPKI [--screenshot=file.png]");
   process.exit(2);
 }
+const tls = url.startsWith("https:");
+const wsScheme = tls ? "wss:" : "ws:";
 
 let browser = null;
 let step = "starting";
@@ -73,25 +87,44 @@ async function expectEqual(actual, expected, what) {
 async function openAndJoin(name) {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
   const page = await context.newPage();
+  const sockets = [];
+  page.on("websocket", (ws) => sockets.push(ws.url()));
   page.on("pageerror", (err) => { pageErrors.push(`${name}: ${err.message}`); });
   page.on("console", (msg) => { if (msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`); });
   const resp = await page.goto(url, { timeout: STEP_TIMEOUT_MS });
   if (!resp || resp.status() !== 200) throw new Error(`GET ${url} answered ${resp && resp.status()}`);
+  if (tls) {
+    const sec = await resp.securityDetails();
+    if (!page.url().startsWith("https:") || !sec || !sec.protocol) {
+      throw new Error(`the page ${page.url()} was not served over TLS (security details: ${JSON.stringify(sec)})`);
+    }
+  }
   await page.fill("#name", "  " + name + " ");
   await page.click("#join");
-  return { context, page };
+  return { context, page, sockets };
+}
+
+// Checks that the page opened exactly one WebSocket, to /ws with the scheme
+// that matches the page's (wss: under https).
+function checkSockets(who, p) {
+  const want = `${wsScheme}//${new URL(url).host}/ws`;
+  if (p.sockets.length !== 1 || p.sockets[0] !== want) {
+    throw new Error(`${who}'s page opened WebSockets ${JSON.stringify(p.sockets)}; expected [${JSON.stringify(want)}]`);
+  }
 }
 
 const pageErrors = [];
 
 async function main() {
   step = "launching chromium";
+  const args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+  if (trustSpki) args.push(`--ignore-certificate-errors-spki-list=${trustSpki}`);
   browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     headless: true,
     timeout: 15000,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args,
   });
 
   step = "Alice opens the page and joins";
@@ -140,6 +173,10 @@ async function main() {
   await waitText(a.page, "#count", "1 online");
   await expectEqual(a.page.$$eval("#users li", (els) => els.map((e) => e.textContent)), ["Alice"],
     "Alice's user list after Bob left");
+
+  step = `checking that each page used one ${wsScheme}// WebSocket`;
+  checkSockets("Alice", a);
+  checkSockets("Bob", b);
 
   step = "checking for page errors";
   if (pageErrors.length) throw new Error("JavaScript errors on the page:\n  " + pageErrors.join("\n  "));
