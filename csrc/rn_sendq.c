@@ -32,20 +32,24 @@ rn_msg *rn__msg_new(const void *data, size_t len, int binary) {
   return m;
 }
 
+/* Tells the waiter of a queued message (its ticket) whether it was written. */
+static void rn__written(rn_conn *c, uint64_t ticket, int ok) {
+  rn_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.type = RN_EV_WRITTEN;
+  ev.conn = c;
+  ev.ticket = ticket;
+  ev.flag = ok;
+  rn__event_push(c->L, &ev);
+}
+
 /* Drops every queued message; a waiter (ticket) is told it was not written. */
 void rn__sendq_clear(rn_conn *c) {
   rn_qnode *n = c->qhead, *next;
   for (; n; n = next) {
     next = n->next;
-    if (n->ticket) {
-      rn_event ev;
-      memset(&ev, 0, sizeof ev);
-      ev.type = RN_EV_WRITTEN;
-      ev.conn = c;
-      ev.ticket = n->ticket;
-      ev.flag = 0; /* not written */
-      rn__event_push(c->L, &ev);
-    }
+    if (n->ticket)
+      rn__written(c, n->ticket, 0); /* not written */
     rn__msg_unref(n->msg);
     free(n);
   }
@@ -120,15 +124,8 @@ int rn__sendq_flush(rn_conn *c, struct lws *wsi) {
     if (c->srv)
       rn__buffered_sub(c->srv, n->msg->len);
     rc = rn__write_msg(c, n->msg);
-    if (n->ticket) {
-      rn_event ev;
-      memset(&ev, 0, sizeof ev);
-      ev.type = RN_EV_WRITTEN;
-      ev.conn = c;
-      ev.ticket = n->ticket;
-      ev.flag = rc == 0;
-      rn__event_push(c->L, &ev);
-    }
+    if (n->ticket)
+      rn__written(c, n->ticket, rc == 0);
     rn__msg_unref(n->msg);
     free(n);
     if (rc < 0)
