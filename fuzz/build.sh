@@ -73,7 +73,7 @@ for h in ${FUZZ_ONLY:-json_decode json_roundtrip ws_receive http_request}; do
   case $h in
     ws_receive) $CC $FZ "fuzz/$h.c" "$CORE_DIR/rn_buf.c" "$CORE_DIR/rn_recv.c" "$CORE_DIR/rn_close.c" \
                   "$CORE_DIR/rn_sendq.c" "$CORE_DIR/rn_utf8.c" -o "$OUT/$h" $LUA_LIBS ;;
-    *) $CC $FZ -DRN_REPO="\"$PWD\"" "fuzz/$h.c" $CORE_SRC -o "$OUT/$h" $LUA_LIBS -lwebsockets -luv ;;
+    *) $CC $FZ -DRN_REPO="\"$PWD\"" "fuzz/$h.c" $CORE_SRC -o "$OUT/$h" $LUA_LIBS -lwebsockets -luv -lssl -lcrypto ;;
   esac
 done
 echo "fuzz: harnesses built in $OUT"
