@@ -7,9 +7,16 @@
  * ping answered with pong, close answered). It runs in one thread on one
  * core; run it pinned to a core other than the server's.
  *
- *   loadgen --url ws://127.0.0.1:PORT/ --mode echo|idle|churn|broadcast-recv
+ * wss:// URLs speak TLS through OpenSSL over memory BIOs (the sockets stay
+ * libuv's): every TLS connection makes a full handshake (no session
+ * resumption) and verifies the server's certificate and host name against
+ * --ca FILE (--no-verify skips that). Each WebSocket frame sent is one
+ * SSL_write, so one TLS record.
+ *
+ *   loadgen --url ws[s]://127.0.0.1:PORT/ --mode echo|idle|churn|broadcast-recv
  *           [--conns N] [--inflight K] [--size BYTES] [--duration S]
  *           [--warmup S] [--count M] [--server-pid PID] [--binary]
+ *           [--ca FILE | --no-verify]
  *
  * Modes (each prints one JSON line on stdout):
  *   echo            N connections each keep K messages in flight; every echo
@@ -20,7 +27,9 @@
  *                   RSS growth per connection.
  *   churn           N slots loop connect + upgrade + close handshake;
  *                   cycles/s and the server's RSS before/after (--count:
- *                   measured cycles).
+ *                   measured cycles), and the time from connect() to the
+ *                   101 response read (TCP + TLS + HTTP upgrade: open_p50_us,
+ *                   open_p99_us).
  *   broadcast-recv  N receiving connections plus one sender. Every message
  *                   the sender sends is expected on every receiver (the
  *                   server broadcasts what it receives). The sender keeps K
@@ -44,6 +53,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 /* ---- options ------------------------------------------------------------ */
@@ -65,7 +77,13 @@ static struct {
   int binary;
   int connect_parallel;
   double settle;
-} opt = {"127.0.0.1", 0, "/", 1, 1, 16, 5.0, 1.0, 0, M_ECHO, 0, 0, 128, 1.0};
+  int tls;            /* wss:// */
+  char tls_host[256]; /* the URL's host: SNI and the name verified */
+  const char *ca;     /* --ca FILE */
+  int no_verify;      /* --no-verify */
+} opt = {"127.0.0.1", 0, "/", 1, 1, 16, 5.0, 1.0, 0, M_ECHO, 0, 0, 128, 1.0, 0, "", NULL, 0};
+
+static SSL_CTX *tls_ctx; /* set when opt.tls */
 
 static void die(const char *fmt, ...) {
   va_list ap;
@@ -215,7 +233,7 @@ static double self_cpu(void) {
 
 /* ---- connections ---------------------------------------------------------- */
 
-enum { S_FREE, S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSING, S_DONE };
+enum { S_FREE, S_CONNECTING, S_TLS, S_HANDSHAKE, S_OPEN, S_CLOSING, S_DONE };
 enum { R_ECHO, R_IDLE, R_CHURN, R_RECV, R_SEND };
 
 typedef struct conn {
@@ -224,6 +242,8 @@ typedef struct conn {
   uv_timer_t timer; /* churn: close-handshake deadline */
   int idx, role, state;
   int timer_on;
+  SSL *ssl;           /* TLS: the session, over memory BIOs */
+  uint64_t t_connect; /* when the connect began (churn: open latency) */
   char key[32];
   char hbuf[2048];
   size_t hlen;
@@ -335,6 +355,58 @@ static void on_written(uv_write_t *req, int status) {
   free(w);
 }
 
+/* TLS: writes whatever OpenSSL has put in the connection's outgoing memory
+ * BIO (records, handshake messages) to the socket. Returns 0, or -1 when
+ * the write could not start. */
+static int tls_flush(conn *c) {
+  BIO *wb = SSL_get_wbio(c->ssl);
+  size_t pend = BIO_ctrl_pending(wb);
+  wreq *w;
+  uv_buf_t b;
+  if (!pend)
+    return 0;
+  w = malloc(sizeof *w);
+  if (!w || !(w->owned = malloc(pend)))
+    die("out of memory");
+  if (BIO_read(wb, w->owned, (int)pend) != (int)pend)
+    die("BIO_read of %zu pending bytes failed", pend);
+  b = uv_buf_init((char *)w->owned, (unsigned)pend);
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+    free(w->owned);
+    free(w);
+    return -1;
+  }
+  return 0;
+}
+
+/* Writes bufs[0..n) to the connection: as they are in one writev (plain;
+ * they must live until written, owned is freed then), or each encrypted as
+ * one TLS record and the records written in one uv_write (owned is freed at
+ * once). Returns 0, or -1 when the write could not start. */
+static int conn_write(conn *c, uv_buf_t *bufs, unsigned n, unsigned char *owned) {
+  wreq *w;
+  unsigned i;
+  if (!c->ssl) {
+    w = malloc(sizeof *w);
+    if (!w)
+      die("out of memory");
+    w->owned = owned;
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, on_written) != 0) {
+      free(owned);
+      free(w);
+      return -1;
+    }
+    return 0;
+  }
+  for (i = 0; i < n; i++)
+    if (bufs[i].len && SSL_write(c->ssl, bufs[i].base, (int)bufs[i].len) <= 0) {
+      free(owned);
+      return -1;
+    }
+  free(owned);
+  return tls_flush(c);
+}
+
 /* Writes n copies of the connection's message frame in one writev. */
 static void send_frames(conn *c, int n) {
   uv_buf_t bufs[64];
@@ -344,11 +416,7 @@ static void send_frames(conn *c, int n) {
     return;
   now = uv_hrtime();
   while (n > 0) {
-    wreq *w = malloc(sizeof *w);
     k = n > 64 ? 64 : n;
-    if (!w)
-      die("out of memory");
-    w->owned = NULL;
     for (i = 0; i < k; i++) {
       bufs[i] = uv_buf_init((char *)c->frame, (unsigned)c->framelen);
       if (c->ts) {
@@ -356,8 +424,7 @@ static void send_frames(conn *c, int n) {
         c->ts_count++;
       }
     }
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, (unsigned)k, on_written) != 0) {
-      free(w);
+    if (conn_write(c, bufs, (unsigned)k, NULL) < 0) {
       errors++;
       return;
     }
@@ -368,17 +435,10 @@ static void send_frames(conn *c, int n) {
 }
 
 static void send_control(conn *c, int opcode, const unsigned char *data, size_t len) {
-  wreq *w = malloc(sizeof *w);
-  uv_buf_t b;
   size_t fl;
-  if (!w)
-    die("out of memory");
-  w->owned = build_frame(opcode, data, len, (uint32_t)rnd(), &fl);
-  b = uv_buf_init((char *)w->owned, (unsigned)fl);
-  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
-    free(w->owned);
-    free(w);
-  }
+  unsigned char *f = build_frame(opcode, data, len, (uint32_t)rnd(), &fl);
+  uv_buf_t b = uv_buf_init((char *)f, (unsigned)fl);
+  conn_write(c, &b, 1, f);
 }
 
 static void open_more(void);
@@ -388,6 +448,10 @@ static void finish(void);
 static void on_closed(uv_handle_t *h) {
   conn *c = (conn *)h->data;
   c->state = S_DONE;
+  if (c->ssl) {
+    SSL_free(c->ssl); /* frees its BIOs too */
+    c->ssl = NULL;
+  }
   if (opt.mode == M_CHURN && !finished) {
     start_conn(c); /* the next cycle on this slot */
   }
@@ -618,30 +682,28 @@ static long parse_handshake(conn *c) {
   return -1;
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  conn *c = (conn *)s->data;
-  const unsigned char *p = (const unsigned char *)buf->base;
-  size_t n;
-  int to_send = 0;
-  uint64_t now;
-  if (nread < 0) {
-    if (c->state == S_HANDSHAKE) {
-      handshake_failed(c, "connection closed during the handshake");
-      return;
-    }
-    if (c->role != R_CHURN && !finished && c->role != R_IDLE)
-      errors++;
-    if (c->role == R_CHURN && !finished) {
-      churn_cycles++;
-      if (churn_cycle_done(c) < 0)
-        return;
-    }
-    conn_close(c);
+/* The server ended TCP (or reading failed). */
+static void on_eof(conn *c) {
+  if (c->state == S_HANDSHAKE || c->state == S_TLS) {
+    handshake_failed(c, c->state == S_TLS ? "connection closed during the TLS handshake"
+                                          : "connection closed during the handshake");
     return;
   }
-  if (nread == 0)
-    return;
-  n = (size_t)nread;
+  if (c->role != R_CHURN && !finished && c->role != R_IDLE)
+    errors++;
+  if (c->role == R_CHURN && !finished) {
+    churn_cycles++;
+    if (churn_cycle_done(c) < 0)
+      return;
+  }
+  conn_close(c);
+}
+
+/* Handles n bytes the server sent (decrypted, under TLS): the 101 response,
+ * then frames. */
+static void on_data(conn *c, const unsigned char *p, size_t n) {
+  int to_send = 0;
+  uint64_t now;
   if (c->state == S_HANDSHAKE) {
     size_t take = sizeof c->hbuf - 1 - c->hlen;
     long used;
@@ -666,6 +728,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     c->state = S_OPEN;
     opening--;
     open_count++;
+    if (opt.mode == M_CHURN)
+      record_latency(uv_hrtime() - c->t_connect); /* connect() to the 101 read */
     conn_opened(c);
     if (c->state != S_OPEN)
       return;
@@ -679,14 +743,82 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     send_frames(c, to_send);
 }
 
+static void send_upgrade(conn *c);
+
+/* OpenSSL's reason for the last failure on this thread, for a message. */
+static const char *tls_reason(void) {
+  static char buf[256];
+  unsigned long e = ERR_get_error();
+  if (!e)
+    return "no reason given";
+  ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+static unsigned char plainbuf[256 * 1024];
+
+/* TLS: feeds n bytes read from the socket to OpenSSL; drives the TLS
+ * handshake (then sends the HTTP upgrade), and hands what decrypts to
+ * on_data. */
+static void tls_input(conn *c, const unsigned char *p, size_t n) {
+  char why[320];
+  if (BIO_write(SSL_get_rbio(c->ssl), p, (int)n) != (int)n)
+    die("BIO_write of %zu bytes failed", n);
+  if (c->state == S_TLS) {
+    int r = SSL_do_handshake(c->ssl);
+    if (tls_flush(c) < 0) {
+      handshake_failed(c, "write failed during the TLS handshake");
+      return;
+    }
+    if (r != 1) {
+      if (SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ)
+        return;
+      snprintf(why, sizeof why, "TLS handshake failed: %s", tls_reason());
+      handshake_failed(c, why);
+      return;
+    }
+    send_upgrade(c);
+  }
+  while (c->state == S_HANDSHAKE || c->state == S_OPEN) {
+    int r = SSL_read(c->ssl, plainbuf, (int)sizeof plainbuf), e;
+    if (r > 0) {
+      on_data(c, plainbuf, (size_t)r);
+      continue;
+    }
+    e = SSL_get_error(c->ssl, r);
+    if (tls_flush(c) < 0 && e == SSL_ERROR_WANT_READ)
+      e = SSL_ERROR_SSL;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_ZERO_RETURN)
+      return; /* more to come; or close_notify, and the TCP EOF follows */
+    if (c->state == S_HANDSHAKE) {
+      snprintf(why, sizeof why, "TLS error: %s", tls_reason());
+      handshake_failed(c, why);
+      return;
+    }
+    if (!finished && c->role != R_CHURN)
+      errors++;
+    conn_close(c);
+    return;
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  conn *c = (conn *)s->data;
+  if (nread < 0) {
+    on_eof(c);
+    return;
+  }
+  if (nread == 0)
+    return;
+  if (c->ssl)
+    tls_input(c, (const unsigned char *)buf->base, (size_t)nread);
+  else
+    on_data(c, (const unsigned char *)buf->base, (size_t)nread);
+}
+
 static void on_connect(uv_connect_t *req, int status) {
   conn *c = (conn *)req->data;
-  char reqbuf[512];
-  unsigned char k[16];
-  uint64_t r1 = rnd(), r2 = rnd();
-  wreq *w;
-  uv_buf_t b;
-  int len;
   if (status < 0) {
     char why[128];
     snprintf(why, sizeof why, "connect: %s", uv_strerror(status));
@@ -694,29 +826,54 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  if (!opt.tls) {
+    send_upgrade(c);
+    return;
+  }
+  /* A fresh session each time (no resumption): every connection pays for a
+   * full handshake. */
+  c->ssl = SSL_new(tls_ctx);
+  if (!c->ssl)
+    die("SSL_new: %s", tls_reason());
+  SSL_set_bio(c->ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
+  SSL_set_connect_state(c->ssl);
+  {
+    struct in_addr a4;
+    if (inet_pton(AF_INET, opt.tls_host, &a4) != 1)
+      SSL_set_tlsext_host_name(c->ssl, opt.tls_host); /* SNI: names, not addresses */
+  }
+  if (!opt.no_verify && !SSL_set1_host(c->ssl, opt.tls_host))
+    die("SSL_set1_host failed");
+  c->state = S_TLS;
+  SSL_do_handshake(c->ssl); /* writes the ClientHello into the BIO */
+  if (tls_flush(c) < 0)
+    handshake_failed(c, "write failed");
+}
+
+/* Sends the HTTP upgrade request (over TLS once it is up). */
+static void send_upgrade(conn *c) {
+  char reqbuf[512];
+  unsigned char k[16], *owned;
+  uint64_t r1 = rnd(), r2 = rnd();
+  uv_buf_t b;
+  int len;
   memcpy(k, &r1, 8);
   memcpy(k + 8, &r2, 8);
   base64(k, 16, c->key);
   len = snprintf(reqbuf, sizeof reqbuf,
                  "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                 opt.path, opt.host, opt.port, c->key);
+                 opt.path, opt.tls_host, opt.port, c->key);
   c->state = S_HANDSHAKE;
   c->hlen = 0;
-  w = malloc(sizeof *w);
-  if (!w)
+  owned = malloc((size_t)len);
+  if (!owned)
     die("out of memory");
-  w->owned = malloc((size_t)len);
-  if (!w->owned)
-    die("out of memory");
-  memcpy(w->owned, reqbuf, (size_t)len);
-  b = uv_buf_init((char *)w->owned, (unsigned)len);
-  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
-  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
-    free(w->owned);
-    free(w);
+  memcpy(owned, reqbuf, (size_t)len);
+  b = uv_buf_init((char *)owned, (unsigned)len);
+  if (conn_write(c, &b, 1, owned) < 0)
     handshake_failed(c, "write failed");
-  }
 }
 
 static void start_conn(conn *c) {
@@ -729,6 +886,7 @@ static void start_conn(conn *c) {
   c->msglen = 0;
   c->got_close = 0;
   c->ts_head = c->ts_count = 0;
+  c->t_connect = uv_hrtime();
   uv_tcp_init(loop, &c->tcp);
   c->tcp.data = c;
   c->creq.data = c;
@@ -810,9 +968,10 @@ static void report_and_exit(void) {
     long long cyc = churn_cycles - churn_c0;
     rss_after = proc_status_kb(opt.server_pid, "VmRSS");
     printf("\"cycles\":%lld,\"cycles_per_s\":%.1f,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,"
-           "\"rss_max_kb\":%ld,\"rss_trace_kb\":[%.*s],",
+           "\"rss_max_kb\":%ld,\"rss_trace_kb\":[%.*s],\"opens\":%zu,\"open_p50_us\":%.1f,"
+           "\"open_p99_us\":%.1f,",
            cyc, secs > 0 ? (double)cyc / secs : 0, rss_before, rss_after, rss_max, (int)rss_trace_len,
-           rss_trace);
+           rss_trace, lat_n, pct(0.5), pct(0.99));
     break;
   }
   default:
@@ -993,18 +1152,24 @@ static void stall_check(uv_timer_t *t) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen --url ws://127.0.0.1:PORT/ [--mode echo|idle|churn|broadcast-recv]\n"
+          "usage: loadgen --url ws[s]://127.0.0.1:PORT/ [--mode echo|idle|churn|broadcast-recv]\n"
           "               [--conns N] [--inflight K] [--size BYTES] [--duration S] [--warmup S]\n"
-          "               [--count M] [--server-pid PID] [--binary] [--settle S] [--parallel N]\n");
+          "               [--count M] [--server-pid PID] [--binary] [--settle S] [--parallel N]\n"
+          "               [--ca FILE | --no-verify]   (wss://)\n");
   exit(2);
 }
 
 static void parse_url(const char *url) {
   const char *p = url, *slash, *colon;
   size_t hl;
-  if (strncmp(p, "ws://", 5))
-    die("only ws:// URLs are supported: %s", url);
-  p += 5;
+  if (!strncmp(p, "wss://", 6)) {
+    opt.tls = 1;
+    p += 6;
+  } else if (!strncmp(p, "ws://", 5)) {
+    p += 5;
+  } else {
+    die("only ws:// and wss:// URLs are supported: %s", url);
+  }
   slash = strchr(p, '/');
   if (!slash)
     slash = p + strlen(p);
@@ -1016,6 +1181,8 @@ static void parse_url(const char *url) {
     die("host too long");
   memcpy(opt.host, p, hl);
   opt.host[hl] = 0;
+  memcpy(opt.tls_host, p, hl);
+  opt.tls_host[hl] = 0;
   if (!strcmp(opt.host, "localhost"))
     strcpy(opt.host, "127.0.0.1");
   opt.port = atoi(colon + 1);
@@ -1041,6 +1208,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--settle")) { NEED(); opt.settle = atof(v); }
     else if (!strcmp(a, "--parallel")) { NEED(); opt.connect_parallel = atoi(v); }
     else if (!strcmp(a, "--binary")) opt.binary = 1;
+    else if (!strcmp(a, "--ca")) { NEED(); opt.ca = v; }
+    else if (!strcmp(a, "--no-verify")) opt.no_verify = 1;
     else if (!strcmp(a, "--mode")) {
       NEED();
       if (!strcmp(v, "echo")) opt.mode = M_ECHO;
@@ -1054,6 +1223,23 @@ int main(int argc, char **argv) {
   if (!url || opt.conns < 1 || opt.inflight < 1 || opt.connect_parallel < 1)
     usage();
   parse_url(url);
+  if (opt.tls) {
+    if (!opt.ca && !opt.no_verify)
+      die("wss:// needs --ca FILE (the CA that signed the server's certificate) or --no-verify");
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+      die("SSL_CTX_new: %s", tls_reason());
+    /* no session cache: every connection makes a full handshake */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(tls_ctx, SSL_OP_NO_TICKET);
+    if (opt.no_verify) {
+      SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    } else {
+      if (SSL_CTX_load_verify_locations(tls_ctx, opt.ca, NULL) != 1)
+        die("cannot load the CA file %s: %s", opt.ca, tls_reason());
+      SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    }
+  }
 
   /* as many descriptors as allowed */
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -35,6 +35,12 @@ ROOT = os.path.dirname(BENCH)
 LOADGEN = os.path.join(BENCH, "build", "loadgen")
 RPC_SCRIPT = "bench/peers/rn_rpc_bench.lua"  # remote_call nodes and the Lua caller
 RESULTS = os.path.join(BENCH, "results")
+# The throw-away CA and server certificate (localhost, 127.0.0.1) that
+# bench/setup.sh makes with openssl, for the wss scenarios.
+TLS_DIR = os.path.join(BENCH, "build", "tls")
+TLS_CA = os.path.join(TLS_DIR, "ca.pem")
+TLS_CERT = os.path.join(TLS_DIR, "server.pem")
+TLS_KEY = os.path.join(TLS_DIR, "server.key")
 
 SERVER_CPU = "0"  # taskset cores
 OTHER_LIMIT = 15.0  # % of a core used by other processes during a run: run it again
@@ -136,6 +142,11 @@ SERVERS = {
         # remote_call scenarios (driven by the Lua caller, not loadgen): the
         # floor's echo server, and one mesh node of the chain
         "rpc-echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
+        # the same echo server, with rn.tls_config naming the certificate
+        # (what bin/relaynet --tls-cert/--tls-key sets): https and wss
+        "wss-echo": lambda port, tmp: ["lua5.4", "-e", "local t = require('relaynet').tls_config; "
+                                       f"t.cert, t.key = '{TLS_CERT}', '{TLS_KEY}'",
+                                       "examples/echo.lua", str(port)],
         "remote_call": lambda port, tmp, node_id, peer: (
             ["lua5.4", "bin/relaynet", RPC_SCRIPT, "node", "--host", "127.0.0.1", "--port", str(port),
              "--node-id", node_id] + (["--add-peer", peer] if peer else [])),
@@ -145,6 +156,8 @@ SERVERS = {
         "label": "lws C, libuv, direct write",
         "echo": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port)],
         "broadcast": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port), "--broadcast"],
+        "wss-echo": lambda port, tmp: ["bench/build/lws_echo", "--port", str(port), "--tls-cert", TLS_CERT,
+                                       "--tls-key", TLS_KEY],
     },
     "lws-writeable": {
         "label": "lws C, libuv, WRITEABLE only",
@@ -154,6 +167,8 @@ SERVERS = {
         "label": "node ws",
         "echo": lambda port, tmp: ["node", "bench/peers/node_echo.js", str(port)],
         "broadcast": lambda port, tmp: ["node", "bench/peers/node_echo.js", str(port), "broadcast"],
+        "wss-echo": lambda port, tmp: ["node", "bench/peers/node_echo.js", str(port), "--tls-cert", TLS_CERT,
+                                       "--tls-key", TLS_KEY],
     },
     "nginx-lua": {
         "label": "nginx + lua-resty-websocket",
@@ -231,6 +246,46 @@ def churn_scenarios(quick, dur, warm):
         "metric": "cycles_per_s", "unit": "cycles/s", "better": "higher",
         "servers": [s for s in SERVERS if s != "lws-writeable"], "timeout": 180,
     }]
+
+
+TLS_SERVERS = ["relaynet", "lws", "node-ws"]
+
+
+def tls_scenarios(quick, dur, warm):
+    """Echo over wss (TLS 1.3, RSA 2048 certificate, loadgen verifying it
+    against the bench CA), and the cost of opening a connection: churn over
+    wss with 4 slots (handshakes/s, server CPU per handshake) and with one
+    slot (connect-to-open latency, unloaded), and the same one-slot churn
+    over plain ws for the difference TLS makes."""
+    out = []
+    if quick:
+        combos = [(1, 16), (10, 1024), (10, 65536)]
+    else:
+        combos = [(c, s) for c in (1, 100) for s in (16, 1024, 65536)]
+    for conns, size in combos:
+        out.append({
+            "name": f"wss echo {conns}c {fmt_size(size)}",
+            "kind": "wss-echo", "tls": True,
+            "args": ["--mode", "echo", "--conns", str(conns), "--inflight", "1", "--size", str(size),
+                     "--duration", str(dur), "--warmup", str(warm)],
+            "metric": "msgs_per_s", "unit": "msg/s", "better": "higher", "servers": TLS_SERVERS,
+        })
+    n4, n1 = (200, 100) if quick else (3000, 1000)
+    out.append({
+        "name": f"wss churn {n4:,} cycles",
+        "kind": "wss-echo", "tls": True,
+        "args": ["--mode", "churn", "--conns", "4", "--count", str(n4), "--warmup", "0.2" if quick else "0.5"],
+        "metric": "cycles_per_s", "unit": "cycles/s", "better": "higher", "servers": TLS_SERVERS, "timeout": 180,
+    })
+    for tls in (True, False):
+        out.append({
+            "name": f"{'wss' if tls else 'ws'} handshake 1c",
+            "kind": "wss-echo" if tls else "echo", "tls": tls,
+            "args": ["--mode", "churn", "--conns", "1", "--count", str(n1), "--warmup", "0.2" if quick else "0.5"],
+            "metric": "cycles_per_s", "unit": "cycles/s", "better": "higher", "servers": TLS_SERVERS,
+            "timeout": 180,
+        })
+    return out
 
 
 def remote_call_scenarios(quick, dur, warm):
@@ -354,8 +409,9 @@ class Runner:
             if not wait_port(port, proc):
                 return {"error": f"{server} did not start (see {self.log.name})"}
             time.sleep(0.2)
-            lg = ["taskset", "-c", CLIENT_CPU, LOADGEN, "--url", f"ws://127.0.0.1:{port}/",
-                  "--server-pid", str(proc.pid)] + scen["args"]
+            scheme = "wss" if scen.get("tls") else "ws"
+            lg = ["taskset", "-c", CLIENT_CPU, LOADGEN, "--url", f"{scheme}://127.0.0.1:{port}/",
+                  "--server-pid", str(proc.pid)] + (["--ca", TLS_CA] if scen.get("tls") else []) + scen["args"]
             c0, s0, w0 = cpu_snapshot(proc.pid)
             try:
                 r = subprocess.run(lg, cwd=ROOT, capture_output=True, text=True,
@@ -584,6 +640,67 @@ def rpc_table(scenarios, med, allruns):
     return lines
 
 
+def tls_table(scenarios, med):
+    """relaynet over wss against the lws C floor over TLS (and node ws over
+    https), from the same run; the handshake rows; and the target line."""
+    echo = [s for s in scenarios if s.get("tls") and s["metric"] == "msgs_per_s" and med.get(s["name"])]
+    churn = [s for s in scenarios if s["name"].endswith("handshake 1c") or
+             (s.get("tls") and s["metric"] == "cycles_per_s")]
+    churn = [s for s in churn if med.get(s["name"])]
+    if not echo and not churn:
+        return []
+    lines = ["### TLS: relaynet over wss against the lws TLS floor (same run)", ""]
+    if echo:
+        lines.append("msg/s and server CPU us per message. wss / ws: relaynet's wss msg/s over its plain ws msg/s "
+                     "in the same run (when the plain row ran).")
+        lines.append("")
+        lines.append("| scenario | relaynet msg/s | lws msg/s | relaynet / lws | node-ws msg/s | relaynet / node-ws | "
+                     "relaynet us/msg | lws us/msg | CPU relaynet / lws | relaynet wss / ws |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        ratios = []
+        for scen in echo:
+            m = med[scen["name"]]
+            rn, lws, node = m.get("relaynet"), m.get("lws"), m.get("node-ws")
+            rv = rn.get("msgs_per_s") if rn else None
+            lv = lws.get("msgs_per_s") if lws else None
+            nv = node.get("msgs_per_s") if node else None
+            ru = per_msg_us(rn, scen) if rn else None
+            lu = per_msg_us(lws, scen) if lws else None
+            plain = (med.get(scen["name"][len("wss "):]) or {}).get("relaynet")
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                scen["name"], fmt_num(rv), fmt_num(lv), ratio(rv, lv), fmt_num(nv), ratio(rv, nv),
+                fmt_num(ru), fmt_num(lu), ratio(ru, lu), ratio(rv, plain.get("msgs_per_s") if plain else None)))
+            if rv and lv:
+                ratios.append((scen["name"][len("wss echo "):], rv / lv))
+        lines.append("")
+        if ratios:
+            met = [n for n, x in ratios if x >= 0.9]
+            lines.append("Target: relaynet >= 0.90x the lws TLS floor's msg/s. Measured: " +
+                         ", ".join(f"{n} {x:.2f}x" for n, x in ratios) +
+                         f"; met in {len(met)} of {len(ratios)} rows.")
+            lines.append("")
+    if churn:
+        lines.append("Opening a connection: connect() to the 101 response read (TCP, then the TLS handshake, "
+                     "then the HTTP upgrade), one slot at a time for the latency (handshake 1c), four slots for "
+                     "the server CPU per handshake (churn); each cycle also closes the connection.")
+        lines.append("")
+        lines.append("| scenario | server | cycles/s | open p50 us | open p99 us | server CPU us/cycle | "
+                     "client CPU us/cycle |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        for scen in churn:
+            for name, r in med[scen["name"]].items():
+                if r is None:
+                    lines.append(f"| {scen['name']} | {name} | failed | | | | |")
+                    continue
+                ccpu = (r["client_cpu_s"] / r["cycles"] * 1e6 if r.get("cycles") and r.get("client_cpu_s") is not None
+                        else None)
+                lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+                    scen["name"], name, fmt_num(r.get("cycles_per_s")), fmt_num(r.get("open_p50_us")),
+                    fmt_num(r.get("open_p99_us")), fmt_num(per_msg_us(r, scen)), fmt_num(ccpu)))
+        lines.append("")
+    return lines
+
+
 def build_tables(scenarios, med, allruns):
     rpc = [s for s in scenarios if s.get("caller") and med.get(s["name"])]  # remote_call: a table of their own
     scenarios = [s for s in scenarios if not s.get("caller")]
@@ -623,6 +740,7 @@ def build_tables(scenarios, med, allruns):
         cells = [ratio(rv, per_msg_us(m[p], scen) if m.get(p) else None) for p in PEERS]
         lines.append(f"| {scen['name']} | {fmt_num(rv)} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += tls_table(scenarios, med)
     for scen in scenarios:
         m = med.get(scen["name"], {})
         if not m:
@@ -661,18 +779,21 @@ def build_tables(scenarios, med, allruns):
                     name, fmt_num(r.get("bytes_per_conn")), fmt_num(r.get("rss_before_kb", 0) / 1024),
                     fmt_num(r.get("rss_after_kb", 0) / 1024), fmt_num(r.get("connect_s"))))
         elif metric == "cycles_per_s":
-            lines.append("| server | cycles/s | spread % | server CPU % | server CPU us/cycle | RSS before KiB | "
-                         "RSS after KiB | RSS max KiB | errors |")
-            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            lines.append("| server | cycles/s | spread % | server CPU % | server CPU us/cycle | open p50 us | "
+                         "open p99 us | client CPU us/cycle | RSS before KiB | RSS after KiB | RSS max KiB | errors |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for name, r in m.items():
                 if r is None:
-                    lines.append(f"| {name} | failed | | | | | | | |")
+                    lines.append(f"| {name} | failed | | | | | | | | | | |")
                     continue
-                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                ccpu = (r["client_cpu_s"] / r["cycles"] * 1e6 if r.get("cycles") and r.get("client_cpu_s") is not None
+                        else None)
+                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                     name, fmt_num(r.get("cycles_per_s")),
                     fmt_num(spread_pct(allruns.get(scen["name"], {}).get(name), "cycles_per_s")),
                     fmt_num(r.get("server_cpu_pct")),
-                    fmt_num(per_msg_us(r, scen)), r.get("rss_before_kb"), r.get("rss_after_kb"),
+                    fmt_num(per_msg_us(r, scen)), fmt_num(r.get("open_p50_us")), fmt_num(r.get("open_p99_us")),
+                    fmt_num(ccpu), r.get("rss_before_kb"), r.get("rss_after_kb"),
                     r.get("rss_max_kb"), r.get("errors")))
         lines.append("")
     if rpc:
@@ -709,12 +830,15 @@ def main():
             sys.exit(f"bench: {tool} is missing: run bench/setup.sh first")
     if not os.path.exists(os.path.join(ROOT, "build", "relaynet", "core.so")):
         sys.exit("bench: relaynet is not built: run `make build` first")
+    if not all(os.path.exists(f) for f in (TLS_CA, TLS_CERT, TLS_KEY)):
+        sys.exit(f"bench: the TLS files in {TLS_DIR} are missing: run bench/setup.sh first")
     if (os.cpu_count() or 1) < 2:
         sys.exit("bench: needs at least 2 cores (server and client pinned apart)")
 
     nofile = raise_nofile()
     scenarios = (echo_scenarios(args.quick, dur, warm) + broadcast_scenarios(args.quick, dur, warm)
                  + idle_scenarios(args.quick, dur, warm) + churn_scenarios(args.quick, dur, warm)
+                 + tls_scenarios(args.quick, dur, warm)
                  + remote_call_scenarios(args.quick, dur, warm))  # HOOK: remote_call (0/1/3 hops)
     if args.only:
         pref = [p.strip() for p in args.only.split(",") if p.strip()]

@@ -7,6 +7,9 @@
 #   (+ cqueues), node/npm, valgrind (callgrind.sh), util-linux (taskset).
 #   npm: `ws` into bench/node/node_modules (never globally).
 #   C: bench/build/loadgen and bench/build/lws_echo (make -C bench).
+#   TLS: a throw-away CA and a server certificate for localhost and
+#   127.0.0.1 in bench/build/tls/ (openssl; RSA 2048, the common case),
+#   for the wss scenarios. Made once; delete the folder for new ones.
 set -eu
 cd "$(dirname "$0")"
 
@@ -39,4 +42,20 @@ if [ ! -f node/node_modules/ws/package.json ]; then
 fi
 
 make --no-print-directory -s all
+
+if [ ! -f build/tls/server.pem ]; then
+  echo "bench: making a throw-away CA and a server certificate (bench/build/tls)"
+  rm -rf build/tls
+  mkdir -p build/tls
+  (
+    cd build/tls
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+      -subj "/CN=relaynet bench CA" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+      -days 3650 -extfile server.ext 2>/dev/null
+  )
+fi
 echo "bench: ready"

@@ -6,6 +6,7 @@
  * Lua, no events, no UTF-8 validation, no limits.
  *
  *   lws_echo --port N [--writeable] [--broadcast] [--rx-buffer BYTES]
+ *            [--tls-cert FILE --tls-key FILE]
  *
  * Default: a whole message is written back at once when nothing is queued
  * for that connection and lws holds no partial write (the pattern relaynet
@@ -14,6 +15,8 @@
  * pattern; on libuv each POLLOUT toggle costs uv_poll_start calls).
  * --broadcast: every message received is sent to every connection (one
  * shared, refcounted buffer), the sender included, instead of echoed.
+ * --tls-cert/--tls-key: serve wss (https) with these PEM files, set up as
+ * relaynet sets up a TLS server (lws's OpenSSL backend, ALPN http/1.1 only).
  *
  * Fragmented messages are reassembled (messages are echoed whole, as the
  * other servers in the benchmark do). SIGINT/SIGTERM exit at once with
@@ -50,6 +53,7 @@ typedef struct pss {
 
 static int opt_writeable, opt_broadcast;
 static int opt_rx_buffer = 1024;
+static const char *opt_tls_cert, *opt_tls_key;
 static pss *all;
 static unsigned char *scratch;
 static size_t scratch_cap;
@@ -258,10 +262,19 @@ int main(int argc, char **argv) {
       opt_writeable = 1;
     else if (!strcmp(argv[i], "--broadcast"))
       opt_broadcast = 1;
+    else if (!strcmp(argv[i], "--tls-cert") && i + 1 < argc)
+      opt_tls_cert = argv[++i];
+    else if (!strcmp(argv[i], "--tls-key") && i + 1 < argc)
+      opt_tls_key = argv[++i];
     else {
-      fprintf(stderr, "usage: lws_echo --port N [--writeable] [--broadcast] [--rx-buffer BYTES]\n");
+      fprintf(stderr, "usage: lws_echo --port N [--writeable] [--broadcast] [--rx-buffer BYTES]\n"
+                      "                [--tls-cert FILE --tls-key FILE]\n");
       return 2;
     }
+  }
+  if (!opt_tls_cert != !opt_tls_key) {
+    fprintf(stderr, "lws_echo: --tls-cert and --tls-key go together\n");
+    return 2;
   }
   if (port <= 0) {
     fprintf(stderr, "lws_echo: --port is required\n");
@@ -275,6 +288,8 @@ int main(int argc, char **argv) {
   foreign[0] = &loop;
   info.foreign_loops = foreign;
   info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+  if (opt_tls_cert)
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.pt_serv_buf_size = 16384;
   info.max_http_header_data = 8192;
@@ -302,6 +317,12 @@ int main(int argc, char **argv) {
   info.vhost_name = "lws_echo";
   info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
   info.retry_and_idle_policy = &retry;
+  if (opt_tls_cert) {
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = opt_tls_cert;
+    info.ssl_private_key_filepath = opt_tls_key;
+    info.alpn = "http/1.1";
+  }
   vh = lws_create_vhost(ctx, &info);
   if (!vh) {
     fprintf(stderr, "lws_echo: cannot listen on port %d\n", port);
@@ -312,7 +333,8 @@ int main(int argc, char **argv) {
   uv_signal_init(&loop, &sterm);
   uv_signal_start(&sint, on_signal, SIGINT);
   uv_signal_start(&sterm, on_signal, SIGTERM);
-  printf("lws_echo on ws://127.0.0.1:%d/ (%s%s)\n", port, opt_writeable ? "writeable" : "direct",
+  printf("lws_echo on %s://127.0.0.1:%d/ (%s%s)\n", opt_tls_cert ? "wss" : "ws", port,
+         opt_writeable ? "writeable" : "direct",
          opt_broadcast ? ", broadcast" : "");
   fflush(stdout);
   uv_run(&loop, UV_RUN_DEFAULT);
