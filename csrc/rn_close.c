@@ -164,6 +164,17 @@ int rn__conn_on_peer_close(rn_conn *c, const void *in, size_t len) {
     return -1;
   }
   rn__conn_peer_close(c, in, len);
+  /* Nothing after the peer's close frame is data (RFC 6455 5.5.1): a
+   * message it left unfinished is dropped, and so is anything that still
+   * arrives. lws answers the close frame itself (close_sent: we send no
+   * other), so nothing may follow it: queued messages are dropped (their
+   * waiters told) and sends fail with ECLOSED from now on. */
+  if (c->state == RN_CS_OPEN)
+    c->state = RN_CS_CLOSING;
+  c->close_sent = 1;
+  rn__sendq_clear(c);
+  c->rx_active = 0;
+  rn__conn_rx_free(c);
   return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -126,7 +127,9 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
   case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
     if (!s)
       return -1;
-    if (!s->websocket || s->closed || !in || strcmp((const char *)in, "websocket")) {
+    /* The Upgrade token is case-insensitive (RFC 6455 4.2.1, RFC 9110 7.8):
+     * clients send "websocket", "WebSocket", ... */
+    if (!s->websocket || s->closed || !in || strcasecmp((const char *)in, "websocket")) {
       lws_return_http_status(wsi, s->closed ? 503 : 404, NULL);
       return 1;
     }

@@ -191,14 +191,14 @@ class Conn:
             return False
 
     # -- WebSocket --------------------------------------------------------
-    def upgrade(self, origin=None, key="auto", version="13", extra=None):
+    def upgrade(self, origin=None, key="auto", version="13", extra=None, token="websocket"):
         a = self.args
         if key == "auto":
             key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             "GET %s HTTP/1.1" % a.path,
             "Host: %s:%d" % (a.host, a.port),
-            "Upgrade: websocket",
+            "Upgrade: %s" % token,
             "Connection: Upgrade",
         ]
         if key is not None:
@@ -393,6 +393,17 @@ def p_textdurfrag(c, a):
     return c.outcome()
 
 
+@ws_probe("data-after-close")
+def p_dataafterclose(c, a):
+    """Starts a message, sends a close frame, then the message's last
+    fragment and a whole message: nothing after the close is data."""
+    c.send(frame(OP_TEXT, b"before close ", fin=False))
+    c.send(frame(OP_CLOSE, close_payload(1000)))
+    c.send(frame(OP_CONT, b"after close"))
+    c.send(frame(OP_TEXT, b"another"))
+    return c.outcome(reply_close=False)
+
+
 @ws_probe("close-1byte")
 def p_close1(c, a):
     c.send(frame(OP_CLOSE, b"\x03"))
@@ -546,7 +557,8 @@ def run_ws(name, a):
             version = "12"
         elif name == "hs-no-version":
             version = None
-        status, headers = c.upgrade(origin=a.origin, key=key, version=version)
+        token = "WebSocket" if name == "hs-upgrade-capital" else "websocket"
+        status, headers = c.upgrade(origin=a.origin, key=key, version=version, token=token)
         if status != 101:
             res = {"result": "http", "status": status, "headers": headers}
             if status is not None:
@@ -631,7 +643,7 @@ def main(argv):
     a = ap.parse_args(argv)
     if a.probe == "list":
         for n in sorted(list(WS_PROBES) + list(HTTP_PROBES) +
-                        ["hs-no-key", "hs-bad-version", "hs-no-version", "hs-upgrade"]):
+                        ["hs-no-key", "hs-bad-version", "hs-no-version", "hs-upgrade", "hs-upgrade-capital"]):
             print(n)
         return 0
     name = a.probe
