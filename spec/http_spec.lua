@@ -143,6 +143,26 @@ describe("HTTP routes", function()
     end)
   end)
 
+  it("writes a reason phrase on every status line; 204 and 304 carry no Content-Length", function()
+    H.run(function()
+      local srv = H.listen({ mesh = false })
+      local want = { [200] = "OK", [201] = "Created", [204] = "No Content", [301] = "Moved Permanently",
+        [302] = "Found", [304] = "Not Modified", [404] = "Not Found", [418] = "I'm a teapot",
+        [422] = "Unprocessable Content", [429] = "Too Many Requests", [503] = "Service Unavailable" }
+      for code in pairs(want) do
+        srv:route("GET", "/" .. code, function() return code, "" end)
+      end
+      for code, reason in pairs(want) do
+        local rc, out = H.sh("curl -s -S -m 10 -i " .. H.q(base(srv) .. "/" .. code)):wait(15)
+        assert.equal(0, rc)
+        local head = out:match("^(.-)\r\n\r\n") or out
+        assert.equal("HTTP/1.1 " .. code .. " " .. reason, head:match("^[^\r]+"))
+        local has_length = head:lower():find("\r\ncontent%-length:") ~= nil
+        assert.equal(code ~= 204 and code ~= 304, has_length, head)
+      end
+    end)
+  end)
+
   it("encodes a table body as JSON with application/json", function()
     H.run(function()
       local srv = H.listen()
