@@ -445,6 +445,11 @@ void rn__protect_from_table(lua_State *L, int idx, rn_server *s);
 void rn__protect_free(rn_server *s);
 int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path);
 
+/* rn_status.c: the status line's reason phrase, and no Content-Length on
+ * 204 and 304, in response headers lws wrote between start and *p. */
+int rn__fix_status_line(unsigned char *start, unsigned char **p, unsigned char *end, int status);
+void rn__drop_content_length(unsigned char *start, unsigned char **p);
+
 /* rn_http.c: HTTP requests (headers, bodies, responses) and their Lua type. */
 int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss);
 int rn__http_refuse(struct lws *wsi, rn_pss *pss, int status);
