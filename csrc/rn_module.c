@@ -8,8 +8,17 @@
  */
 #include "rn.h"
 
+#include <string.h>
+
+/* core.versions() -> libwebsockets, libuv. lws appends "-" and its build
+ * hash, which Debian's package leaves empty ("4.1.6-"): a dangling "-" or
+ * space is dropped. */
 static int rn_version(lua_State *L) {
-  lua_pushstring(L, lws_get_library_version());
+  const char *v = lws_get_library_version();
+  size_t n = strlen(v);
+  while (n > 0 && (v[n - 1] == '-' || v[n - 1] == ' '))
+    n--;
+  lua_pushlstring(L, v, n);
   lua_pushstring(L, uv_version_string());
   return 2;
 }
