@@ -29,7 +29,7 @@ local C = {}
 --- code is reported as EREMOTE.
 C.ERROR_CODES = {
   ETIMEDOUT = true, ENOROUTE = true, ENOSERVER = true, ENOMETHOD = true, EREMOTE = true,
-  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true, EBUSY = true,
+  ELINKLOST = true, ETTL = true, EINVAL = true, ECANCELED = true, EBUSY = true, EACCES = true,
 }
 local ERROR_CODES = C.ERROR_CODES
 
@@ -141,12 +141,26 @@ local function forward(link, env, call)
   end
 end
 
--- Drops `env` when this node is already on its route (a loop), delivers it
--- with deliver(link, env) when it is for this node, else forwards it.
+-- Drops `env` when this node is already on its route (a loop), or when its
+-- route does not start at its sender or does not end at the neighbour it
+-- came from (stats.spoofed_messages; a call is answered with EINVAL):
+-- every hop appends itself, so the first hop checks `from` against the
+-- link's (authenticated) peer, and each later one that the previous hop is
+-- the link's. Delivers it with deliver(link, env) when it is for this node,
+-- else forwards it.
 local function relay(link, env, call, deliver)
   local me = I.node_id()
-  if contains(env.route, me) then
+  local route = env.route
+  if contains(route, me) then
     S.stats.dropped_loops = S.stats.dropped_loops + 1
+    return
+  end
+  if route[1] ~= env.from or route[#route] ~= link.peer then
+    S.stats.spoofed_messages = S.stats.spoofed_messages + 1
+    if call then
+      reply(link, env, nil, "EINVAL: the route of the call does not start at its sender or does not end at node "
+        .. tostring(link.peer), "EINVAL")
+    end
     return
   end
   if env.to == me then return deliver(link, env) end
