@@ -73,6 +73,10 @@ M.mesh_status = mesh.status
 M.send_message = mesh.send_message
 M.on_mesh_message = mesh.on_message
 M.mesh_config = mesh.config
+-- mesh authentication (README, "Securing the mesh")
+M.mesh_auth = mesh.auth
+M.mesh_access = mesh.access
+M.key_node_id = mesh.key_node_id
 
 --- Turns the mesh off for this process: servers refuse /ws/p2p and no
 --- peers are dialed (the CLI's --disable-registry).

@@ -81,6 +81,7 @@ M.ERRORS = {
   ETTL = -32006,
   ECANCELED = -32007,
   EBUSY = -32008,   -- too many calls in flight (per connection or per node)
+  EACCES = -32009,  -- the access rules of the called node refuse the caller (rn.mesh_access)
   EINVAL = -32602,
 }
 local E = M.ERRORS

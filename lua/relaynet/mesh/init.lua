@@ -5,9 +5,11 @@
 -- This file is the mesh's public API, its configuration and its views; the
 -- work is done in the files beside it (docs/DESIGN.md, "The mesh's files"):
 -- state.lua (shared state and config), ident.lua (ids), wire.lua (envelopes),
--- routes.lua (routing and adverts), serve.lua (running exposed methods,
--- dedup), calls.lua (calls, relaying, route messages), link.lua (the Link,
--- health) and transport.lua (/ws/p2p, dialing peers, the link transports).
+-- auth.lua (credentials, the handshake's proofs, signed route entries,
+-- access rules), routes.lua (routing and adverts), serve.lua (running
+-- exposed methods, dedup), calls.lua (calls, relaying, route messages),
+-- link.lua (the Link, health) and transport.lua (/ws/p2p, dialing peers,
+-- the link transports).
 --
 -- Contract with the rest of relaynet:
 --  * relaynet.runtime calls M.start() when rn.run() starts (the mesh then
@@ -24,6 +26,7 @@ local json = require("relaynet.json")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
+local A = require("relaynet.mesh.auth")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local L = require("relaynet.mesh.link")
@@ -46,6 +49,36 @@ M.ERROR_CODES = C.ERROR_CODES
 
 M.node_id = I.node_id
 M.set_node_id = I.set_node_id
+
+--- The node id derived from a 32-byte Ed25519 public key: "k" and the
+--- first 20 hex digits of its SHA-256 (PROTOCOL.md, "Node keys").
+M.key_node_id = A.key_node_id
+
+-- authentication -------------------------------------------------------------------
+
+--- mesh_auth{ key = FILE, trust = FILE, secret = FILE } -> true | nil, msg, code
+--- Sets this node's mesh credentials (each field optional; {} removes them
+--- all): an Ed25519 key (relaynet keygen), a trust file of "NODE_ID
+--- PUBLIC_KEY" lines (it needs the key; it is then the list of the nodes
+--- this one accepts), a cluster secret file (at least 16 bytes once
+--- trimmed). With any of them the node speaks protocol version 2 and links
+--- only to peers that prove the same kind of credentials. EKEY for a key
+--- that cannot be used, EINVAL for a bad trust or secret file (with the
+--- line). See README, "Securing the mesh".
+function M.auth(opts)
+  return A.configure(opts)
+end
+
+--- True when this node has mesh credentials (a key or a secret): every
+--- link is authenticated.
+M.authenticated = A.enabled
+
+--- mesh_access(rules): { [node id or "*"] = { "server.method", "server.*",
+--- "*" } } says which nodes may call which methods here; nil (the default)
+--- lets every node call everything. A refused call gets EACCES.
+function M.access(rules)
+  return A.set_access(rules)
+end
 
 -- enabling ------------------------------------------------------------------------
 
@@ -222,7 +255,9 @@ function M.status()
   s.dedup_entries = S.dedup_new_n + S.dedup_old_n
   return {
     node_id = I.node_id(),
-    version = M.PROTOCOL_VERSION,
+    version = A.enabled() and A.VERSION or M.PROTOCOL_VERSION,
+    auth = A.mode(),
+    public_key = A.public_key(),
     enabled = S.enabled,
     uptime = os.time() - S.started_at,
     servers = json.array(R.local_servers()),

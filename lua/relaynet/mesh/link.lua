@@ -10,7 +10,15 @@
 -- Whichever its direction, a link's messages arrive through
 -- Link:on_message and its close through Link:on_close, called by the
 -- transport once per WebSocket event; neither suspends nor raises. Nothing
--- in this file knows which kind of connection carries a link.
+-- in this file knows which kind of connection carries a link; the
+-- transport's binding() gives the channel binding of a TLS connection
+-- (nil without TLS), which the authentication proofs cover.
+--
+-- Without credentials a link is up once the peer's hello arrived
+-- (protocol version 1). With credentials (mesh/auth.lua, version 2) the
+-- hello carries a nonce, each end then sends `auth`, a proof over both
+-- nonces, both ids and the channel, and the link is up once the peer's
+-- proof verifies; until then nothing but hello and auth is accepted.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
@@ -21,6 +29,7 @@ local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local SV = require("relaynet.mesh.serve")
+local A = require("relaynet.mesh.auth")
 
 local cfg = S.config
 local hrtime = core.hrtime
@@ -28,7 +37,8 @@ local contains, is_name, now, send, running = W.contains, W.is_name, W.now, W.se
 
 local L = {}
 
---- The version this node speaks in hello; a peer with another is refused.
+--- The version a node without credentials speaks in hello; a node with
+--- credentials speaks auth.VERSION (2). A peer with another is refused.
 L.PROTOCOL_VERSION = 1
 
 local Link = {}
@@ -59,8 +69,12 @@ function Link:close(code, reason)
 end
 
 local function hello(link)
-  send(link, { type = "hello", id = I.new_id(), from = I.node_id(),
-    data = { version = L.PROTOCOL_VERSION, node = I.node_id(), features = json.array({ "delta" }) } })
+  local data = { version = L.PROTOCOL_VERSION, node = I.node_id(), features = json.array({ "delta" }) }
+  if A.enabled() then
+    data.version = A.VERSION
+    A.hello_data(link, data)
+  end
+  send(link, { type = "hello", id = I.new_id(), from = I.node_id(), data = data })
 end
 
 -- Links waiting for hello: pending_links[link] = true; n_pending and
@@ -105,34 +119,21 @@ local function link_up(link, from)
   R.send_table(link, nil)
 end
 
-local function on_hello(link, env)
+-- The peer `from` is who it says (its hello, and with credentials its
+-- proof, checked): the link comes up unless another link to `from` is
+-- kept instead. An authenticated link is never replaced by one that proved
+-- another key for the same id (auth_impostor, 4403).
+local function establish(link, from)
   local stats = S.stats
-  local from, data = env.from, env.data
-  if link.state == "up" then
-    stats.hello_rejected = stats.hello_rejected + 1
-    return
-  end
-  if not is_name(from, 64) or type(data) ~= "table" then
-    stats.hello_rejected = stats.hello_rejected + 1
-    link:close(4400, "bad hello")
-    return
-  end
-  if data.version ~= L.PROTOCOL_VERSION then
-    stats.hello_rejected = stats.hello_rejected + 1
-    link:close(4400, "unsupported protocol version " .. tostring(data.version))
-    return
-  end
   local mine = I.node_id()
-  if from == mine then
-    stats.hello_rejected = stats.hello_rejected + 1
-    link.refused = "self"
-    link:close(4400, "cannot link to myself")
-    return
-  end
-  -- A peer that lists "delta" gets change adverts; others the full table.
-  link.delta = type(data.features) == "table" and contains(data.features, "delta")
   local existing = S.links[from]
   if existing then
+    if existing.peer_pub and existing.peer_pub ~= link.peer_pub then
+      stats.hello_rejected = stats.hello_rejected + 1
+      link.refused = from
+      A.refuse(link, A.UNTRUSTED, "node " .. from .. " is linked already, with another key", "auth_impostor")
+      return
+    end
     -- Two links to one peer (both dialed at once, or a reconnect racing an
     -- old link): both ends keep the link dialed by the smaller node id.
     local preferred = mine < from and mine or from
@@ -148,7 +149,77 @@ local function on_hello(link, env)
       return
     end
   end
+  if A.enabled() then stats.auth_ok = stats.auth_ok + 1 end
   link_up(link, from)
+end
+
+local function on_hello(link, env)
+  local stats = S.stats
+  local from, data = env.from, env.data
+  if link.state == "up" or link.claim then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return
+  end
+  local authed = A.enabled()
+  if is_name(from, 64) then link.hello_from = from end -- for the log of a refusal
+  if not is_name(from, 64) or type(data) ~= "table" then
+    stats.hello_rejected = stats.hello_rejected + 1
+    if authed then return A.refuse(link, A.MALFORMED, "bad hello", "auth_malformed") end
+    link:close(4400, "bad hello")
+    return
+  end
+  local version = data.version
+  if authed and version == L.PROTOCOL_VERSION then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return A.refuse(link, A.REQUIRED, "this node requires authentication (protocol version 2); the peer speaks "
+      .. "version 1", "auth_required")
+  elseif not authed and version == A.VERSION then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return A.refuse(link, A.REQUIRED, "the peer requires authentication (protocol version 2); this node has no "
+      .. "mesh credentials", "auth_required")
+  elseif version ~= (authed and A.VERSION or L.PROTOCOL_VERSION) then
+    stats.hello_rejected = stats.hello_rejected + 1
+    link:close(4400, "unsupported protocol version " .. tostring(version))
+    return
+  end
+  local mine = I.node_id()
+  if from == mine then
+    stats.hello_rejected = stats.hello_rejected + 1
+    link.refused = "self"
+    link:close(4400, "cannot link to myself")
+    return
+  end
+  -- A peer that lists "delta" gets change adverts; others the full table.
+  link.delta = type(data.features) == "table" and contains(data.features, "delta")
+  if not authed then return establish(link, from) end
+  local ok, code, reason, counter = A.check_hello(link, from, data)
+  if not ok then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return A.refuse(link, code, reason, counter)
+  end
+  send(link, { type = "auth", id = I.new_id(), from = mine, to = from, data = A.proof(link) })
+end
+
+-- auth: the peer's proof (protocol version 2). Out of turn (before its
+-- hello) the link is closed with 4425; on a link that is up it is ignored
+-- and counted; on a node without credentials it is an unknown type.
+local function on_auth(link, env)
+  local stats = S.stats
+  if not A.enabled() then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if link.state == "up" or link.authed then
+    stats.hello_rejected = stats.hello_rejected + 1
+    return
+  end
+  if not link.claim then
+    return A.refuse(link, A.EARLY, "auth before hello", "auth_early")
+  end
+  local ok, code, reason, counter = A.check_proof(link, env.data)
+  if not ok then return A.refuse(link, code, reason, counter) end
+  link.authed = true
+  return establish(link, link.claim)
 end
 
 local function on_ping(link, env)
@@ -163,31 +234,40 @@ local function on_pong(link, env)
 end
 
 local HANDLERS = {
-  hello = on_hello, ping = on_ping, pong = on_pong,
+  hello = on_hello, auth = on_auth, ping = on_ping, pong = on_pong,
   registry_sync = R.on_advert, route_request = R.on_route_request,
   server_call = C.on_call, server_response = C.on_response, route_message = C.on_route_message,
 }
 
 -- Decodes a message of `link` and hands it to its handler; anything
 -- malformed or out of turn is counted in stats.bad_messages and dropped.
+-- With credentials, a link that is not up yet accepts hello and auth only:
+-- anything else closes it (4425; 4400 for what is not an envelope).
 local function receive(link, text, binary)
   local stats = S.stats
+  if link.closing then return end
   link.last_seen = now()
+  local early = link.state ~= "up" and A.enabled()
   if binary then
+    if early then return A.refuse(link, A.EARLY, "a binary frame before authentication", "auth_early") end
     stats.bad_messages = stats.bad_messages + 1
     return
   end
   local env = json.decode(text)
   if type(env) ~= "table" or type(env.type) ~= "string" then
+    if early then return A.refuse(link, A.MALFORMED, "not a mesh envelope", "auth_malformed") end
     stats.bad_messages = stats.bad_messages + 1
     return
   end
   local h = HANDLERS[env.type]
+  if early and env.type ~= "hello" and env.type ~= "auth" then
+    return A.refuse(link, A.EARLY, "only hello and auth before authentication", "auth_early")
+  end
   if not h then
     stats.bad_messages = stats.bad_messages + 1
     return
   end
-  if link.state ~= "up" and env.type ~= "hello" then
+  if link.state ~= "up" and env.type ~= "hello" and env.type ~= "auth" then
     stats.bad_messages = stats.bad_messages + 1
     return
   end
@@ -204,6 +284,12 @@ end
 local function closed(link, code, reason)
   unpend(link)
   local was_up = link.state == "up"
+  -- A dialed link the peer refused in the handshake: counted and logged
+  -- (version 1 nodes log only a peer that requires authentication).
+  if not was_up and not link.closing and link.dir == "out" and A.CODES[code] and link.refused ~= "self"
+    and (A.enabled() or code == A.REQUIRED) then
+    A.refused_by_peer(link, code, reason)
+  end
   link.state = "closed"
   link.close_code, link.close_reason = code, reason
   if was_up then link_down(link) end
@@ -250,8 +336,13 @@ local function health()
     for link in pairs(S.pending_links) do
       if t - link.opened > cfg.hello_timeout then
         unpend(link)
-        link:close(4408, "no hello")
+        S.stats.hello_timeouts = S.stats.hello_timeouts + 1
+        link:close(4408, link.claim and "no auth in time" or "no hello")
       end
+    end
+    if A.signing() and t - (S.entries_checked or -math.huge) >= 5 then
+      S.entries_checked = t
+      R.expire_entries(os.time())
     end
     C.expire_forwards(t)
     SV.age_dedup(t)

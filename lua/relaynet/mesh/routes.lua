@@ -24,6 +24,7 @@ local json = require("relaynet.json")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
+local A = require("relaynet.mesh.auth")
 
 local cfg = S.config
 local contains, is_name, now = W.contains, W.is_name, W.now
@@ -45,8 +46,11 @@ function R.next_link(dest)
   return b and S.links[b.next], b
 end
 
+-- This node's own route entry, signed when it has a key (auth.sign_own).
 local function own_route()
-  return { path = { I.node_id() }, seq = S.my_seq, servers = json.array(R.local_servers()) }
+  local r = { path = { I.node_id() }, seq = S.my_seq, servers = json.array(R.local_servers()) }
+  if A.signing() then A.sign_own(r) end
+  return r
 end
 
 -- True when route b may be advertised to neighbour `peer`: never back
@@ -55,16 +59,19 @@ local function advertisable(b, peer)
   return b.next ~= peer and #b.path + 1 <= cfg.max_ttl and not contains(b.path, peer)
 end
 
+-- The route this node advertises for best route b: its path behind this
+-- node, and the destination's seq, servers and (key mode) exp, sig and pub
+-- exactly as the destination signed them.
 local function route_of(b)
   local path = { I.node_id() }
   for i = 1, #b.path do path[i + 1] = b.path[i] end
-  return { path = path, seq = b.seq, servers = json.array(b.servers) }
+  return { path = path, seq = b.seq, servers = json.array(b.servers), exp = b.exp, sig = b.sig, pub = b.pub }
 end
 
 -- An estimate of a route's encoded size, to split adverts without encoding
 -- them twice.
 local function route_bytes(r)
-  local n = 40
+  local n = r.sig and 200 or 40
   for i = 1, #r.path do n = n + #r.path[i] + 3 end
   for i = 1, #r.servers do n = n + #r.servers[i] + 3 end
   return n
@@ -164,9 +171,16 @@ function R.own_changed()
   R.schedule_advert()
 end
 
+-- True when entry a is fresher than entry b: a higher seq, or (the same
+-- seq signed again) a later expiry.
+local function fresher(a, b)
+  return a.seq > b.seq or (a.seq == b.seq and (a.exp or 0) > (b.exp or 0))
+end
+
 --- Selects the best route to `dest` from its candidates: fewest hops, then
---- the lowest next-hop id; the server list comes from the freshest (highest
---- seq) candidate. Marks dest dirty when the selection changed.
+--- the lowest next-hop id; the server list (with its seq and, in key mode,
+--- its signature) comes from the freshest candidate. Marks dest dirty when
+--- the selection changed.
 function R.select_route(dest)
   local set = S.cands[dest]
   local rib = S.rib
@@ -178,7 +192,7 @@ function R.select_route(dest)
       if not pick or hops < #pick.path or (hops == #pick.path and peer < pick_peer) then
         pick, pick_peer = e, peer
       end
-      if not fresh or e.seq > fresh.seq then fresh = e end
+      if not fresh or fresher(e, fresh) then fresh = e end
     end
   end
   local best = S.best
@@ -187,12 +201,13 @@ function R.select_route(dest)
     if old then best[dest] = nil; S.dirty[dest] = true end
     return
   end
-  local seq, servers = pick.seq, pick.servers
-  if fresh.seq > seq then seq, servers = fresh.seq, fresh.servers end
-  if old and old.next == pick_peer and old.path == pick.path and old.seq == seq and old.servers == servers then
+  local src = fresher(fresh, pick) and fresh or pick
+  if old and old.next == pick_peer and old.path == pick.path and old.seq == src.seq and old.servers == src.servers
+    and old.exp == src.exp then
     return
   end
-  best[dest] = { next = pick_peer, path = pick.path, seq = seq, servers = servers }
+  best[dest] = { next = pick_peer, path = pick.path, seq = src.seq, servers = src.servers, exp = src.exp,
+    sig = src.sig, pub = src.pub }
   S.dirty[dest] = true
 end
 
@@ -248,6 +263,27 @@ function R.put_route(peer, tbl, dest, e)
   return true
 end
 
+--- Drops every route entry whose signed expiry is before Unix time `t`
+--- (stats.entries_expired), and marks this node's own entry for a new
+--- signature when half of its time is gone. The health loop calls it every
+--- few seconds in key mode.
+function R.expire_entries(t)
+  local touched = {}
+  for peer, tbl in pairs(S.rib) do
+    for dest, e in pairs(tbl) do
+      if e.exp and e.exp < t then
+        touched[dest] = true
+        S.stats.entries_expired = S.stats.entries_expired + 1
+        -- Removing the current key during pairs() is allowed in Lua.
+        R.put_route(peer, tbl, dest, nil)
+      end
+    end
+  end
+  for dest in pairs(touched) do R.select_route(dest) end
+  if A.own_stale(t) then S.dirty[I.node_id()] = true end
+  if next(S.dirty) then R.schedule_advert() end
+end
+
 --- Forgets every route learned from `peer` (its link went down) and
 --- re-selects the destinations it offered.
 function R.drop_neighbour(peer)
@@ -283,7 +319,10 @@ end
 --- or changed, data.withdraw the destinations withdrawn). An advert with
 --- more than max_routes entries or more than max_advert_bytes bytes is
 --- refused whole: the link is closed with 4413. `text` is the message as
---- received (nil: its size is not checked).
+--- received (nil: its size is not checked). In key mode every entry must
+--- carry its destination's valid, unexpired signature (auth.check_entry);
+--- one that does not is dropped, counted, logged (rate-limited) and
+--- withdraws what this neighbour advertised for that destination.
 function R.on_advert(link, env, text)
   local stats = S.stats
   local data = env.data
@@ -308,6 +347,8 @@ function R.on_advert(link, env, text)
   local full = data.full ~= false
   local seen = full and {} or nil
   local touched = {}
+  local signed = A.signing()
+  local wall = signed and os.time()
   for _, r in ipairs(data.routes) do
     if type(r) ~= "table" or not valid_path(r.path, peer) then
       stats.bad_messages = stats.bad_messages + 1
@@ -318,13 +359,24 @@ function R.on_advert(link, env, text)
         stats.dropped_loops = stats.dropped_loops + 1
         if R.put_route(peer, tbl, dest, nil) then touched[dest] = true end
       else
-        if seen then seen[dest] = true end
         local old = tbl[dest]
         if not old and over_bounds(peer, dest) then
           -- Past a bound (as in put_route), checked before any work.
+          if seen then seen[dest] = true end
           stats.routes_dropped = stats.routes_dropped + 1
           goto next_route
         end
+        if signed then
+          local why, detail = A.check_entry(dest, r, wall)
+          if why then
+            stats[why] = stats[why] + 1
+            A.log("entries from " .. peer, string.format("dropped route entries from %s (%s): the entry of %s: %s",
+              peer, why, dest, detail))
+            if R.put_route(peer, tbl, dest, nil) then touched[dest] = true end
+            goto next_route
+          end
+        end
+        if seen then seen[dest] = true end
         local servers = {}
         if type(r.servers) == "table" then
           for i = 1, math.min(#r.servers, cfg.max_servers) do
@@ -332,8 +384,16 @@ function R.on_advert(link, env, text)
           end
         end
         local seq = math.type(r.seq) == "integer" and r.seq or 0
-        if not (old and old.seq == seq and same_list(old.path, r.path) and same_list(old.servers, servers)) then
-          if R.put_route(peer, tbl, dest, { path = r.path, seq = seq, servers = servers }) then
+        local exp = signed and r.exp or nil
+        if not (old and old.seq == seq and old.exp == exp and same_list(old.path, r.path)
+            and same_list(old.servers, servers)) then
+          local e = { path = r.path, seq = seq, servers = servers }
+          if signed then
+            -- Kept as signed, to be passed on unchanged.
+            e.exp, e.sig = exp, r.sig
+            if type(r.pub) == "string" and #r.pub <= 64 then e.pub = r.pub end
+          end
+          if R.put_route(peer, tbl, dest, e) then
             touched[dest] = true
           end
         end

@@ -12,6 +12,7 @@ local json = require("relaynet.json")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
+local A = require("relaynet.mesh.auth")
 
 local cfg = S.config
 local now, fail, reply, call_key = W.now, W.fail, W.reply, I.call_key
@@ -122,8 +123,9 @@ end
 
 --- A server_call for this node, arrived on `link`: dropped when its id was
 --- served already, else answered (at once, or when its method ends, or with
---- ETIMEDOUT at its deadline) or refused (ETIMEDOUT, EBUSY, ENOSERVER,
---- ENOMETHOD).
+--- ETIMEDOUT at its deadline) or refused (EACCES when the access rules do
+--- not let its caller call that method, checked before anything says
+--- whether the server exists; ETIMEDOUT, EBUSY, ENOSERVER, ENOMETHOD).
 function V.serve_call(link, env)
   local stats = S.stats
   local data = env.data
@@ -135,6 +137,11 @@ function V.serve_call(link, env)
   end
   local remaining = (tonumber(data.timeout_ms) or 0) / 1000
   remember_call(key, math.min(math.max(remaining, 0) + 1, cfg.dedup_window), t)
+  if not A.allowed(env.from, data.server, data.method) then
+    stats.calls_denied = stats.calls_denied + 1
+    return reply(link, env, nil, string.format("EACCES: node %s may not call %s.%s on node %s", env.from,
+      data.server, data.method, I.node_id()), "EACCES")
+  end
   if remaining <= 0 then
     return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed before it reached " .. I.node_id(),
       "ETIMEDOUT")

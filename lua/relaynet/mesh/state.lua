@@ -50,6 +50,10 @@ S.config = {
   -- An accepted link may receive this many times its server's ws_msg_rate
   -- and ws_byte_rate (and bursts): one link carries many callers' calls.
   link_rate_scale = 64,
+  -- Authentication (protocol version 2, mesh/auth.lua): a node with a key
+  -- signs its own route entry with an expiry this many seconds ahead, and
+  -- signs it again (with the next seq) when half of that time is left.
+  entry_ttl = 600,
 }
 
 -- Persistent state (survives reset()) ---------------------------------------------
@@ -61,6 +65,11 @@ S.message_handler = nil -- fn(from, payload) for route_message payloads
 S.my_seq = 1            -- this node's advert sequence number (bumped by expose/unexpose)
 S.started_at = os.time()
 S.counters = {}         -- status prefix -> counter table of a layer above (M.add_counters)
+-- Credentials (mesh/auth.lua; nil: none, protocol version 1):
+-- { priv, pub, pub_b64 (this node's Ed25519 key, or nil), trust (node id ->
+-- public key, or nil), secret (the cluster secret, or nil) }.
+S.auth = nil
+S.access = nil          -- compiled access rules (mesh/auth.lua), nil: every caller may call everything
 
 -- Per-run state (replaced by reset()) ---------------------------------------------
 --
@@ -96,6 +105,12 @@ local function zero_stats()
     route_requests_limited = 0, links_refused_address = 0,
     calls_refused = 0, served_refused = 0, forwards_refused = 0, forwards_expired = 0,
     calls_canceled = 0, unencodable = 0,
+    -- authentication (protocol version 2; PROTOCOL.md, "Authentication")
+    auth_ok = 0, auth_malformed = 0, auth_bad_signature = 0, auth_bad_secret = 0, auth_untrusted = 0,
+    auth_early = 0, auth_required = 0, auth_impostor = 0, auth_refused_by_peer = 0, hello_timeouts = 0,
+    spoofed_messages = 0, calls_denied = 0,
+    entries_verified = 0, entries_unsigned = 0, entries_bad_signature = 0, entries_expired = 0,
+    entries_untrusted = 0,
   }
 end
 
@@ -110,6 +125,7 @@ function S.reset(t)
   S.n_calls, S.n_forwards, S.n_served = 0, 0, 0
   S.dedup_new, S.dedup_old, S.dedup_new_n, S.dedup_old_n, S.dedup_born = {}, {}, 0, 0, t
   S.health_started = false
+  S.entries_checked = -math.huge -- when the health loop last dropped expired route entries
   zero_stats()
 end
 

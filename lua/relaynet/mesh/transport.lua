@@ -3,7 +3,8 @@
 -- mesh-enabled servers (inbound links), dials the configured peers
 -- (outbound links), and gives each Link (mesh/link.lua) its transport: an
 -- adapter of one shape over either kind of connection,
---   { id = connection id, send(text) -> true | falsy, close(code, reason) }.
+--   { id = connection id, send(text) -> true | falsy, close(code, reason),
+--     binding() -> the TLS exporter value (32 bytes, equal at both ends) | nil }.
 -- Each WebSocket event of a link's connection reaches the mesh here once:
 -- a message goes to link:on_message, the close to link:on_close.
 
@@ -23,7 +24,7 @@ local T = {}
 -- with no frame in between (conn.link_io builds them).
 local function accepted(rec)
   local send, close = conn.link_io(rec)
-  return { id = rec.id, send = send, close = close }
+  return { id = rec.id, send = send, close = close, binding = function() return conn.tls_binding(rec) end }
 end
 
 -- The transport of a dialed client.
@@ -32,6 +33,7 @@ local function dialed(cl)
     id = cl.id,
     send = function(text) return cl:send(text) end,
     close = function(code, reason) cl:close(code, reason) end,
+    binding = function() return conn.tls_binding(cl._rec) end,
   }
 end
 
