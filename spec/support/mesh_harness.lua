@@ -17,6 +17,11 @@
 -- MH.run always kills every process it started, also when the test fails or
 -- times out: SIGTERM first, then SIGKILL, then `pkill -f` on a marker that is
 -- unique to this harness instance (it is the processes' argv[0]).
+--
+-- TLS: set m.tls = { cert =, key =, ca = } (spec/support/tls_files.lua)
+-- before starting nodes: every node then serves https/wss with that
+-- certificate (--tls-cert, --tls-key, --tls-ca), links over wss://localhost,
+-- and the harness's curl calls trust that CA.
 
 local rn = require("relaynet")
 local H = require("helper")
@@ -172,11 +177,19 @@ function Mesh:url(id)
   if id == self.tester and self.tester_port then
     return "ws://127.0.0.1:" .. self.tester_port .. "/ws/p2p"
   end
+  if self.tls then return "wss://localhost:" .. self:port_of(id) .. "/ws/p2p" end
   return "ws://127.0.0.1:" .. self:port_of(id) .. "/ws/p2p"
 end
 
 function Mesh:http(id)
+  if self.tls then return "https://localhost:" .. self:port_of(id) end
   return "http://127.0.0.1:" .. self:port_of(id)
+end
+
+-- curl's options for this mesh: trust the test CA under TLS.
+function Mesh:curl_opts()
+  if self.tls then return "--cacert " .. H.q(self.tls.ca) .. " " end
+  return ""
 end
 
 local function argv0(self, id) return self.marker .. "-" .. id end
@@ -196,7 +209,7 @@ function Mesh:start(id, opts)
     if node.script == nil then node.script = M.COUNTER end
     node.args = opts.args or {}
     for _, p in ipairs(node.peers) do
-      if not p:match("^ws://") then self.edges[#self.edges + 1] = { id, p } end
+      if not p:match("^wss?://") then self.edges[#self.edges + 1] = { id, p } end
     end
   end
   local argv = { "exec", "-a", H.q(argv0(self, id)), M.LUA, H.q(M.RELAYNET) }
@@ -206,7 +219,12 @@ function Mesh:start(id, opts)
   end
   for _, p in ipairs(node.peers) do
     argv[#argv + 1] = "--add-peer"
-    argv[#argv + 1] = H.q(p:match("^ws://") and p or self:url(p))
+    argv[#argv + 1] = H.q(p:match("^wss?://") and p or self:url(p))
+  end
+  if self.tls then
+    for _, a in ipairs({ "--tls-cert", self.tls.cert, "--tls-key", self.tls.key, "--tls-ca", self.tls.ca }) do
+      argv[#argv + 1] = H.q(a)
+    end
   end
   for _, a in ipairs(node.args) do argv[#argv + 1] = H.q(a) end
   local cmd = "exec bash -c " .. H.q(table.concat(argv, " "))
@@ -270,7 +288,7 @@ end
 
 --- GET path on node `id`: status, decoded JSON (or raw body).
 function Mesh:get(id, path)
-  local status, body = H.curl(H.q(self:http(id) .. path), 15)
+  local status, body = H.curl(self:curl_opts() .. H.q(self:http(id) .. path), 15)
   if not status then return nil, body end
   local v = json.decode(body)
   if v == nil then return status, body end
@@ -391,7 +409,7 @@ function Mesh:statuses(ids)
   local handles = {}
   for _, id in ipairs(ids) do
     if id ~= self.tester then
-      handles[id] = H.sh("curl -s -S -m 10 " .. H.q(self:http(id) .. "/status"))
+      handles[id] = H.sh("curl -s -S -m 10 " .. self:curl_opts() .. H.q(self:http(id) .. "/status"))
     end
   end
   local out = {}
@@ -485,7 +503,7 @@ end
 
 --- Posts a raw body to node `id`'s /rpc: decoded response, HTTP status.
 function Mesh:rpc_raw(id, body, timeout)
-  local status, out = H.curl("-X POST -H 'content-type: application/json' --data-binary "
+  local status, out = H.curl(self:curl_opts() .. "-X POST -H 'content-type: application/json' --data-binary "
     .. H.q(body) .. " " .. H.q(self:http(id) .. "/rpc"), timeout or 30)
   if not status then return nil, "curl failed: " .. tostring(out) end
   local v = json.decode(out)
@@ -513,7 +531,9 @@ end
 
 --- A raw WebSocket to node `id`'s /ws/p2p (our own client, no mesh logic).
 function Mesh:raw(id, opts)
-  return assert(rn.ws_connect(self:url(id), opts or { timeout = 5 }))
+  opts = opts or { timeout = 5 }
+  if self.tls and opts.ca == nil then opts.ca = self.tls.ca end
+  return assert(rn.ws_connect(self:url(id), opts))
 end
 
 --- Stops every node: SIGTERM to all at once, then waits; anything left after
