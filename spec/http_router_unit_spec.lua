@@ -84,6 +84,13 @@ describe("http.normalize", function()
       { http.normalize(json, { status = 202, body = "b", headers = { y = "2" } }) })
   end)
 
+  it("sends any other returned table (an array, an object) as a JSON body", function()
+    local s, b, h = http.normalize(json, { 1, 2, 3 })
+    assert.same({ 200, "[1,2,3]", "application/json" }, { s, b, h["content-type"] })
+    s, b = http.normalize(json, { name = "x" })
+    assert.same({ 200, '{"name":"x"}' }, { s, b })
+  end)
+
   it("encodes a table body as JSON unless a content type is set", function()
     local s, b, h = http.normalize(json, 200, { a = 1 })
     assert.equal(200, s)

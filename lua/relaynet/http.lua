@@ -114,8 +114,11 @@ M.REASON = REASON
 --- the caller answers 500 and reports the message.
 function M.normalize(json, a, b, c)
   local status, body, headers
-  if type(a) == "table" then
+  if type(a) == "table" and (a.status ~= nil or a.body ~= nil or a.headers ~= nil) then
     status, body, headers = a.status or 200, a.body, a.headers
+  elseif type(a) == "table" and b == nil then
+    -- any other table (an array, an object) is the body, sent as JSON
+    status, body = 200, a
   elseif type(a) == "string" and b == nil then
     status, body = 200, a
   elseif a == nil then
