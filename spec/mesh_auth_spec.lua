@@ -18,6 +18,7 @@ local core = require("relaynet.core")
 local json = require("relaynet.json")
 
 local ACCESS = H.ROOT .. "/spec/support/access_counter.lua"
+local TTL_COUNTER = H.ROOT .. "/spec/support/ttl_counter.lua"
 
 local F       -- the TLS files
 local DIR     -- a temporary directory for keys, trust and secret files
@@ -343,6 +344,56 @@ describe("mesh authentication", function()
       assert.truthy(peer_ids(m, "n2").m5)
       p:close()
     end, { timeout = 120 })
+  end)
+
+  it("entries are signed again before they expire; a held entry that expires is dropped", function()
+    MH.run(function(m)
+      local TTL = { TTL_COUNTER, "10" } -- entry_ttl = 10 s: signed again every ~5 s
+      start_nodes(m, {
+        { "n1", script = TTL[1], args = keyed("n1", { TTL[2] }) },
+        { "n2", peers = { "n1" }, script = TTL[1], args = keyed("n2", { TTL[2] }) },
+        { "n3", peers = { "n2" }, script = TTL[1], args = keyed("n3", { TTL[2] }) },
+      })
+      m:wait_converged(30)
+      -- this process links to n2 as m5 and advertises an entry that
+      -- expires in 3 s, which it never renews
+      local p = P.connect(m:url("n2"), { id = "m5", priv = K.m5.priv, pub = K.m5.pub })
+      p:handshake()
+      local first = p:expect(function(v) return v.type == "registry_sync" end, "n2's table")
+      local exp3
+      for _, r in ipairs(first.data.routes) do
+        if r.path[#r.path] == "n3" then exp3 = r.exp end
+      end
+      assert(exp3, "no entry for n3")
+      p:send({ type = "registry_sync", id = "adv", from = "m5", to = "n2", data = { seq = 1, full = false,
+        routes = { P.signed_entry({ "m5" }, 1, { "brief" }, os.time() + 3, K.m5.priv, K.m5.pub) } } })
+      MH.wait_until(function() return server_list(m, "n1", "m5")[1] == "brief" end, "n1 to learn m5's entry")
+      local before = stats(m, "n2")
+      MH.wait_until(function() return #server_list(m, "n1", "m5") == 0 end, "m5's entry to expire", 10)
+      assert.equal(1, stats(m, "n2").entries_expired - before.entries_expired)
+      -- n3 signed its entry again: n2 passes on a later expiry
+      p:expect(function(v)
+        if v.type ~= "registry_sync" then return false end
+        for _, r in ipairs(v.data.routes) do
+          if r.path[#r.path] == "n3" and r.exp > exp3 then return true end
+        end
+        return false
+      end, "n3's entry signed again", 15)
+      -- past the first signatures' lifetime the nodes still hold each
+      -- other's entries (only m5's expired, at n2 and perhaps at the
+      -- others before n2's withdrawal reached them), and calls still cross
+      rn.sleep(math.max(0, exp3 + 2 - os.time()))
+      for _, id in ipairs({ "n1", "n2", "n3" }) do
+        local st = stats(m, id)
+        assert.is_true(st.entries_expired <= 1, id)
+        assert.equal(0, st.entries_bad_signature + st.entries_unsigned + st.entries_untrusted, id)
+      end
+      assert.same({ "counter" }, server_list(m, "n1", "n3"))
+      assert.same({ "counter" }, server_list(m, "n1", "n2"))
+      assert.same({ "counter" }, server_list(m, "n3", "n1"))
+      assert.equal(1, m:call_via("n1", "n3", "counter", "increment", {}))
+      p:close()
+    end, { timeout = 90 })
   end)
 
   it("a cluster secret proves membership; a wrong or missing secret is refused", function()

@@ -340,7 +340,10 @@ local function health()
         link:close(4408, link.claim and "no auth in time" or "no hello")
       end
     end
-    if A.signing() and t - (S.entries_checked or -math.huge) >= 5 then
+    -- In key mode, expired route entries go and this node's own is signed
+    -- again; checked every 5 s, or every tenth of entry_ttl when that is
+    -- shorter (never later than a fifth of the half it has left).
+    if A.signing() and t - S.entries_checked >= math.min(5, cfg.entry_ttl / 10) then
       S.entries_checked = t
       R.expire_entries(os.time())
     end
