@@ -2,7 +2,7 @@
 # Instructions per echoed message, relaynet (examples/echo.lua) against the
 # libwebsockets C floor (bench/build/lws_echo), under valgrind's callgrind.
 #
-#   bench/callgrind.sh [--quick] [--symbols] [--conns "1 100"] [--size 16]
+#   bench/callgrind.sh [--quick] [--symbols] [--tls] [--conns "1 100"] [--size 16]
 #                      [--counts "20000 100000"] [--out bench/results/callgrind]
 #
 # For each server and connection count the server runs under callgrind
@@ -18,6 +18,11 @@
 # stripped) so that the interpreter's functions have names. The headline
 # numbers always come from /usr/bin/lua5.4.
 #
+# --tls runs both servers over wss with the bench certificate
+# (bench/build/tls, made by bench/setup.sh; relaynet through rn.tls_config)
+# and loadgen verifying it; connection set-up (the TLS handshakes) cancels
+# out like the rest.
+#
 # Everything goes to bench/results/callgrind/ (summary.txt, *.diff.txt).
 # Run `make build` and bench/setup.sh first (`make bench` does).
 set -euo pipefail
@@ -28,15 +33,17 @@ CONNS="1 100"
 SIZE=16
 COUNTS="20000 100000"
 SYMBOLS=0
+TLS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) CONNS="10"; COUNTS="2000 6000"; shift ;;
     --symbols) SYMBOLS=1; shift ;;
+    --tls) TLS=1; shift ;;
     --conns) CONNS="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --counts) COUNTS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    *) echo "usage: bench/callgrind.sh [--quick] [--symbols] [--conns \"1 100\"] [--size BYTES] [--counts \"N1 N2\"] [--out DIR]" >&2
+    *) echo "usage: bench/callgrind.sh [--quick] [--symbols] [--tls] [--conns \"1 100\"] [--size BYTES] [--counts \"N1 N2\"] [--out DIR]" >&2
        exit 2 ;;
   esac
 done
@@ -60,11 +67,26 @@ export LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;/usr/share/lua/5.4/?.l
 export LUA_CPATH_5_4="$ROOT/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;"
 PORT=$((11000 + $$ % 5000))
 
+TLSDIR="$ROOT/bench/build/tls"
+SCHEME=ws
+LG_TLS=()
+if [ $TLS = 1 ]; then
+  [ -f "$TLSDIR/server.pem" ] || { echo "callgrind.sh: no $TLSDIR/server.pem: run bench/setup.sh" >&2; exit 1; }
+  SCHEME=wss
+  LG_TLS=(--ca "$TLSDIR/ca.pem")
+fi
+
+# The server's command line (word-split by the caller: no spaces in it).
 server_cmd() { # name port
+  local lua_tls="" lws_tls=""
+  if [ $TLS = 1 ]; then
+    lua_tls="-e rn_bench_tls=require('relaynet').tls_config;rn_bench_tls.cert,rn_bench_tls.key='$TLSDIR/server.pem','$TLSDIR/server.key'"
+    lws_tls="--tls-cert $TLSDIR/server.pem --tls-key $TLSDIR/server.key"
+  fi
   case "$1" in
-    relaynet) echo "lua5.4 examples/echo.lua $2" ;;
-    relaynet-sym) echo "bench/build/lua5.4-sym examples/echo.lua $2" ;;
-    lws) echo "bench/build/lws_echo --port $2" ;;
+    relaynet) echo "lua5.4 $lua_tls examples/echo.lua $2" ;;
+    relaynet-sym) echo "bench/build/lua5.4-sym $lua_tls examples/echo.lua $2" ;;
+    lws) echo "bench/build/lws_echo --port $2 $lws_tls" ;;
   esac
 }
 
@@ -97,7 +119,7 @@ run_once() {
     spid=$!
     sleep 0.5
   fi
-  taskset -c 1 bench/build/loadgen --url "ws://127.0.0.1:$port/" --mode echo --conns "$conns" \
+  taskset -c 1 bench/build/loadgen --url "$SCHEME://127.0.0.1:$port/" "${LG_TLS[@]}" --mode echo --conns "$conns" \
     --inflight 1 --size "$SIZE" --count "$count" --server-pid "$pid" >"$file.json"
   sleep 0.2
   if [ -n "$spid" ]; then
@@ -116,7 +138,7 @@ have_strace=0
 command -v strace >/dev/null && have_strace=1
 RESULT="$OUT/summary.txt"
 {
-  echo "instructions (callgrind Ir) per echoed $SIZE-byte message, (Ir(N2) - Ir(N1)) / (N2 - N1), N1=$N1 N2=$N2"
+  echo "instructions (callgrind Ir) per echoed $SIZE-byte message over $SCHEME, (Ir(N2) - Ir(N1)) / (N2 - N1), N1=$N1 N2=$N2"
   [ $have_strace = 1 ] && echo "syscalls per echoed message (strace -c), same differential"
 } | tee "$RESULT"
 declare -A IR
