@@ -43,12 +43,14 @@ local function drop_netns()
   sh("ip netns del " .. NS)
 end
 
--- curl from inside the namespace (remote = true) or from loopback.
-local function get(url, remote, method)
+-- curl from inside the namespace (remote = true) or from loopback, with an
+-- optional extra header line.
+local function get(url, remote, method, header)
   local prefix = remote and ("ip netns exec " .. NS .. " ") or ""
+  local hdr = header and ("-H " .. H.q(header) .. " ") or ""
   local m = method and ("-X " .. method .. " -H 'Content-Type: application/json' --data-binary " ..
     H.q('{"jsonrpc":"2.0","id":1,"method":"p2p.peers"}') .. " ") or ""
-  local rc, out, err = H.sh(prefix .. "curl -s -S -m 10 " .. m .. "-w '\\n%{http_code}' " .. H.q(url)):wait(20)
+  local rc, out, err = H.sh(prefix .. "curl -s -S -m 10 " .. hdr .. m .. "-w '\\n%{http_code}' " .. H.q(url)):wait(20)
   assert(rc == 0, "curl failed: " .. tostring(err))
   local body, status = out:match("^(.*)\n(%d+)$")
   return tonumber(status), body
@@ -56,19 +58,21 @@ end
 
 -- A WebSocket upgrade from inside the namespace with python3-websockets:
 -- the HTTP status it was refused with, or "open".
-local function ws_upgrade(url, remote)
+local function ws_upgrade(url, remote, token)
   local py = table.concat({
     "import asyncio, sys, websockets",
     "async def main():",
+    "    h = {'Authorization': 'Bearer ' + sys.argv[2]} if len(sys.argv) > 2 else {}",
     "    try:",
-    "        async with websockets.connect(sys.argv[1], open_timeout=10):",
+    "        async with websockets.connect(sys.argv[1], open_timeout=10, extra_headers=h):",
     "            print('open')",
     "    except websockets.exceptions.InvalidStatusCode as e:",
     "        print(e.status_code)",
     "asyncio.run(main())",
   }, "\n")
   local prefix = remote and ("ip netns exec " .. NS .. " ") or ""
-  local rc, out, err = H.sh(prefix .. H.PY .. " -c " .. H.q(py) .. " " .. H.q(url)):wait(30)
+  local rc, out, err = H.sh(prefix .. H.PY .. " -c " .. H.q(py) .. " " .. H.q(url) ..
+    (token and (" " .. H.q(token)) or "")):wait(30)
   assert(rc == 0, "python websockets failed: " .. tostring(err))
   return out:match("%S+")
 end
@@ -144,6 +148,40 @@ describe("protected mode", function()
       local stderr = stop_node(node)
       assert(ok, err)
       assert.truthy(stderr:find("WARNING: server .* serves the mesh"), stderr)
+    end, { timeout = 120 })
+  end)
+
+  it("--rpc-token serves JSON-RPC and the views to every address with the token, 401 without", function()
+    H.run(function()
+      local port = harness.free_ports(1)[1]
+      local token = "tok-" .. string.rep("x", 20)
+      local tfile = os.tmpname()
+      local f = assert(io.open(tfile, "w"))
+      f:write(token .. "\n")
+      f:close()
+      local node = start_node(port, "--rpc-token " .. H.q(tfile))
+      local ok, err = pcall(function()
+        local auth = "Authorization: Bearer " .. token
+        local bases = { { "http://" .. HOST_IP .. ":" .. port, true }, { "http://127.0.0.1:" .. port, false } }
+        for _, base in ipairs(bases) do
+          local url, remote = base[1], base[2]
+          local status, body = get(url .. "/status", remote)
+          assert.equal(401, status, url)
+          assert.truthy(body:find("Authorization: Bearer <token>", 1, true), body)
+          assert.equal(401, (get(url .. "/status", remote, nil, "Authorization: Bearer wrong-" .. token)))
+          assert.equal(200, (get(url .. "/status", remote, nil, auth)))
+          assert.equal(401, (get(url .. "/rpc", remote, "POST")))
+          assert.equal(200, (get(url .. "/rpc", remote, "POST", auth)))
+        end
+        local ws = "ws://" .. HOST_IP .. ":" .. port .. "/rpc"
+        assert.equal("401", ws_upgrade(ws, true))
+        assert.equal("open", ws_upgrade(ws, true, token))
+        -- the mesh link stays loopback-only: the token is not a mesh credential
+        assert.equal("403", ws_upgrade("ws://" .. HOST_IP .. ":" .. port .. "/ws/p2p", true))
+      end)
+      stop_node(node)
+      os.remove(tfile)
+      assert(ok, err)
     end, { timeout = 120 })
   end)
 
