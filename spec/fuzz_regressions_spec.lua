@@ -12,6 +12,7 @@
 --   (fuzz/replay_ws.py), which must keep answering afterwards.
 
 local H = require("helper")
+local rn = require("relaynet")
 local json = require("relaynet.json")
 local http = require("relaynet.http")
 local jsonrpc = require("relaynet.jsonrpc")
@@ -111,12 +112,14 @@ describe("fuzz regressions", function()
           .. srv.port .. " " .. H.q(f)):wait(30)
         assert(rc == 0, f .. ": " .. tostring(out) .. tostring(err))
       end
-      -- Still serving: a fresh connection gets its message back.
-      local probe = H.ROOT .. "/fuzz/corpus/ws/text-frags"
-      local rc, out = H.sh(H.PY .. " " .. H.q(H.ROOT .. "/fuzz/replay_ws.py") .. " 127.0.0.1 "
-        .. srv.port .. " " .. H.q(probe)):wait(30)
-      assert.equal(0, rc)
-      assert.truthy(out:find("frame opcode 1 length 6", 1, true), out)
+      -- Still serving: a fresh connection gets its message back. (The
+      -- replays end with a close frame right behind their last fragment,
+      -- so their own messages are not echoed: nothing may follow the
+      -- close reply.)
+      local c = assert(rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/"))
+      assert(c:send("still here"))
+      assert.equal("still here", (c:receive(5)))
+      c:close_wait()
       srv:close()
     end, { timeout = 120 })
   end)
