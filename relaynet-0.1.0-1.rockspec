@@ -1,9 +1,13 @@
 rockspec_format = "3.0"
 package = "relaynet"
 version = "0.1.0-1"
+-- Releases are published on GitHub: the tarball is the one `make dist`
+-- builds (build/dist/relaynet-0.1.0.tar.gz, every committed file under the
+-- top directory relaynet-0.1.0/). The source rock `make dist` builds holds
+-- this file and that tarball, so `luarocks install` of it never fetches.
 source = {
-  url = "git+file:///work/main",
-  tag = "v0.1.0",
+  url = "https://github.com/relaynet/relaynet/releases/download/v0.1.0/relaynet-0.1.0.tar.gz",
+  dir = "relaynet-0.1.0",
 }
 description = {
   summary = "Coroutine-aware HTTP, WebSocket and peer-mesh networking for Lua 5.4 on libuv and libwebsockets",
@@ -13,10 +17,13 @@ libuv event loop, with one coroutine per handler, bounded queues, size limits
 and keepalive on by default.
 ]],
   license = "MIT",
-  homepage = "https://example.invalid/relaynet",
+  homepage = "https://github.com/relaynet/relaynet",
 }
 -- No Lua rocks are needed: JSON is relaynet's own (relaynet.json, in the
 -- core). lua-cjson is not used, because it turns integers into floats.
+-- spec/support/check_rockspec.lua (run by `make dist` and the install spec)
+-- fails when a module under lua/ requires anything outside relaynet.* that
+-- is not declared here.
 dependencies = {
   "lua >= 5.4",
 }
@@ -47,6 +54,7 @@ build = {
     ["relaynet.mesh"] = "lua/relaynet/mesh/init.lua",
     ["relaynet.mesh.state"] = "lua/relaynet/mesh/state.lua",
     ["relaynet.mesh.ident"] = "lua/relaynet/mesh/ident.lua",
+    ["relaynet.mesh.auth"] = "lua/relaynet/mesh/auth.lua",
     ["relaynet.mesh.wire"] = "lua/relaynet/mesh/wire.lua",
     ["relaynet.mesh.routes"] = "lua/relaynet/mesh/routes.lua",
     ["relaynet.mesh.serve"] = "lua/relaynet/mesh/serve.lua",
@@ -64,6 +72,10 @@ build = {
   install = {
     bin = { relaynet = "bin/relaynet" },
   },
+  -- Copied into the rock's directory in the tree, which
+  -- `luarocks show --rock-dir relaynet` prints: the examples run there
+  -- with the installed command (relaynet <rock-dir>/examples/echo.lua).
+  copy_directories = { "examples", "docs" },
 }
 test = {
   type = "command",
