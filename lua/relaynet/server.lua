@@ -202,7 +202,17 @@ function Server:on(event, fn)
   return self
 end
 
-Server.ws_send = conn.server_sender(live, check_server)
+-- ws_send on a closed server is not misuse: server:close() and rn.stop()
+-- close its WebSockets and then run their close (and late message) handlers,
+-- and a handler that tells the other peers (a chat's "left") must not raise
+-- there. The send fails like a send on any closing connection: ECLOSED while
+-- the connection is closing, ENOTCONN once it is gone.
+local function check_sender(s, fname)
+  if getmetatable(s) == Server and s._closed then return s end
+  return check_server(s, fname)
+end
+
+Server.ws_send = conn.server_sender(live, check_sender)
 
 function Server:ws_send_async(conn_id, msg, binary, timeout)
   check_server(self, "ws_send_async")
