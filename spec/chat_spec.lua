@@ -1,6 +1,7 @@
 -- examples/chat.lua: the JSON protocol over relaynet's own client, the page
 -- over HTTP, two headless Chromium pages (spec/e2e/chat_browser.js) over
--- http and ws and over https and wss, and the file run as a script.
+-- http and ws and over https and wss, the page reconnecting across server
+-- restarts (spec/e2e/chat_reconnect.js), and the file run as a script.
 
 local rn = require("relaynet")
 local json = require("relaynet.json")
@@ -195,6 +196,24 @@ describe("examples/chat.lua", function()
       end)
     end)
 
+    it("closes the room quietly: server:close() with people in it reports no handler error", function()
+      H.run(function()
+        local srv, url = start()
+        local a = join(url, "Alice")
+        local b = join(url, "Bob")
+        assert.are.same({ type = "joined", name = "Bob", count = 2 }, recv(a))
+        -- The close handlers tell the others "left" while every connection is
+        -- closing: those sends fail (ECLOSED, ENOTCONN) instead of raising,
+        -- so H.run sees no handler error.
+        assert.is_true(srv:close())
+        for _, c in ipairs({ a, b }) do
+          local msg, err
+          repeat msg, err = c:receive(5) until not msg
+          assert.are.equal("ECLOSED: connection closed (1001 server closing)", err)
+        end
+      end)
+    end)
+
     it("closes WebSockets opened on another path with 1008", function()
       H.run(function()
         local srv = start()
@@ -298,6 +317,21 @@ describe("examples/chat.lua", function()
     end)
   end)
 
+  describe("reconnecting in a browser", function()
+    it("rejoins by itself after restarts, says when the server cannot be reached, " ..
+      "keeps the user list on a narrow screen (spec/e2e/chat_reconnect.js)", function()
+      H.run(function()
+        -- The script starts, kills and restarts examples/chat.lua itself, on
+        -- the port the first run printed.
+        local cmd = "node " .. H.q(H.ROOT .. "/spec/e2e/chat_reconnect.js") .. " lua5.4 "
+          .. H.q(H.ROOT .. "/examples/chat.lua")
+        local rc, out, err = H.sh(cmd):wait(100)
+        assert.are.equal(0, rc, "chat_reconnect.js failed:\n" .. out .. err)
+        assert.are.equal("chat_reconnect: OK\n", out)
+      end, { timeout = 110 })
+    end)
+  end)
+
   describe("as a script", function()
     it("serves the page from any working directory and stops cleanly on SIGTERM", function()
       H.run(function()
@@ -306,6 +340,26 @@ describe("examples/chat.lua", function()
         assert.are.equal(200, status)
         assert.matches("<title>relaynet chat</title>", body, 1, true)
         os.execute("pkill -TERM -P " .. h.pid)
+        local rc, out, err = h:wait(15)
+        assert.are.equal(0, rc)
+        assert.are.equal("chat room on http://localhost:" .. port .. "/ (Ctrl-C stops)\n", out)
+        assert.are.equal("", err)
+      end, { timeout = 30 })
+    end)
+
+    it("stops quietly on SIGINT with two people in the room: exit 0, nothing on stderr", function()
+      H.run(function()
+        local h, port = spawn("cd / && exec lua5.4 " .. H.q(H.ROOT .. "/examples/chat.lua") .. " 0")
+        local url = "ws://127.0.0.1:" .. port .. "/ws"
+        local a = join(url, "Alice")
+        local b = join(url, "Bob")
+        assert.are.same({ type = "joined", name = "Bob", count = 2 }, recv(a))
+        os.execute("pkill -INT -P " .. h.pid)
+        for _, c in ipairs({ a, b }) do
+          local msg, err
+          repeat msg, err = c:receive(5) until not msg
+          assert.are.equal("ECLOSED: connection closed (1001 server closing)", err)
+        end
         local rc, out, err = h:wait(15)
         assert.are.equal(0, rc)
         assert.are.equal("chat room on http://localhost:" .. port .. "/ (Ctrl-C stops)\n", out)
