@@ -22,14 +22,14 @@ CORE       := build/relaynet/core.so
 
 DEB_PKGS   := lua5.4 liblua5.4-dev libwebsockets-dev libwebsockets-evlib-uv \
               libuv1-dev libssl-dev luarocks pkg-config gcc make
-TEST_PKGS  := lua-busted lua-check python3 python3-websockets curl chromium valgrind
+TEST_PKGS  := lua-busted lua-check lua-luv python3 python3-websockets curl chromium valgrind
 
 # spec/support/ is on the path so that a spec can require("helper") and
 # require("mesh_harness").
 export LUA_PATH_5_4  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/support/?.lua;/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;;
 export LUA_CPATH_5_4 := $(CURDIR)/build/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;;
 
-.PHONY: all deps test-deps build test check lint busted run echo clean install valgrind e2e-deps
+.PHONY: all deps test-deps build test check lint busted run echo clean install uninstall dist valgrind e2e-deps
 
 all: build
 
@@ -46,13 +46,15 @@ define apt_ensure
 	fi
 endef
 
+# The stamps depend on the Makefile, so that a package added to a list here
+# is installed on a machine that ran `make deps` before.
 deps: build/.deps-ok
-build/.deps-ok:
+build/.deps-ok: Makefile
 	$(call apt_ensure,$(DEB_PKGS),)
 	@mkdir -p build && touch $@
 
 test-deps: build/.test-deps-ok
-build/.test-deps-ok: | deps
+build/.test-deps-ok: Makefile | deps
 	$(call apt_ensure,$(TEST_PKGS),command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm";)
 	@mkdir -p build && touch $@
 
@@ -98,16 +100,57 @@ valgrind: build test-deps
 	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
 	  --show-leak-kinds=definite,indirect --suppressions=spec/support/valgrind.supp $(LUA) spec/support/traffic.lua
 
+# ---- installing and packaging (README, Installing) -----------------------------
+# `make install PREFIX=P` puts the modules in P/share/lua/5.4, relaynet.core
+# in P/lib/lua/5.4, the examples in P/share/relaynet/examples and the command
+# in P/bin. The installed command has P written into it (INSTALL_PREFIX in
+# bin/relaynet), so it finds its modules without LUA_PATH from any
+# directory. DESTDIR stages the files elsewhere without changing P.
+#
+# `make dist` packs the files committed at HEAD (git archive; uncommitted
+# changes are left out) into build/dist/relaynet-$(VERSION).tar.gz, the
+# release tarball the rockspec's source.url names, and builds the source rock
+# build/dist/$(ROCKSPEC:.rockspec=.src.rock): a zip of the rockspec and that
+# tarball, which `luarocks install` builds without fetching anything. It
+# first checks that the rockspec lists every module and C source of HEAD
+# (spec/support/check_rockspec.lua).
+VERSION    := 0.1.0
+ROCKSPEC   := relaynet-$(VERSION)-1.rockspec
+DIST       := build/dist
+IPREFIX     = $(abspath $(PREFIX))
+
 install: build
-	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(PREFIX)/bin
-	install -d $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/mesh
-	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/5.4/relaynet/core.so
-	install -m 644 lua/relaynet/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/
-	install -m 644 lua/relaynet/mesh/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/relaynet/mesh/
-	install -m 755 bin/relaynet $(DESTDIR)$(PREFIX)/bin/relaynet
+	@case '$(IPREFIX)' in *[\\\"\|\&]*) echo "relaynet: PREFIX must not hold \\ \" | or &" >&2; exit 2;; esac
+	install -d $(DESTDIR)$(IPREFIX)/lib/lua/5.4/relaynet $(DESTDIR)$(IPREFIX)/bin
+	install -d $(DESTDIR)$(IPREFIX)/share/lua/5.4/relaynet/mesh $(DESTDIR)$(IPREFIX)/share/relaynet
+	install -m 755 $(CORE) $(DESTDIR)$(IPREFIX)/lib/lua/5.4/relaynet/core.so
+	install -m 644 lua/relaynet/*.lua $(DESTDIR)$(IPREFIX)/share/lua/5.4/relaynet/
+	install -m 644 lua/relaynet/mesh/*.lua $(DESTDIR)$(IPREFIX)/share/lua/5.4/relaynet/mesh/
+	rm -rf $(DESTDIR)$(IPREFIX)/share/relaynet/examples
+	cp -R examples $(DESTDIR)$(IPREFIX)/share/relaynet/examples
+	sed 's|^\(  local INSTALL_PREFIX = \)nil\( --.*\)$$|\1"$(IPREFIX)"\2|' bin/relaynet > build/relaynet.installed
+	@grep -q '^  local INSTALL_PREFIX = "' build/relaynet.installed || \
+	  { echo "relaynet: bin/relaynet lacks its INSTALL_PREFIX line" >&2; exit 1; }
+	install -m 755 build/relaynet.installed $(DESTDIR)$(IPREFIX)/bin/relaynet
+
+uninstall:
+	rm -rf $(DESTDIR)$(IPREFIX)/share/lua/5.4/relaynet $(DESTDIR)$(IPREFIX)/lib/lua/5.4/relaynet \
+	  $(DESTDIR)$(IPREFIX)/share/relaynet $(DESTDIR)$(IPREFIX)/bin/relaynet
+
+dist: deps
+	$(LUA) spec/support/check_rockspec.lua $(ROCKSPEC) --committed
+	@git diff --quiet HEAD -- lua csrc bin examples $(ROCKSPEC) || \
+	  echo "relaynet: uncommitted changes under lua, csrc, bin or examples are not in the dist"
+	rm -rf $(DIST) && mkdir -p $(DIST)/rock
+	git archive --format=tar.gz --prefix=relaynet-$(VERSION)/ -o $(DIST)/relaynet-$(VERSION).tar.gz HEAD
+	cp $(DIST)/relaynet-$(VERSION).tar.gz $(DIST)/rock/
+	git show HEAD:$(ROCKSPEC) > $(DIST)/rock/$(ROCKSPEC)
+	cd $(DIST)/rock && zip -q -X ../$(ROCKSPEC:.rockspec=.src.rock) $(ROCKSPEC) relaynet-$(VERSION).tar.gz
+	rm -rf $(DIST)/rock
+	@echo "relaynet: built $(DIST)/$(ROCKSPEC:.rockspec=.src.rock) and $(DIST)/relaynet-$(VERSION).tar.gz"
 
 clean:
-	rm -rf build/obj build/relaynet
+	rm -rf build/obj build/relaynet build/dist build/relaynet.installed
 
 # ---- benchmarks (bench/, docs/BENCHMARKS.md) -----------------------------------
 # Never part of `make test`. `make bench` installs the peers it compares
