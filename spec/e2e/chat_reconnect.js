@@ -25,7 +25,9 @@
 //  6. Bob's viewport shrinks to 360x640: the user list must be visible,
 //     inside the viewport, listing everyone, and the page must not scroll
 //     sideways.
-//  7. SIGTERM with four users in the room: exit 0, nothing on stderr.
+//  7. SIGTERM with four users in the room: exit 0, nothing on stderr. With
+//     the server left down, Bob's page must back off (2 to 4 attempts in
+//     4.5 s, the second at least 0.6 s after the first).
 //
 // Exits 0 on success, 1 with a message naming the failed step otherwise,
 // 2 on bad usage, 3 when the whole run exceeds the hard timeout.
@@ -308,8 +310,22 @@ async function main() {
   if (screenshot) await b.page.screenshot({ path: screenshot });
 
   step = "SIGTERM with four users in the room: a quiet exit 0";
+  const attempts = [];
+  b.page.on("websocket", () => attempts.push(Date.now()));
   await stopServer(server, "SIGTERM");
   server = null;
+  const down = Date.now();
+
+  step = "with the server down, Bob's page backs off";
+  // Delays of 0.5, 1, 2, 4 s, each times 0.75 to 1.25: attempts start
+  // between 0.375 and 0.625 s after the loss, then 1.125 to 1.875 s, then
+  // 2.625 to 4.375 s. A page retrying every 0.5 s would make 9 in 4.5 s.
+  await new Promise((r) => setTimeout(r, 4500));
+  const gaps = attempts.map((t, i) => t - (i ? attempts[i - 1] : down));
+  if (attempts.length < 2 || attempts.length > 4 || gaps[1] < 600) {
+    throw new Error(`${attempts.length} connection attempts in 4.5 s, ms apart: ${JSON.stringify(gaps)}`);
+  }
+  await waitText(b.page, "#banner", /^Cannot reach the server, retrying in \d+ s…/);
 
   step = "checking for page errors";
   if (pageErrors.length) throw new Error("JavaScript errors on the page:\n  " + pageErrors.join("\n  "));
