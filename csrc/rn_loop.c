@@ -11,6 +11,7 @@
  */
 #include "rn.h"
 
+#include <dlfcn.h> /* luv's C API, found in the loaded luv module (rn_luv_hook) */
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -256,6 +257,216 @@ static int rn__dispatch_all(lua_State *L) {
   return 1;
 }
 
+/* ---- a nested event loop --------------------------------------------------
+ *
+ * core.nest_loop(fd, step) drives another event loop from this one (the
+ * usual way to embed a libuv loop: relaynet.uvbridge uses it for luv's).
+ * fd is that loop's backend file descriptor (uv_backend_fd: it becomes
+ * readable when the loop has I/O to handle). relaynet's loop watches fd with
+ * a uv_poll_t, and core.poll calls step() before every uv_run, outside every
+ * uv and lws frame, under a protected call (an error propagates as a
+ * dispatch error does). step runs the other loop without blocking and
+ * returns the milliseconds core.poll may block for it (negative: no limit of
+ * its own); core.poll blocks at most the smaller of that and its own
+ * timeout. core.poll refuses to be called from inside step.
+ * core.nest_loop(nil) forgets the nested loop. There is one per Lua state;
+ * it stays registered across runs: the watch is a handle of the current
+ * loop, closed by core.shutdown with the others and made again by the first
+ * core.poll of the next loop. */
+typedef struct rn_nest {
+  int fd;
+  uv_poll_t *poll; /* malloc'd; NULL until the current loop watches fd */
+} rn_nest;
+
+/* The rn_nest userdata (its user value: step) sits in the registry under
+ * this key; rn__nests counts the registered ones in the process, so a
+ * process that nests nothing does no look-up per turn. */
+static const char rn__nest_key = 0;
+static int rn__nests = 0;
+
+static void rn__nest_readable(uv_poll_t *p, int status, int events) {
+  (void)p;
+  (void)status;
+  (void)events; /* waking uv_run is all it takes: step runs the nested loop */
+}
+
+static void rn__nest_closed(uv_handle_t *h) {
+  free(h);
+}
+
+/* Stops watching the nested loop's fd (shutdown, core.nest_loop(nil)). */
+static void rn__nest_unwatch(lua_State *L) {
+  rn_nest *n;
+  if (rn__nests == 0)
+    return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__nest_key);
+  n = (rn_nest *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (n && n->poll) {
+    uv_close((uv_handle_t *)n->poll, rn__nest_closed);
+    n->poll = NULL;
+  }
+}
+
+/* Runs the nested loop's step before core.poll blocks for at most timeout
+ * ms, and returns the timeout to block for. */
+static lua_Integer rn__nest_turn(lua_State *L, rn_loop *l, lua_Integer timeout) {
+  rn_nest *n;
+  lua_Integer ms;
+  int st;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__nest_key);
+  n = (rn_nest *)lua_touserdata(L, -1);
+  if (!n) {
+    lua_pop(L, 1);
+    return timeout;
+  }
+  if (!n->poll) {
+    n->poll = (uv_poll_t *)malloc(sizeof *n->poll);
+    if (!n->poll || uv_poll_init(&l->loop, n->poll, n->fd) != 0) {
+      free(n->poll);
+      n->poll = NULL;
+      return luaL_error(L, "relaynet: cannot watch the nested loop's fd %d", n->fd);
+    }
+    uv_poll_start(n->poll, UV_READABLE, rn__nest_readable);
+  }
+  lua_getiuservalue(L, -1, 1);
+  l->dispatching = 1;
+  st = lua_pcall(L, 0, 1, 0);
+  l->dispatching = 0;
+  if (st != LUA_OK)
+    return lua_error(L);
+  ms = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+  lua_pop(L, 2);
+  if (ms >= 0 && (timeout < 0 || ms < timeout))
+    timeout = ms;
+  return timeout;
+}
+
+/* core.nest_loop(fd, step) or core.nest_loop(nil): see above. */
+static int rn_nest_loop(lua_State *L) {
+  rn_nest *n;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__nest_key);
+  n = (rn_nest *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (lua_isnoneornil(L, 1)) {
+    if (n) {
+      rn__nest_unwatch(L);
+      lua_pushnil(L);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__nest_key);
+      rn__nests--;
+    }
+    return 0;
+  }
+  if (n)
+    return luaL_error(L, "relaynet: a nested loop is already registered");
+  n = (rn_nest *)lua_newuserdatauv(L, sizeof *n, 1);
+  n->fd = (int)luaL_checkinteger(L, 1);
+  n->poll = NULL;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__nest_key);
+  rn__nests++;
+  return 0;
+}
+
+/* ---- luv's callbacks --------------------------------------------------------
+ *
+ * luv (the libuv binding) calls every Lua callback through a function its
+ * C API lets a host replace (luv.h: luv_set_callback, luv_CFpcall), and it
+ * calls them on the thread that first required it. Its own function prints
+ * an error and exits the process, and the thread may be a coroutine that
+ * has since been collected. core.luv_hook(path, report) finds luv's C API
+ * in the loaded module at `path` (or in the program, when luv is linked
+ * in), makes luv call back on the main thread, and replaces that function
+ * with rn__luv_pcall, which hands the error, with its traceback, to
+ * report(message) and lets the loop go on. Returns true, or nil, message,
+ * "ENOTSUP" when luv's C API is not found. The signatures below are luv.h's
+ * (luv 1.30 and later). */
+typedef int (*rn__luv_pcall_fn)(lua_State *L, int nargs, int nresults, int flags);
+typedef void (*rn__luv_set_loop_fn)(lua_State *L, uv_loop_t *loop);
+typedef uv_loop_t *(*rn__luv_loop_fn)(lua_State *L);
+typedef void (*rn__luv_set_callback_fn)(lua_State *L, rn__luv_pcall_fn pcall);
+#define RN_LUVF_NOTRACEBACK 0x02 /* luv.h: LUVF_CALLBACK_NOTRACEBACK */
+#define RN_LUVF_NOERRMSG 0x04    /* luv.h: LUVF_CALLBACK_NOERRMSG */
+
+static const char rn__luv_report_key = 0;
+
+static int rn__luv_traceback(lua_State *L) {
+  luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
+  return 1;
+}
+
+/* luv_CFpcall's contract (luv.h): calls the function under its nargs
+ * arguments; on success leaves its results and returns their number, on
+ * error leaves nothing and returns minus lua_pcall's status. */
+static int rn__luv_pcall(lua_State *L, int nargs, int nresults, int flags) {
+  int fi = lua_gettop(L) - nargs; /* the function's index */
+  int tb = !(flags & (RN_LUVF_NOTRACEBACK | RN_LUVF_NOERRMSG));
+  int st;
+  if (tb) {
+    lua_pushcfunction(L, rn__luv_traceback);
+    lua_insert(L, fi);
+  }
+  st = lua_pcall(L, nargs, nresults, tb ? fi : 0);
+  if (tb)
+    lua_remove(L, fi);
+  if (st == LUA_OK)
+    return nresults == LUA_MULTRET ? lua_gettop(L) - fi + 1 : nresults;
+  if (flags & RN_LUVF_NOERRMSG) {
+    lua_pop(L, 1);
+    return -st;
+  }
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rn__luv_report_key);
+  lua_insert(L, -2);
+  if (!lua_isfunction(L, -2) || lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    fprintf(stderr, "relaynet: luv callback: %s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error)");
+    lua_pop(L, 2);
+  }
+  return -st;
+}
+
+static int rn_luv_hook(lua_State *L) {
+  const char *path = luaL_optstring(L, 1, NULL);
+  void *lib = NULL;
+  rn__luv_set_loop_fn set_loop = NULL;
+  rn__luv_loop_fn get_loop = NULL;
+  rn__luv_set_callback_fn set_callback = NULL;
+  lua_State *main;
+  uv_loop_t *loop;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (path)
+    lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  if (!lib)
+    lib = dlopen(NULL, RTLD_NOW);
+  if (lib) {
+    set_loop = (rn__luv_set_loop_fn)dlsym(lib, "luv_set_loop");
+    get_loop = (rn__luv_loop_fn)dlsym(lib, "luv_loop");
+    set_callback = (rn__luv_set_callback_fn)dlsym(lib, "luv_set_callback");
+  }
+  if (!set_loop || !get_loop || !set_callback) {
+    if (lib)
+      dlclose(lib);
+    return rn__fail(L, "ENOTSUP", "luv's C API (luv_set_callback) was not found in %s",
+                    path ? path : "the program");
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  loop = get_loop(main);
+  if (!loop) {
+    dlclose(lib);
+    return rn__fail(L, "ENOTSUP", "luv has no loop yet (require \"luv\" first)");
+  }
+  lua_pushvalue(L, 2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &rn__luv_report_key);
+  set_loop(main, loop); /* the same loop; luv now calls back on the main thread */
+  set_callback(main, rn__luv_pcall);
+  dlclose(lib); /* the module stays loaded: Lua holds its own handle */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* core.poll(timeout_ms, dispatch): runs one iteration of the uv loop (blocking
  * at most timeout_ms; negative blocks until something happens; 0 never
  * blocks), then calls dispatch for every queued event. Returns the number of
@@ -271,6 +482,8 @@ static int rn_poll(lua_State *L) {
     return luaL_error(L, "relaynet: core.poll called from inside an event dispatch");
   if (l->ev_count == 0) {
     rn__arena_reset(l);
+    if (rn__nests > 0)
+      timeout = rn__nest_turn(L, l, timeout); /* a nested loop's step (luv) */
     if (timeout == 0) {
       uv_run(&l->loop, UV_RUN_NOWAIT);
     } else {
@@ -337,6 +550,7 @@ static int rn_shutdown(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
+  rn__nest_unwatch(L); /* the nested loop's watch (luv) */
   uv_close((uv_handle_t *)&l->poll_timer, rn__handle_closed);
   uv_close((uv_handle_t *)&l->sweep_timer, rn__handle_closed);
   uv_close((uv_handle_t *)&l->sig_int, rn__handle_closed);
@@ -439,6 +653,8 @@ void rn__loop_open_lua(lua_State *L) {
     {"trim_memory", rn_trim_memory},
     {"shutdown", rn_shutdown},
     {"running", rn_running},
+    {"nest_loop", rn_nest_loop}, /* relaynet.uvbridge: luv on this loop */
+    {"luv_hook", rn_luv_hook},
     {NULL, NULL}};
   luaL_setfuncs(L, funcs, 0);
 }

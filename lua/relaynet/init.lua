@@ -42,6 +42,8 @@ M.spawn = sched.spawn
 M.sleep = sched.sleep
 M.after = sched.after
 M.now = sched.now
+-- luv on relaynet's loop (relaynet.uvbridge; README, "Using luv beside relaynet")
+M.luv, M.luv_wait = require("relaynet.uvbridge").luv, require("relaynet.uvbridge").wait
 
 -- servers and clients
 M.HttpServer = server.HttpServer

@@ -13,6 +13,7 @@ local mesh = require("relaynet.mesh")
 local conn = require("relaynet.conn")
 local server = require("relaynet.server")
 local client = require("relaynet.client")
+local uvbridge = require("relaynet.uvbridge")
 
 local M = {}
 
@@ -96,7 +97,7 @@ end
 
 local function active()
   if server.any() or next(conns) or client.any_resolving() then return true end
-  return sched.pending() > 0
+  return sched.pending() > 0 or uvbridge.alive() -- luv's loop, when rn.luv() wired it in
 end
 
 local function graceful_shutdown()
