@@ -34,8 +34,8 @@ M.running = runtime.running
 M.stats = runtime.stats
 M.on_error = runtime.on_error
 M.server = runtime.server
--- For the relaynet command: sets the server rn.server() returns.
-M._set_default_server = runtime.set_default_server
+-- For the relaynet command (relaynet.cli): its --port/--host/--server options.
+M._set_listen_defaults = runtime.set_listen_defaults
 M.set_rpc_token = server.set_rpc_token
 
 M.spawn = sched.spawn
@@ -57,6 +57,12 @@ M._rpc_ws = rpc.ws_message
 -- stay integers; decode and encode return nil, message instead of raising).
 M.json = require("relaynet.json")
 
+-- Logs and metrics (README, "Logs and metrics"): rn.log is relaynet.log
+-- (levels, the access log, the writer); rn.metrics() returns the text of
+-- GET /metrics (Prometheus text format), for a route of the user's own.
+M.log = require("relaynet.log")
+M.metrics = require("relaynet.metrics").render
+
 -- TLS: process-wide certificate, key and CA files (relaynet.tls)
 M.tls_config = require("relaynet.tls").config
 
@@ -71,6 +77,7 @@ M.registry = mesh.registry
 M.expose = mesh.expose
 M.unexpose = mesh.unexpose
 M.remote_call = mesh.remote_call
+M.wait_route = mesh.wait_route
 M.mesh_status = mesh.status
 M.send_message = mesh.send_message
 M.on_mesh_message = mesh.on_message

@@ -26,7 +26,8 @@ local handle = sched.handle
 local MESSAGE_LABEL = "message handler for "
 
 local running, stopping = false, false
-local default_server = nil -- the relaynet command's --port server
+local default_server = nil -- the server rn.server() returns
+local listen_defaults = nil -- the relaynet command's --port/--host/--server options
 
 -- event dispatch (called by core.poll for every event) ------------------------------
 
@@ -193,15 +194,33 @@ function M.running()
   return running and not stopping
 end
 
---- The server the relaynet command started with --port (nil otherwise);
---- it is forgotten when the run ends.
-function M.server()
-  return default_server
+--- rn.server([opts]) -> server | nil, msg, code
+--- The process's default server, started by the first call that can start
+--- it: rn.server(opts) listens with `opts` (HttpServer.listen's options;
+--- port 8080 when none is given), and under the relaynet command with
+--- --port, --host, --server or --no-mesh those options override the
+--- script's (so `relaynet echo.lua --port 9000` serves the echo on 9000 and
+--- starts no second server). rn.server() without opts starts it only when
+--- the command asked for one; otherwise it returns nil. The server is
+--- forgotten when the run ends.
+function M.server(opts)
+  if default_server then return default_server end
+  if opts ~= nil and type(opts) ~= "table" then error("relaynet.server: opts must be a table", 2) end
+  if opts == nil and not listen_defaults then return nil end
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  for k, v in pairs(listen_defaults or {}) do o[k] = v end
+  if o.port == nil then o.port = 8080 end
+  local srv, err, code = server.HttpServer.listen(o)
+  if not srv then return nil, err, code end
+  default_server = srv
+  return srv
 end
 
---- Sets the server rn.server() returns (the relaynet command's --port server).
-function M.set_default_server(srv)
-  default_server = srv
+--- For the relaynet command: the options (port, host, mesh) that override
+--- a script's in M.server, and that make M.server() start a server.
+function M.set_listen_defaults(o)
+  listen_defaults = o
 end
 
 --- Sets the hook that receives handler errors (a message with traceback).

@@ -17,6 +17,8 @@ local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local SV = require("relaynet.mesh.serve")
+local metrics = require("relaynet.metrics")
+local hrtime = require("relaynet.core").hrtime
 
 local cfg = S.config
 local contains, is_name, now, fail = W.contains, W.is_name, W.now, W.fail
@@ -220,6 +222,33 @@ local function call_local(owner, server, method, args, timeout)
   return SV.job_result(job, server, method)
 end
 
+--- True while the mesh is still coming up: within cfg.startup_route_wait
+--- seconds of rn.run's start, a configured peer has no link yet or a link
+--- is less than a second old (its routes may still be on their way).
+function C.starting()
+  local t = now()
+  if t - S.run_started > cfg.startup_route_wait then return false end
+  for _, p in pairs(S.peer_urls) do
+    if p.active and not (p.link and p.link.since) then return true end
+  end
+  for _, link in pairs(S.links) do
+    if link.since and t - link.since < 1 then return true end
+  end
+  return false
+end
+
+--- Waits (in 20 ms steps, until `deadline`) while the mesh is starting
+--- for a route to `node`: its link and route, or nil. A node's own script
+--- may thus call remote_call at top level, before its links are up; calls
+--- from JSON-RPC clients never wait here.
+function C.route_while_starting(node, deadline)
+  while now() < deadline and C.starting() do
+    sched.sleep(0.02)
+    local link, b = R.next_link(node)
+    if link then return link, b end
+  end
+end
+
 --- Raises (at `level`) when remote_call's arguments have the wrong types.
 function C.check_call_args(node, server, method, args, timeout, level)
   if type(node) ~= "string" then error("relaynet.remote_call: node_id must be a string", level) end
@@ -251,6 +280,9 @@ function C.call(owner, node, server, method, args, timeout)
     return fail("EBUSY", "node %s already waits for %d remote calls (mesh max_calls)", me, S.n_calls)
   end
   local link, b = R.next_link(node)
+  if not link and not owner and sched.can_wait() then
+    link, b = C.route_while_starting(node, now() + math.min(timeout, cfg.startup_route_wait))
+  end
   if not link then
     S.stats.no_route = S.stats.no_route + 1
     return fail("ENOROUTE", "no route to node %s", node)
@@ -292,6 +324,19 @@ function C.call(owner, node, server, method, args, timeout)
     return SV.no_answer(server, method, node, timeout)
   end
   return nil, a, c
+end
+
+-- Every call that returns (a result or an error; not one that raised for
+-- misuse) is counted by outcome with its latency (relaynet.metrics).
+do
+  local call = C.call
+  local function done(t0, ok, ...)
+    if ok == nil then metrics.call_done(select(2, ...), hrtime() - t0) else metrics.call_done(nil, hrtime() - t0) end
+    return ok, ...
+  end
+  function C.call(...)
+    return done(hrtime(), call(...))
+  end
 end
 
 --- Fails every call of `owner` still waiting with ECANCELED (its client

@@ -23,6 +23,7 @@
 --    persist.
 
 local json = require("relaynet.json")
+local sched = require("relaynet.sched")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
@@ -128,11 +129,44 @@ end
 
 -- peers ---------------------------------------------------------------------------
 
---- Adds a peer to dial (and keep dialing) while relaynet runs.
-function M.add_peer(url)
-  if type(url) ~= "string" or not url:match("^wss?://") then
-    error("relaynet.add_peer: expected a ws:// URL", 2)
+--- The WebSocket URL a peer address stands for, or nil, why. Accepted:
+--- ws(s)://HOST[:PORT][/PATH] (no path, or "/", means /ws/p2p),
+--- http(s)://HOST[:PORT][/PATH] (the same with ws(s)://: the relaynet
+--- design's `-add-peer http://localhost:8080`) and HOST:PORT (ws://). An
+--- IPv6 host is written in brackets.
+function M.peer_url(s)
+  if type(s) ~= "string" then return nil, "a peer address must be a string" end
+  local scheme, rest = s:match("^(%a+)://(.*)$")
+  if not scheme then
+    scheme, rest = "ws", s
+    if not s:match("^%[?[%w%.%-:]+%]?:%d+$") then
+      return nil, "not a peer address: " .. s .. " (expected ws://HOST:PORT/PATH, http://HOST:PORT or HOST:PORT)"
+    end
   end
+  scheme = scheme:lower()
+  local ws = ({ ws = "ws", wss = "wss", http = "ws", https = "wss" })[scheme]
+  if not ws then return nil, "not a peer address: " .. s .. " (the scheme must be ws, wss, http or https)" end
+  local hostport, path = rest:match("^([^/?#]+)(.*)$")
+  if not hostport then return nil, "not a peer address: " .. s .. " (no host)" end
+  local host, port = hostport:match("^(%[[%x:%.]+%]):?(%d*)$")
+  if not host then host, port = hostport:match("^([%w%.%-]+):?(%d*)$") end
+  if not host or host == "" then return nil, "not a peer address: " .. s .. " (bad host)" end
+  local n = math.tointeger(tonumber(port ~= "" and port or (ws == "wss" and "443" or "80")))
+  if not n or n < 1 or n > 65535 then return nil, "not a peer address: " .. s .. " (the port must be 1..65535)" end
+  if path == "" or path == "/" then path = "/ws/p2p" end
+  if path:sub(1, 1) ~= "/" or path:find("[%s#]") then
+    return nil, "not a peer address: " .. s .. " (bad path)"
+  end
+  return ws .. "://" .. host .. ":" .. n .. path
+end
+
+--- Adds a peer to dial (and keep dialing) while relaynet runs. `url` is any
+--- form M.peer_url accepts; a string it refuses raises (misuse).
+function M.add_peer(url)
+  if type(url) ~= "string" then error("relaynet.add_peer: expected a peer URL string", 2) end
+  local norm, why = M.peer_url(url)
+  if not norm then error("relaynet.add_peer: " .. why, 2) end
+  url = norm
   local p = S.peer_urls[url]
   if not p then
     p = { url = url, active = true }
@@ -145,6 +179,7 @@ end
 
 --- Stops dialing `url` and closes its link. False when it was not a peer.
 function M.remove_peer(url)
+  url = M.peer_url(url) or url
   local p = S.peer_urls[url]
   if not p then return false end
   p.active = false
@@ -156,6 +191,7 @@ end
 --- Called when rn.run() starts: mounts /ws/p2p and dials the configured peers.
 function M.start()
   S.started_at = os.time()
+  S.run_started = W.now()
   T.mount()
   for _, p in pairs(S.peer_urls) do T.start_peer(p) end
   if next(S.peer_urls) then L.ensure_health() end
@@ -210,6 +246,31 @@ function M.peers()
   end
   table.sort(list, function(a, b) return a.id < b.id end)
   return list
+end
+
+--- Waits until this node has a route to `node` (this node itself has one
+--- at once): returns its entry as in routes(), or nil, "ETIMEDOUT: ...",
+--- "ETIMEDOUT" after `timeout` seconds (default 10). Suspends; checks every
+--- 20 ms.
+function M.wait_route(node, timeout)
+  if type(node) ~= "string" then error("relaynet.wait_route: node_id must be a string", 2) end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    error("relaynet.wait_route: timeout must be a non-negative number of seconds", 2)
+  end
+  timeout = timeout or 10
+  local deadline = W.now() + timeout
+  while true do
+    if node == I.node_id() then return { node = node, hops = 0, path = { node } } end
+    if S.best[node] then
+      for _, r in ipairs(M.routes()) do
+        if r.node == node then return r end
+      end
+    end
+    if W.now() >= deadline then
+      return W.fail("ETIMEDOUT", "no route to node %s within %g s", node, timeout)
+    end
+    sched.sleep(math.min(0.02, math.max(0, deadline - W.now())))
+  end
 end
 
 function M.routes()

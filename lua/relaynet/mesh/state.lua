@@ -20,6 +20,7 @@ S.config = {
   advert_delay = 0.02,    -- triggered adverts are batched this long
   max_ttl = 16,           -- hops; also the longest accepted path
   default_timeout = 10,   -- remote_call timeout when none is given
+  startup_route_wait = 5, -- a script's call with no route waits this long at most while links come up
   max_timeout = 300,      -- the longest timeout a call may carry
   backoff_min = 0.2,      -- reconnect backoff start
   backoff_max = 5,        -- reconnect backoff cap
@@ -64,6 +65,7 @@ S.enabled = true        -- false once M.disable() was called
 S.message_handler = nil -- fn(from, payload) for route_message payloads
 S.my_seq = 1            -- this node's advert sequence number (bumped by expose/unexpose)
 S.started_at = os.time()
+S.run_started = -math.huge -- sched.now() when rn.run last started (mesh.start)
 S.counters = {}         -- status prefix -> counter table of a layer above (M.add_counters)
 -- Credentials (mesh/auth.lua; nil: none, protocol version 1):
 -- { priv, pub, pub_b64 (this node's Ed25519 key, or nil), trust (node id ->
