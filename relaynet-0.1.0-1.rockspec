@@ -21,6 +21,8 @@ and keepalive on by default.
 }
 -- No Lua rocks are needed: JSON is relaynet's own (relaynet.json, in the
 -- core). lua-cjson is not used, because it turns integers into floats.
+-- luv is optional and not listed: rn.luv() loads it (pcall) only when a
+-- script asks for it (Debian's lua-luv, or the luv rock).
 -- spec/support/check_rockspec.lua (run by `make dist` and the install spec)
 -- fails when a module under lua/ requires anything outside relaynet.* that
 -- is not declared here.
@@ -68,6 +70,8 @@ build = {
     ["relaynet.client"] = "lua/relaynet/client.lua",
     ["relaynet.tls"] = "lua/relaynet/tls.lua",
     ["relaynet.rpc"] = "lua/relaynet/rpc.lua",
+    ["relaynet.cli"] = "lua/relaynet/cli.lua",
+    ["relaynet.uvbridge"] = "lua/relaynet/uvbridge.lua",
   },
   install = {
     bin = { relaynet = "bin/relaynet" },
