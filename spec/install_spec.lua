@@ -49,21 +49,28 @@ local function check_command(cmd, lua_prefix, lib_prefix, examples_dir)
   assert.equal(0, rc, err)
   assert.equal(lua_prefix .. "/relaynet/init.lua\n" .. lib_prefix .. "/relaynet/core.so\n", out)
 
-  -- The echo example, copied out of the installation and run from /tmp.
+  -- The examples, copied out of the installation; echo.lua runs from /tmp.
   local dir = tmpdir()
-  assert(os.execute("cp " .. H.q(examples_dir .. "/echo.lua") .. " " .. H.q(dir .. "/echo.lua")))
+  assert(os.execute("cp -R " .. H.q(examples_dir) .. " " .. H.q(dir .. "/examples")))
   local port = free_port()
   local pidfile = dir .. "/pid"
-  local server = H.sh(CLEAN .. "{ " .. H.q(cmd) .. " " .. H.q(dir .. "/echo.lua") .. " " .. port ..
+  local server = H.sh(CLEAN .. "{ " .. H.q(cmd) .. " " .. H.q(dir .. "/examples/echo.lua") .. " " .. port ..
     " & echo $! >" .. H.q(pidfile) .. "; wait $!; }")
   local c, cerr
   local deadline = rn.now() + 30
   repeat
     c, cerr = rn.ws_connect("ws://127.0.0.1:" .. port .. "/", { timeout = 2 })
     if not c then rn.sleep(0.2) end
-  until c or rn.now() > deadline
-  if not c then server:kill() end
-  assert(c, "the installed echo example did not accept a WebSocket: " .. tostring(cerr))
+    -- The command exited (status file written): the example failed to start.
+    local gone = io.open(server.base .. ".rc")
+    if gone then gone:close() end
+  until c or gone or rn.now() > deadline
+  if not c then
+    os.execute("kill -TERM $(cat " .. H.q(pidfile) .. ") 2>/dev/null")
+    local src, sout, serr = server:wait(30)
+    error(string.format("the installed echo example did not accept a WebSocket (%s); it exited %s:\n%s%s",
+      tostring(cerr), tostring(src), sout, serr))
+  end
   assert(c:send("hello from outside"))
   local msg, binary = c:receive(10)
   assert.equal("hello from outside", msg)

@@ -12,6 +12,8 @@
 --     name (lua/relaynet/a/b.lua is relaynet.a.b, a/init.lua is relaynet.a),
 --     and every Lua module of build.modules names such a file;
 --   * relaynet.core's sources are exactly csrc/*.c;
+--   * every relaynet.* module that lua/ or bin/ requires (not through
+--     pcall) is a module of build.modules;
 --   * every module that lua/ or bin/ requires outside relaynet.* belongs to
 --     a rock listed in dependencies (KNOWN_ROCKS maps module to rock; a
 --     require written as pcall(require, "m") is optional and not checked);
@@ -124,7 +126,9 @@ for _, f in ipairs(files) do
     for m in src:gmatch("pcall%(%s*require%s*,%s*[\"']([%w_%.]+)[\"']") do optional[m] = true end
     for m in src:gmatch("require%s*%(?%s*[\"']([%w_%.]+)[\"']") do
       local top = m:match("^[^.]+")
-      if top ~= "relaynet" and not optional[m] then
+      if top == "relaynet" and not optional[m] and not modules[m] then
+        problem("%s requires %s, which is not a module of %s", f, m, rockspec_file)
+      elseif top ~= "relaynet" and not optional[m] then
         local rock = ROCKS_OF[top]
         if not rock then
           problem("%s requires %s: add its rock to dependencies and to ROCKS_OF in %s", f, m, arg[0])
