@@ -65,6 +65,12 @@ local function ME(id, code, name, message)
   return E(id, code, message, '{"code":"' .. name .. '"}')
 end
 
+-- -32601 for a server.method call this node cannot serve: data says why.
+local function NF(id, method, name, message)
+  return E(id, -32601, "Method not found: " .. method,
+    '{"code":"' .. name .. '","message":' .. assert(json.encode(message)) .. '}')
+end
+
 local function batch(list) return "[" .. table.concat(list, ",") .. "]" end
 
 local function call(id, method, params)
@@ -240,11 +246,11 @@ describe("JSON-RPC 2.0 on this node", function()
         { name = "null id", send = call("null", "counter.get"), expect = R("null", 7) },
         -- 1.0 and 1 are the same JSON number; relaynet.json reads it as the integer 1
         { name = "1.0 id", send = call("1.0", "counter.get"), expect = R("1", 7) },
-        { name = "object params are one argument", send = call(4, "echo.same", '{"a":1,"b":[true,null]}'),
+        { name = "an object in an array is one argument", send = call(4, "echo.same", '[{"a":1,"b":[true,null]}]'),
           expect = R(4, '{"a":1,"b":[true,null]}') },
         { name = "[] and {} are told apart", send = call(5, "echo.same", "[[],{},[[]],{\"e\":[ ]}]"),
           expect = R(5, '[[],{},[[]],{"e":[]}]') },
-        { name = "{} params", send = call(6, "echo.count", "{}"), expect = R(6, 1) },
+        { name = "[{}] params", send = call(6, "echo.count", "[{}]"), expect = R(6, 1) },
         { name = "[] params", send = call(7, "echo.count", "[]"), expect = R(7, 0) },
         { name = "null arguments", send = call(8, "echo.count", "[null,null]"), expect = R(8, 2) },
         { name = "no result is null", send = call(9, "echo.none"), expect = R(9, "null") },
@@ -464,14 +470,24 @@ describe("JSON-RPC 2.0 on this node", function()
         { send = call(38, "remote_call", '{"node_id":"n","server":"echo","method":"same"}'),
           expect = E(38, -32602, "Invalid params: unknown param 'server'") },
         -- mesh errors of calls on this node
+        -- a server or method this node does not have: -32601, and which in data
         { send = call(40, "nothere.get"),
-          expect = ME(40, -32002, "ENOSERVER", "ENOSERVER: no server 'nothere' on node " .. NODE) },
+          expect = NF(40, "nothere.get", "ENOSERVER", "ENOSERVER: no server 'nothere' on node " .. NODE) },
         { send = call(41, "counter.nothere"),
-          expect = ME(41, -32003, "ENOMETHOD", "ENOMETHOD: server 'counter' on node " .. NODE ..
+          expect = NF(41, "counter.nothere", "ENOMETHOD", "ENOMETHOD: server 'counter' on node " .. NODE ..
             " has no method 'nothere'") },
         { send = call(42, "counter._private"),
-          expect = ME(42, -32003, "ENOMETHOD", "ENOMETHOD: server 'counter' on node " .. NODE ..
+          expect = NF(42, "counter._private", "ENOMETHOD", "ENOMETHOD: server 'counter' on node " .. NODE ..
             " has no method '_private'") },
+        { send = call(48, "nope.nothing", "[]"),
+          expect = NF(48, "nope.nothing", "ENOSERVER", "ENOSERVER: no server 'nope' on node " .. NODE) },
+        -- named params: a Lua method's parameters have no names
+        { send = call(49, "counter.increment", '{"n":5}'),
+          expect = E(49, -32602, "Invalid params: counter.increment takes its params by position (a JSON array), " ..
+            "not by name") },
+        { send = call(50, "echo.count", "{}"),
+          expect = E(50, -32602, "Invalid params: echo.count takes its params by position (a JSON array), " ..
+            "not by name") },
         { send = call(43, "thrower.fail"),
           expect = ME(43, -32004, "EREMOTE", "EREMOTE: thrower.fail on node " .. NODE .. " raised: kaboom") },
         { send = call(44, "counter.increment", '["x"]'),
@@ -613,8 +629,12 @@ describe("JSON-RPC 2.0 on this node", function()
         EREMOTE = -32004, ELINKLOST = -32005, ETTL = -32006, ECANCELED = -32007, EBUSY = -32008,
         EINVAL = -32602 }
       for name, code in pairs(codes) do
-        cases[#cases + 1] = { send = call('"' .. name .. '"', "inject." .. name),
-          expect = ME('"' .. name .. '"', code, name, name .. ": injected failure") }
+        -- a call on this node that finds no server or method is -32601
+        local direct = ME('"' .. name .. '"', code, name, name .. ": injected failure")
+        if name == "ENOSERVER" or name == "ENOMETHOD" then
+          direct = NF('"' .. name .. '"', "inject." .. name, name, name .. ": injected failure")
+        end
+        cases[#cases + 1] = { send = call('"' .. name .. '"', "inject." .. name), expect = direct }
         cases[#cases + 1] = { send = call(1, "remote_call", '["n9","inject","' .. name .. '"]'),
           expect = ME(1, code, name, name .. ": injected failure") }
       end
@@ -888,7 +908,7 @@ describe("JSON-RPC 2.0 remote_call across real nodes", function()
         { send = rc(10, '["n2","remote","slow",[3],0.2]'),
           expect = ME(10, -32000, "ETIMEDOUT", "ETIMEDOUT: remote.slow on node n2 did not answer within 0.2 s") },
         { name = "a server of n2 is not on this node", send = call(11, "remote.whoami"),
-          expect = ME(11, -32002, "ENOSERVER", "ENOSERVER: no server 'remote' on node " .. NODE) },
+          expect = NF(11, "remote.whoami", "ENOSERVER", "ENOSERVER: no server 'remote' on node " .. NODE) },
         { name = "a batch across nodes", send = batch({
             rc(12, '["n2","remote","slow",[0.2]]'),
             call(13, "counter.increment", "[4]"),

@@ -434,8 +434,20 @@ local function execute(req, ctx)
   local params, args = req.params
   if params == nil then args = json.array({})
   elseif is_array(params) then args = params
-  else args = json.array({ params }) end
-  return call_mesh(ctx, get_mesh().node_id(), server, method, args, nil)
+  else
+    -- A Lua method's parameters have no names to match an object against.
+    return false, invalid_params(valid_utf8(name) .. " takes its params by position (a JSON array), not by name")
+  end
+  local ok, value = call_mesh(ctx, get_mesh().node_id(), server, method, args, nil)
+  -- No such server or method on this node: the JSON-RPC method does not
+  -- exist (-32601); data.code still says which of the two.
+  local code = not ok and value.data and value.data.code
+  if code == "ENOSERVER" or code == "ENOMETHOD" then
+    local e = method_not_found(name)
+    e.data = { code = code, message = value.message }
+    return false, e
+  end
+  return ok, value
 end
 
 -- Runs a request, turning a raise into an internal error.
