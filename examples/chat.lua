@@ -1,9 +1,9 @@
 -- relaynet chat room: a page at / and a JSON protocol over a WebSocket at /ws.
 --
---   lua5.4 examples/chat.lua [port]        (default port 8080)
---   bin/relaynet examples/chat.lua [port]  (the same, in relaynet's runner)
---   bin/relaynet examples/chat.lua [port] --tls-cert CERT --tls-key KEY
---                                           (https, and the page chats over wss)
+--   lua5.4 examples/chat.lua [port]          (default port 8080)
+--   relaynet examples/chat.lua --port 9000   (the same; any relaynet option)
+--   relaynet examples/chat.lua [port] --tls-cert CERT --tls-key KEY
+--                                            (https, and the page chats over wss)
 --
 -- Protocol (every frame is a JSON object with a "type"):
 --   client -> server  {type="join", name=...}   name: 1-32 characters once trimmed
@@ -21,6 +21,7 @@
 -- M.start(port [, host]) starts the server inside a running rn.run and
 -- returns it (or nil, msg, code).
 
+dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua")
 local rn = require("relaynet")
 local json = rn.json
 
@@ -61,10 +62,19 @@ local function clean(s, what, max, allow_newlines)
 end
 M.clean = clean
 
-function M.start(port, host)
-  local srv, err, code = rn.HttpServer.listen{ port = port, host = host, max_message = 64 * 1024 }
-  if not srv then return nil, err, code end
+-- The chat's listen options.
+M.LISTEN = { max_message = 64 * 1024 }
 
+--- Starts the chat on a new server (inside a running rn.run): the server,
+--- or nil, msg, code.
+function M.start(port, host)
+  local srv, err, code = rn.HttpServer.listen{ port = port, host = host, max_message = M.LISTEN.max_message }
+  if not srv then return nil, err, code end
+  return M.attach(srv)
+end
+
+--- Adds the chat's page, /ws protocol and handlers to server `srv`.
+function M.attach(srv)
   local members = {} -- conn id -> name, for connections that have joined
   local taken = {}   -- name -> conn id
 
@@ -140,11 +150,15 @@ function M.start(port, host)
   return srv
 end
 
--- Run the server only when executed as a script, not when loaded by a file.
+-- Run as a script: `lua5.4 examples/chat.lua [port]`, or under the relaynet
+-- command, which also takes --port N (and the rest of its options). Plain
+-- lua5.4 hands the file to the command, so both behave alike: one server,
+-- on the port given (8080 by default).
 if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  local port = math.tointeger(tonumber(arg[1] or "8080"))
-  if not port then
-    io.stderr:write("usage: lua5.4 chat.lua [port]\n")
+  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
+  local port = arg[1] and math.tointeger(tonumber(arg[1]))
+  if arg[2] or (arg[1] and not port) then
+    io.stderr:write("usage: relaynet examples/chat.lua [PORT] [--port N] [relaynet options]\n")
     os.exit(2)
   end
   local page = M.page_dir() .. "/index.html"
@@ -154,20 +168,19 @@ if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
     os.exit(1)
   end
   f:close()
-  local function main()
-    local srv, err = M.start(port)
+  rn.main(function()
+    local srv, err = rn.server{ port = port, max_message = M.LISTEN.max_message }
     if not srv then
       io.stderr:write("chat: ", err, "\n")
       return false
     end
-    -- M.start passes no tls option: the server is https exactly when the
-    -- process-wide certificate is set (bin/relaynet --tls-cert/--tls-key).
+    M.attach(srv)
+    -- The server passes no tls option: it is https exactly when the
+    -- process-wide certificate is set (relaynet --tls-cert/--tls-key).
     local scheme = rn.tls_config.cert and "https" or "http"
     print("chat room on " .. scheme .. "://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
     io.stdout:flush()
-    return true
-  end
-  rn.main(main)
+  end)
 end
 
 return M

@@ -1,18 +1,18 @@
 -- relaynet echo server: every WebSocket message comes back unchanged, with
 -- the same type (text or binary).
 --
---   lua5.4 examples/echo.lua [port]        (default port 8080)
---   bin/relaynet examples/echo.lua [port]  (the same, in relaynet's runner)
+--   lua5.4 examples/echo.lua [port]         (default port 8080)
+--   relaynet examples/echo.lua --port 9000  (the same; any relaynet option)
 --
--- Loaded with dofile/require instead, it returns { start = start }:
+-- Loaded with dofile/require instead, it returns { start, attach }:
 -- start(port [, host]) starts the server inside a running rn.run and returns
--- it (or nil, msg, code).
+-- it (or nil, msg, code); attach(srv) adds the echo to a server of yours.
 
+dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua")
 local rn = require("relaynet")
 
-local function start(port, host)
-  local srv, err, code = rn.HttpServer.listen{ port = port, host = host }
-  if not srv then return nil, err, code end
+-- Adds the echo's route and handler to server `srv`.
+local function attach(srv)
   srv:route("GET", "/", function()
     return 200, "relaynet echo server: open a WebSocket to ws://<host>:" .. srv.port .. "/\n",
       { ["content-type"] = "text/plain; charset=utf-8" }
@@ -23,24 +23,33 @@ local function start(port, host)
   return srv
 end
 
--- Run the server only when executed as a script, not when loaded by a file.
+local function start(port, host)
+  local srv, err, code = rn.HttpServer.listen{ port = port, host = host }
+  if not srv then return nil, err, code end
+  return attach(srv)
+end
+
+-- Run as a script: `lua5.4 examples/echo.lua [port]`, or under the relaynet
+-- command, which also takes --port N (and the rest of its options). Plain
+-- lua5.4 hands the file to the command, so both behave alike: one server,
+-- on the port given (8080 by default).
 if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  local port = math.tointeger(tonumber(arg[1] or "8080"))
-  if not port then
-    io.stderr:write("usage: lua5.4 echo.lua [port]\n")
+  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
+  local port = arg[1] and math.tointeger(tonumber(arg[1]))
+  if arg[2] or (arg[1] and not port) then
+    io.stderr:write("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n")
     os.exit(2)
   end
-  local function main()
-    local srv, err = start(port)
+  rn.main(function()
+    local srv, err = rn.server{ port = port }
     if not srv then
       io.stderr:write("echo: ", err, "\n")
       return false
     end
+    attach(srv)
     print("echo server on ws://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
     io.stdout:flush()
-    return true
-  end
-  rn.main(main)
+  end)
 end
 
-return { start = start }
+return { start = start, attach = attach }

@@ -1,12 +1,15 @@
--- A mesh node that exposes a `counter` server to every other node.
+-- A mesh node that exposes a `counter` server (also named `counter_server`)
+-- to every other node.
 --
 --   relaynet examples/p2p/counter_server.lua --port 8081 --node-id n1 \
 --            [--add-peer ws://127.0.0.1:8082/ws/p2p ...]
+--   relaynet examples/p2p/counter_server.lua -server -port 8081 -node-id node2 \
+--            -add-peer http://localhost:8080        (the relaynet design's spelling)
 --
--- The relaynet command starts the HTTP/mesh server (--port), names the node
--- (--node-id) and dials its peers (--add-peer) before this script runs; the
--- script only publishes the methods. Run with plain `lua5.4` instead, it
--- reads the same flags itself.
+-- The relaynet command names the node (--node-id), dials its peers
+-- (--add-peer) and starts the HTTP/mesh server (--port); the script only
+-- publishes the methods. `lua5.4 examples/p2p/counter_server.lua ...` runs
+-- the same through the command.
 --
 -- Methods (call them with rn.remote_call(node, "counter", method, args) or
 -- through POST /rpc on any node):
@@ -20,6 +23,7 @@
 --   slow(seconds)   sleeps (only this call waits) and returns "done"
 --   echo(...)       returns its arguments (one -> that value, several -> an array)
 
+dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua")
 local rn = require("relaynet")
 
 local value = 0
@@ -62,44 +66,18 @@ function counter.echo(...)
   return ...
 end
 
+-- The relaynet design calls it "counter_server" (its call format has
+-- "server_name": "counter_server"): both names reach the same methods.
 local function publish()
   rn.expose("counter", counter)
+  rn.expose("counter_server", counter)
 end
 
 if rn.running() then
-  -- started by the relaynet command, whose server and peers already exist
+  -- started by the relaynet command, which starts the server (--port or
+  -- --server) once this script has published, and dials its peers
   publish()
-else
-  -- plain lua5.4: read --port/--node-id/--add-peer/--host ourselves
-  local opts = { peers = {} }
-  local a = arg or {}
-  local i = 1
-  while a[i] do
-    local flag = a[i]:gsub("^%-%-?", "-")
-    local v = a[i + 1]
-    if flag == "-port" then opts.port = math.tointeger(tonumber(v)); i = i + 2
-    elseif flag == "-node-id" then opts.node_id = v; i = i + 2
-    elseif flag == "-add-peer" then opts.peers[#opts.peers + 1] = v; i = i + 2
-    elseif flag == "-host" then opts.host = v; i = i + 2
-    else i = i + 1 end
-  end
-  if not opts.port then
-    io.stderr:write("usage: lua5.4 counter_server.lua --port PORT [--node-id ID] [--add-peer URL ...]\n")
-    os.exit(2)
-  end
-  local ok = rn.run(function()
-    if opts.node_id then rn.set_node_id(opts.node_id) end
-    local srv, err = rn.HttpServer.listen{ port = opts.port, host = opts.host }
-    if not srv then
-      io.stderr:write("counter_server: ", err, "\n")
-      rn.stop()
-      return
-    end
-    for _, url in ipairs(opts.peers) do rn.add_peer(url) end
-    publish()
-    print(string.format("node %s: counter server on http://%s:%d/ (Ctrl-C stops)",
-      rn.node_id(), opts.host or "localhost", srv.port))
-    io.stdout:flush()
-  end)
-  os.exit(ok and 0 or 1)
+elseif arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
+  -- plain lua5.4: hand the file and its options to the relaynet command
+  os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) }))
 end

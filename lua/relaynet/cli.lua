@@ -229,7 +229,9 @@ local function configure(rn, opts)
     rn.log.set_access(not opts.no_access_log)
   end
   if opts.port or opts.server or opts.host or opts.no_mesh then
-    rn._set_listen_defaults { port = opts.port, host = opts.host, mesh = (not opts.no_mesh) and nil or false }
+    local defaults = { port = opts.port, host = opts.host }
+    if opts.no_mesh then defaults.mesh = false end
+    rn._set_listen_defaults(defaults)
   end
   return true
 end
