@@ -136,6 +136,13 @@ typedef struct rn_counters {
   uint64_t buffer_evictions;     /* 1008 "slow consumer" closes to make room in max_buffered */
 } rn_counters;
 
+/* WebSocket traffic: whole messages and their payload bytes, received
+ * (handed to Lua) and sent (written to lws). Kept per connection, per
+ * server and per loop (core.traffic(), server:stats(), conn:info()). */
+typedef struct rn_traffic {
+  uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+} rn_traffic;
+
 /* One source address's share of a server's connections (rn_server.c). */
 typedef struct rn_ipent {
   struct rn_ipent *next;
@@ -180,6 +187,7 @@ typedef struct rn_loop {
   int oom; /* an allocation failed inside a callback */
   struct rn_req *body_reqs; /* requests whose body is still arriving */
   rn_counters counters;     /* totals over every server of this process */
+  rn_traffic traffic;       /* totals over every connection of this process */
 } rn_loop;
 
 typedef struct rn_server {
@@ -219,6 +227,7 @@ typedef struct rn_server {
   size_t buffered_peak;   /* highest buffered since the last trim (rn_loop.c sweep) */
   uint64_t evict_scan_at; /* uv_now() of the last eviction scan (one per loop turn) */
   rn_counters counters;
+  rn_traffic traffic;
 } rn_server;
 
 enum rn_conn_state { RN_CS_CONNECTING, RN_CS_OPEN, RN_CS_CLOSING, RN_CS_CLOSED };
@@ -272,6 +281,7 @@ typedef struct rn_conn {
   /* HTTP upgrade info captured at establish time */
   char *path;
   char peer[48];     /* the peer's address as text (an IPv6 address fits) */
+  rn_traffic traffic;
 } rn_conn;
 
 /* Per-session data of the server protocol: a wsi is either an HTTP
@@ -351,6 +361,29 @@ static inline const rn_limits *rn__conn_limits(const rn_conn *c) {
   return c->srv ? &c->srv->lim : &c->cl->lim;
 }
 
+/* Counts one whole message of `len` bytes received (in) or written (out)
+ * on a connection, its server and its loop. */
+static inline void rn__traffic_in(rn_conn *c, size_t len) {
+  c->traffic.msgs_in++;
+  c->traffic.bytes_in += len;
+  c->L->traffic.msgs_in++;
+  c->L->traffic.bytes_in += len;
+  if (c->srv) {
+    c->srv->traffic.msgs_in++;
+    c->srv->traffic.bytes_in += len;
+  }
+}
+static inline void rn__traffic_out(rn_conn *c, size_t len) {
+  c->traffic.msgs_out++;
+  c->traffic.bytes_out += len;
+  c->L->traffic.msgs_out++;
+  c->L->traffic.bytes_out += len;
+  if (c->srv) {
+    c->srv->traffic.msgs_out++;
+    c->srv->traffic.bytes_out += len;
+  }
+}
+
 /* Frees a connection's reassembly buffer and gives its bytes back to the
  * budget. */
 static inline void rn__conn_rx_free(rn_conn *c) {
@@ -373,6 +406,14 @@ static inline void rn__conn_rx_free(rn_conn *c) {
 
 /* rn_error.c: pushes nil, "CODE: message", "CODE" and returns 3. */
 int rn__fail(lua_State *L, const char *code, const char *fmt, ...);
+
+/* rn_log.c: the time of a log line ("2026-12-03T00:49:29.123Z", written
+ * into buf, returns its length), libwebsockets' log level and emitter set
+ * from the relaynet.log level (called by rn_loop.c for every new context),
+ * and core.log_level / core.log_stamp. */
+size_t rn__log_stamp(char *buf, size_t cap);
+void rn__log_lws_apply(void);
+void rn__log_open_lua(lua_State *L);
 
 /* rn_buf.c: growing buffers. */
 int rn__grow(unsigned char **buf, size_t *cap, size_t need, size_t initial, size_t max);
@@ -468,6 +509,7 @@ void rn__server_unref(rn_server *s);
 void rn__server_push_owner(lua_State *L, rn_server *s);
 void rn__servers_release(lua_State *L, rn_loop *l);
 void rn__counters_push(lua_State *L, const rn_counters *c);
+void rn__traffic_push(lua_State *L, const rn_traffic *t);
 void rn__server_open_lua(lua_State *L);
 
 /* rn_tls.c: checks TLS files before lws gets them (precise errors). */

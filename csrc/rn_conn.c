@@ -310,6 +310,14 @@ static int rn_conn_info(lua_State *L) {
   lua_setfield(L, -2, "client");
   lua_pushinteger(L, c->srv ? c->srv->port : c->cl->port);
   lua_setfield(L, -2, "port");
+  lua_pushinteger(L, (lua_Integer)c->traffic.msgs_in);
+  lua_setfield(L, -2, "messages_in");
+  lua_pushinteger(L, (lua_Integer)c->traffic.msgs_out);
+  lua_setfield(L, -2, "messages_out");
+  lua_pushinteger(L, (lua_Integer)c->traffic.bytes_in);
+  lua_setfield(L, -2, "bytes_in");
+  lua_pushinteger(L, (lua_Integer)c->traffic.bytes_out);
+  lua_setfield(L, -2, "bytes_out");
   return 1;
 }
 

@@ -77,9 +77,8 @@ static void rn__handle_closed(uv_handle_t *h) {
 static int rn__loop_setup(rn_loop *l) {
   struct lws_context_creation_info info;
   void *foreign[1];
-  const char *dbg = getenv("RELAYNET_LWS_LOG");
 
-  lws_set_log_level(dbg ? atoi(dbg) : 0, NULL);
+  rn__log_lws_apply(); /* lws's log through relaynet.log's level (rn_log.c) */
   if (uv_loop_init(&l->loop) != 0)
     return -1;
   l->loop.data = l;

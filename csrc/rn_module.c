@@ -28,6 +28,7 @@ int luaopen_relaynet_core(lua_State *L) {
   lua_newtable(L);
   lua_pushcfunction(L, rn_version);
   lua_setfield(L, -2, "versions");
+  rn__log_open_lua(L);
   rn__loop_open_lua(L);
   rn__conn_open_lua(L);
   rn__server_open_lua(L);

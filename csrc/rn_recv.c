@@ -141,6 +141,7 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
   }
   c->rx_active = 0;
   c->rxlen = 0;
+  rn__traffic_in(c, ev.len);
   rn__event_push(c->L, &ev);
   return 0;
 }

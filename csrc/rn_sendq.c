@@ -88,6 +88,7 @@ static int rn__write_msg(rn_conn *c, rn_msg *m) {
   }
   if (lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
     return -1;
+  rn__traffic_out(c, m->len);
   /* Called only when lws held nothing: a partial now is this message's. */
   rn__txpart_set(c, lws_partial_buffered(c->wsi) ? m->len : 0);
   return 0;
@@ -146,6 +147,7 @@ int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary) {
   memcpy(p, data, len);
   if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
     return -1;
+  rn__traffic_out(c, len);
   rn__txpart_set(c, lws_partial_buffered(c->wsi) ? len : 0);
   return 0;
 }

@@ -456,6 +456,19 @@ void rn__counters_push(lua_State *L, const rn_counters *c) {
   lua_setfield(L, -2, "buffer_evictions");
 }
 
+/* Sets messages_in, messages_out, bytes_in and bytes_out of the table on
+ * top of the stack from `t`. */
+void rn__traffic_push(lua_State *L, const rn_traffic *t) {
+  lua_pushinteger(L, (lua_Integer)t->msgs_in);
+  lua_setfield(L, -2, "messages_in");
+  lua_pushinteger(L, (lua_Integer)t->msgs_out);
+  lua_setfield(L, -2, "messages_out");
+  lua_pushinteger(L, (lua_Integer)t->bytes_in);
+  lua_setfield(L, -2, "bytes_in");
+  lua_pushinteger(L, (lua_Integer)t->bytes_out);
+  lua_setfield(L, -2, "bytes_out");
+}
+
 /* server:stats() -> { <counters>, tcp_connections = n, websockets = n,
  * buffered = bytes }: this server's refusal counters since it started, the
  * TCP connections counted per address (0 when max_connections_per_ip is
@@ -470,6 +483,7 @@ static int rn_server_stats(lua_State *L) {
   lua_setfield(L, -2, "websockets");
   lua_pushinteger(L, (lua_Integer)s->buffered);
   lua_setfield(L, -2, "buffered");
+  rn__traffic_push(L, &s->traffic);
   return 1;
 }
 
@@ -477,6 +491,15 @@ static int rn_server_stats(lua_State *L) {
  * process has run (they survive core.shutdown()). */
 static int rn_core_stats(lua_State *L) {
   rn__counters_push(L, &rn__loop_get(L)->counters);
+  return 1;
+}
+
+/* core.traffic() -> { messages_in, messages_out, bytes_in, bytes_out }:
+ * the WebSocket messages (and their payload bytes) every connection of
+ * this process received and wrote (they survive core.shutdown()). */
+static int rn_core_traffic(lua_State *L) {
+  lua_createtable(L, 0, 4);
+  rn__traffic_push(L, &rn__loop_get(L)->traffic);
   return 1;
 }
 
@@ -586,4 +609,6 @@ void rn__server_open_lua(lua_State *L) {
   lua_setfield(L, -2, "default_limits");
   lua_pushcfunction(L, rn_core_stats);
   lua_setfield(L, -2, "stats");
+  lua_pushcfunction(L, rn_core_traffic);
+  lua_setfield(L, -2, "traffic");
 }

@@ -242,6 +242,17 @@ function M.box(rec)
   return rec.box
 end
 
+--- For /metrics: the open connections accepted by a server and dialed, and
+--- the bytes waiting in their send queues.
+function M.totals()
+  local accepted, dialed, queued = 0, 0, 0
+  for _, rec in pairs(conns) do
+    if rec.server then accepted = accepted + 1 else dialed = dialed + 1 end
+    if not rec.closed then queued = queued + rec.box:queued() end
+  end
+  return accepted, dialed, queued
+end
+
 --- Closes every connection still open with 1001 (shutdown).
 function M.close_all()
   for _, rec in pairs(conns) do

@@ -16,6 +16,8 @@ local mesh = require("relaynet.mesh")
 local conn = require("relaynet.conn")
 local tls = require("relaynet.tls")
 local json = require("relaynet.json")
+local log = require("relaynet.log")
+local metrics = require("relaynet.metrics")
 
 local M = {}
 
@@ -29,13 +31,13 @@ local CONNECT_LABEL, CLOSE_LABEL = "connect handler for ", "close handler for "
 -- any other address; csrc/rn_protect.c). HttpServer.listen{ mesh = false }
 -- mounts none of them; insecure_mesh = true (or mesh_config.insecure_mesh,
 -- the CLI's --insecure-mesh) serves them to everyone and logs a warning.
-M.PROTECTED_PATHS = { "/ws/p2p", "/rpc", "/status", "/peers", "/routes", "/registry" }
+M.PROTECTED_PATHS = { "/ws/p2p", "/rpc", "/status", "/peers", "/routes", "/registry", "/metrics" }
 
 -- With credentials, protected mode lifts path by path: /ws/p2p once the mesh
 -- authenticates its links (rn.mesh_auth), and JSON-RPC and the views once a
 -- bearer token is set (rn.set_rpc_token, --rpc-token): they then answer
 -- every address, and need "Authorization: Bearer <token>" from all of them.
-M.TOKEN_PATHS = { "/rpc", "/status", "/peers", "/routes", "/registry" }
+M.TOKEN_PATHS = { "/rpc", "/status", "/peers", "/routes", "/registry", "/metrics" }
 
 --- Settings read at the moment they apply; the facade exposes
 --- shutdown_grace as rn.SHUTDOWN_GRACE (read and write).
@@ -159,9 +161,14 @@ local function listen(opts, websocket)
   if self._mesh then
     for _, fn in ipairs(builtins) do fn(self) end
     if insecure then
-      io.stderr:write("relaynet: WARNING: server ", id, " serves the mesh (", table.concat(M.PROTECTED_PATHS, ", "),
-        ") to every address without authentication (insecure_mesh)\n")
+      log.warn("WARNING: server %s serves the mesh (%s) to every address without authentication (insecure_mesh)",
+        id, table.concat(M.PROTECTED_PATHS, ", "))
     end
+  end
+  if log.enabled.info then
+    local host = self.host
+    if host:find(":", 1, true) then host = "[" .. host .. "]" end
+    log.info("listening on %s://%s:%d", copt.tls and "https" or "http", host, port)
   end
   return self
 end
@@ -345,9 +352,22 @@ M.WebSocket = WebSocket
 
 -- events (called by relaynet.runtime's dispatch) -------------------------------------
 
+-- The access log's form of a path: whitespace, quotes and control
+-- characters as %XX, so that a record stays one line of space-separated
+-- fields.
+local function access_path(p)
+  return (tostring(p):gsub('[%c%s"]', function(ch) return string.format("%%%02X", ch:byte()) end))
+end
+
+local hrtime = core.hrtime
+
 --- EV_HTTP: answers one request in its own coroutine (503 while stopping).
+--- Every answer is counted by status (relaynet.metrics) and, with the
+--- access log on, logged: peer, method, path, status, body bytes and the
+--- milliseconds from the complete request to the response.
 function M.on_http(reqbox, srv, stopping)
   local info = reqbox:info()
+  local t0 = log.access_on and hrtime()
   http_inflight = http_inflight + 1
   sched.go(function()
     local status, body, headers
@@ -382,7 +402,14 @@ function M.on_http(reqbox, srv, stopping)
     local ok, err = pcall(reqbox.respond, reqbox, status, headers, body)
     if not ok then
       sched.report("route " .. info.method .. " " .. info.path .. ": " .. tostring(err))
-      pcall(reqbox.respond, reqbox, 500, nil, "internal server error\n")
+      status, body = 500, "internal server error\n"
+      pcall(reqbox.respond, reqbox, status, nil, body)
+    end
+    metrics.http_request(status)
+    if t0 then
+      log.access("access http peer=%s method=%s path=%s status=%s bytes=%d ms=%.3f", tostring(info.peer),
+        access_path(info.method), access_path(info.path), tostring(status), type(body) == "string" and #body or 0,
+        (hrtime() - t0) * 1000)
     end
   end)
 end
@@ -400,6 +427,8 @@ function M.on_open(box, num, srv, path, peer, stopping)
   end
   local info = { id = rec.id, state = "open", queued = 0, peer = peer, path = path, client = false,
     port = srv.port, server = srv.id }
+  -- The access log's record of the connection is written when it closes.
+  if log.access_on then rec.access = { hrtime(), peer, path } end
   local mount = srv._mesh and mounts[path]
   if mount then
     rec.mount = mount
@@ -413,9 +442,18 @@ function M.on_open(box, num, srv, path, peer, stopping)
 end
 
 --- The record of a closed connection leaves its server's list (called before
---- anyone waiting on it is woken).
+--- anyone waiting on it is woken). With the access log on when it opened,
+--- the connection's record is written: peer, path, duration, messages in
+--- and out, close code (rec.close_code).
 function M.forget(rec)
   rec.server._conns[rec.id] = nil
+  local a = rec.access
+  if a then
+    rec.access = nil
+    local ci = conn.info(rec)
+    log.access("access ws peer=%s path=%s ms=%.1f in=%d out=%d code=%s", tostring(a[2]), access_path(a[3]),
+      (hrtime() - a[1]) * 1000, ci.messages_in or 0, ci.messages_out or 0, tostring(rec.close_code))
+  end
 end
 
 --- EV_CLOSE of a plain server connection (after M.forget): frees a closing

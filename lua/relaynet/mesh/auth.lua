@@ -18,6 +18,7 @@ local core = require("relaynet.core")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
+local log = require("relaynet.log")
 
 local cfg = S.config
 local b64e, b64d = core.b64encode, core.b64decode
@@ -52,8 +53,8 @@ A.CODES = { [4400] = true, [4401] = true, [4402] = true, [4403] = true, [4425] =
 local LOG_INTERVAL, LOG_KEYS = 60, 1024
 local logged, n_logged = {}, 0
 
---- Writes "relaynet mesh: <msg>" to stderr unless a line about `peer` was
---- written in the last minute. Returns true when it wrote.
+--- Logs "mesh: <msg>" at warn (relaynet.log) unless a line about `peer`
+--- was logged in the last minute. Returns true when it logged.
 function A.log(peer, msg)
   local t = now()
   peer = tostring(peer)
@@ -64,7 +65,7 @@ function A.log(peer, msg)
     n_logged = n_logged + 1
   end
   logged[peer] = t
-  io.stderr:write("relaynet mesh: ", msg, "\n")
+  log.warn("mesh: %s", msg)
   return true
 end
 

@@ -30,6 +30,7 @@ local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local SV = require("relaynet.mesh.serve")
 local A = require("relaynet.mesh.auth")
+local log = require("relaynet.log")
 
 local cfg = S.config
 local hrtime = core.hrtime
@@ -97,11 +98,20 @@ local function unpend(link)
   end
 end
 
--- An up link is gone: its routes, then the calls through it.
-local function link_down(link)
+-- Where a link goes, for the log: the URL it dialed, or the address it
+-- came from.
+local function where(link)
+  if link.dir == "out" then return tostring(link.url) end
+  return "from " .. tostring(link.addr)
+end
+
+-- An up link is gone (`why`: the close code and reason, or what ended it):
+-- its routes, then the calls through it.
+local function link_down(link, why)
   if S.links[link.peer] ~= link then return end
   S.links[link.peer] = nil
   S.stats.links_down = S.stats.links_down + 1
+  log.info("mesh link down: %s (%s, %s): %s", tostring(link.peer), link.dir, where(link), tostring(why))
   -- Routing state first: the callers woken by link_lost run at once and
   -- must see the routes as they are now.
   R.drop_neighbour(link.peer)
@@ -116,6 +126,7 @@ local function link_up(link, from)
   S.links[from] = link
   unpend(link)
   S.stats.links_up = S.stats.links_up + 1
+  log.info("mesh link up: %s (%s, %s)", from, link.dir, where(link))
   R.send_table(link, nil)
 end
 
@@ -140,7 +151,7 @@ local function establish(link, from)
     local function dialer(l) return l.dir == "out" and mine or from end
     if dialer(link) == preferred and dialer(existing) ~= preferred then
       existing.replaced = true
-      link_down(existing)
+      link_down(existing, "replaced by the preferred link")
       existing:close(4409, "replaced by the preferred link")
     else
       stats.hello_rejected = stats.hello_rejected + 1
@@ -292,7 +303,7 @@ local function closed(link, code, reason)
   end
   link.state = "closed"
   link.close_code, link.close_reason = code, reason
-  if was_up then link_down(link) end
+  if was_up then link_down(link, tostring(code) .. (reason and reason ~= "" and (" " .. tostring(reason)) or "")) end
   local w = link.waiter
   if w then link.waiter = nil; sched.wake(w[1], w[2], true) end
 end
@@ -325,7 +336,7 @@ local function health()
       if t - (link.last_seen or t) > cfg.link_timeout then
         link:close(4408, "link timeout")
         link.state = "closed"
-        link_down(link)
+        link_down(link, "link timeout (silent for " .. cfg.link_timeout .. " s)")
       elseif t - (link.ping_sent or 0) >= cfg.ping_interval then
         link.ping_id = I.new_id()
         link.ping_sent = t

@@ -14,6 +14,7 @@ local client = require("relaynet.client")
 local S = require("relaynet.mesh.state")
 local W = require("relaynet.mesh.wire")
 local L = require("relaynet.mesh.link")
+local log = require("relaynet.log")
 
 local cfg = S.config
 local running = W.running
@@ -79,6 +80,24 @@ end
 
 -- outbound links: the configured peers ----------------------------------------------
 
+--- A failed dial of a peer is logged at warn, at most once per this many
+--- seconds per peer URL; the failures in between are counted on the peer
+--- record and the count goes into the next line.
+T.DIAL_LOG_INTERVAL = 30
+
+local function dial_failed(p, err)
+  local t = W.now()
+  local last = p.dial_logged
+  if last and t - last < T.DIAL_LOG_INTERVAL then
+    p.dial_suppressed = (p.dial_suppressed or 0) + 1
+    return
+  end
+  local n = p.dial_suppressed or 0
+  p.dial_logged, p.dial_suppressed = t, 0
+  log.warn("mesh: cannot dial peer %s: %s%s", p.url, tostring(err),
+    n > 0 and string.format(" (%d more failed dials since the last line)", n) or "")
+end
+
 -- Dials peer record `p` while it is active and relaynet runs: one link at a
 -- time, redialed with jittered exponential backoff after it closes.
 local function maintain(p)
@@ -88,7 +107,7 @@ local function maintain(p)
     -- so the client's callbacks can name it; its transport is set once the
     -- connection is up, before any message can arrive.
     local link = L.new("out", nil, nil, p.url)
-    local cl = client.ws_connect(p.url, {
+    local cl, derr = client.ws_connect(p.url, {
       timeout = cfg.connect_timeout,
       on_message = function(msg, binary) link:on_message(msg, binary) end,
       on_close = function(code, reason) link:on_close(code, reason) end,
@@ -108,6 +127,8 @@ local function maintain(p)
       if dup and dup ~= "self" then
         while p.active and S.links[dup] and running() do sched.sleep(1) end
       end
+    elseif p.active and running() then
+      dial_failed(p, derr)
     end
     if not (p.active and running()) then break end
     local jitter = 0.5 + math.random() -- 50% .. 150%
