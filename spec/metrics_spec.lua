@@ -1,0 +1,193 @@
+-- spec/metrics_spec.lua: GET /metrics, the Prometheus text page of a
+-- mesh-enabled server.
+--
+-- curl reads the page of a server in this process; the values must move
+-- with WebSocket traffic, HTTP requests and remote calls, a link to a node
+-- process (bin/relaynet) shows its RTT and route. /metrics is protected
+-- like the other mesh views: 403 to a non-loopback address (this host's
+-- own address on another interface is one, as far as the socket says) and,
+-- with a bearer token, 401 without it.
+
+local H = require("helper")
+local rn = require("relaynet")
+local MH = require("mesh_harness")
+
+-- Parses a page: samples["name{labels}"] = value, and the TYPE of each
+-- family. Every line must be a comment, a sample or empty.
+local function parse(text)
+  local samples, types = {}, {}
+  for line in text:gmatch("([^\n]*)\n") do
+    if line:match("^# TYPE ") then
+      local name, kind = line:match("^# TYPE (%S+) (%S+)$")
+      assert.truthy(name, line)
+      types[name] = kind
+    elseif line:match("^# HELP ") or line == "" then -- luacheck: ignore 542
+    else
+      local key, value = line:match("^([%w_]+%b{}) (%S+)$")
+      if not key then key, value = line:match("^([%w_]+) (%S+)$") end
+      assert.truthy(key, "not a sample line: " .. line)
+      samples[key] = assert(tonumber(value), line)
+    end
+  end
+  return samples, types
+end
+
+local function metrics(port, header)
+  local status, body = H.curl((header and ("-H " .. H.q(header) .. " ") or "") ..
+    H.q("http://127.0.0.1:" .. port .. "/metrics"))
+  assert.equal(200, status, body)
+  return parse(body)
+end
+
+-- This host's first non-loopback IPv4 address.
+local function outside_address()
+  local p = io.popen("hostname -I 2>/dev/null")
+  local out = p:read("a") or ""
+  p:close()
+  for a in out:gmatch("%S+") do
+    if a:match("^%d+%.%d+%.%d+%.%d+$") and not a:match("^127%.") then return a end
+  end
+end
+
+describe("GET /metrics", function()
+  it("is Prometheus text whose values move with traffic, requests and calls", function()
+    H.run(function()
+      local srv = H.listen({})
+      srv:on("message", function(id, m) srv:ws_send(id, m) end)
+      rn.expose("mx", { twice = function(n) return 2 * n end, fail = function() error("no") end })
+      local rc, hdr = H.sh("curl -s -S -o /dev/null -D - " ..
+        H.q("http://127.0.0.1:" .. srv.port .. "/metrics")):wait(15)
+      assert.equal(0, rc)
+      assert.truthy(hdr:lower():find("content-type: text/plain; version=0.0.4", 1, true), hdr)
+      local s0, types = metrics(srv.port)
+      assert.equal("gauge", types.relaynet_websocket_connections)
+      assert.equal("counter", types.relaynet_websocket_messages_total)
+      assert.equal("counter", types.relaynet_http_requests_total)
+      assert.equal("histogram", types.relaynet_remote_call_duration_seconds)
+      assert.equal("gauge", types.relaynet_mesh_link_rtt_seconds)
+      assert.equal("gauge", types.relaynet_mesh_routes)
+      assert.equal("gauge", types.relaynet_queued_bytes)
+      assert.equal("counter", types.relaynet_slow_consumer_closes_total)
+      assert.truthy(s0['relaynet_http_requests_total{status="200"}'] >= 1)
+
+      -- WebSocket traffic: 5 messages of 10 bytes each way (the client is
+      -- in this process too: both ends count)
+      local c = assert(rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/echo"))
+      for _ = 1, 5 do
+        assert(c:send("0123456789"))
+        assert.equal("0123456789", c:receive(5))
+      end
+      local s1 = metrics(srv.port)
+      assert.equal(1, s1['relaynet_websocket_connections{direction="in"}'])
+      assert.equal(1, s1['relaynet_websocket_connections{direction="out"}'])
+      local key_in, key_out = 'relaynet_websocket_messages_total{direction="in"}',
+        'relaynet_websocket_messages_total{direction="out"}'
+      assert.equal(s0[key_in] + 10, s1[key_in])
+      assert.equal(s0[key_out] + 10, s1[key_out])
+      assert.equal(s0['relaynet_websocket_bytes_total{direction="in"}'] + 100,
+        s1['relaynet_websocket_bytes_total{direction="in"}'])
+      assert.equal(0, s1.relaynet_queued_bytes)
+      c:close_wait(1000, "bye")
+
+      -- HTTP by status
+      assert.equal(404, (H.curl(H.q("http://127.0.0.1:" .. srv.port .. "/missing"))))
+      local s2 = metrics(srv.port)
+      assert.equal((s1['relaynet_http_requests_total{status="404"}'] or 0) + 1,
+        s2['relaynet_http_requests_total{status="404"}'])
+      assert.equal(s1['relaynet_http_requests_total{status="200"}'] + 1,
+        s2['relaynet_http_requests_total{status="200"}'])
+      assert.equal(0, s2['relaynet_websocket_connections{direction="in"}'])
+
+      -- remote calls by outcome, and their latency
+      assert.equal(42, rn.remote_call(rn.node_id(), "mx", "twice", { 21 }))
+      assert.equal(8, rn.remote_call(rn.node_id(), "mx", "twice", { 4 }))
+      local _, _, code = rn.remote_call("nobody-here", "mx", "twice", { 1 }, 0.2)
+      assert.equal("ENOROUTE", code)
+      _, _, code = rn.remote_call(rn.node_id(), "mx", "nothing", {})
+      local s3 = metrics(srv.port)
+      local function calls(s, outcome) return s['relaynet_remote_calls_total{outcome="' .. outcome .. '"}'] or 0 end
+      assert.equal(calls(s2, "ok") + 2, calls(s3, "ok"))
+      assert.equal(calls(s2, "ENOROUTE") + 1, calls(s3, "ENOROUTE"))
+      assert.equal(calls(s2, code) + 1, calls(s3, code))
+      local n0 = s2.relaynet_remote_call_duration_seconds_count
+      assert.equal(n0 + 4, s3.relaynet_remote_call_duration_seconds_count)
+      assert.equal(s3.relaynet_remote_call_duration_seconds_count,
+        s3['relaynet_remote_call_duration_seconds_bucket{le="+Inf"}'])
+      -- the buckets are cumulative
+      local prev = 0
+      for _, b in ipairs({ "0.001", "0.01", "0.1", "1", "10", "30", "+Inf" }) do
+        local v = s3['relaynet_remote_call_duration_seconds_bucket{le="' .. b .. '"}']
+        assert.truthy(v and v >= prev, b)
+        prev = v
+      end
+      assert.truthy(s3.relaynet_remote_call_duration_seconds_sum >= 0)
+      rn.unexpose("mx")
+      srv:close()
+    end, { timeout = 60 })
+  end)
+
+  it("shows a link's RTT and the routes it brings", function()
+    H.run(function()
+      rn.mesh_config.ping_interval = 0.2
+      local srv = H.listen({})
+      local node = H.sh("exec " .. MH.LUA .. " " .. H.q(H.ROOT .. "/bin/relaynet") .. " --port 0 --host 127.0.0.1 " ..
+        "--node-id metrics-peer --log-level warn --add-peer " ..
+        H.q("ws://127.0.0.1:" .. srv.port .. "/ws/p2p"))
+      local ok, err = pcall(function()
+        local key = 'relaynet_mesh_link_rtt_seconds{peer="metrics-peer",direction="in"}'
+        local s
+        MH.wait_until(function()
+          s = metrics(srv.port)
+          return s[key] ~= nil
+        end, "the link's RTT on /metrics", 20)
+        assert.truthy(s[key] > 0 and s[key] < 5, tostring(s[key]))
+        assert.equal(1, s.relaynet_mesh_links)
+        assert.truthy(s.relaynet_mesh_routes >= 1)
+        assert.truthy(s.relaynet_mesh_route_entries >= 1)
+        -- the link is a WebSocket like any other
+        assert.truthy(s['relaynet_websocket_connections{direction="in"}'] >= 1)
+      end)
+      os.execute("pkill -TERM -P " .. node.pid .. " >/dev/null 2>&1")
+      node:wait(20)
+      rn.mesh_config.ping_interval = 5
+      srv:close()
+      assert(ok, err)
+    end, { timeout = 60 })
+  end)
+
+  it("is protected like the other views: 403 to another address, 401 without the token", function()
+    H.run(function()
+      local addr = outside_address()
+      assert(addr, "this host has no non-loopback IPv4 address to ask from")
+      local guarded = H.listen({ host = "0.0.0.0" })
+      local before = rn.stats().limits.protected_refused
+      local status, body = H.curl("--interface " .. addr .. " " .. H.q("http://" .. addr .. ":" .. guarded.port ..
+        "/metrics"))
+      assert.equal(403, status, body)
+      assert.truthy(body:find("protected mode", 1, true), body)
+      assert.equal(200, (H.curl(H.q("http://127.0.0.1:" .. guarded.port .. "/metrics"))))
+      -- the core's refusal is counted among the 403 answers
+      local s = metrics(guarded.port)
+      assert.equal(before + 1, s['relaynet_refusals_total{reason="protected_refused"}'])
+      assert.truthy(s['relaynet_http_requests_total{status="403"}'] >= 1)
+
+      local token = "metrics-" .. string.rep("t", 16)
+      local tokened = H.listen({ host = "0.0.0.0", rpc_token = token })
+      local auth = "Authorization: Bearer " .. token
+      assert.equal(401, (H.curl(H.q("http://127.0.0.1:" .. tokened.port .. "/metrics"))))
+      assert.equal(401, (H.curl("-H " .. H.q("Authorization: Bearer wrong-" .. token) .. " " ..
+        H.q("http://127.0.0.1:" .. tokened.port .. "/metrics"))))
+      -- with the token, every address is served
+      assert.equal(200, (H.curl("-H " .. H.q(auth) .. " --interface " .. addr .. " " ..
+        H.q("http://" .. addr .. ":" .. tokened.port .. "/metrics"))))
+      metrics(tokened.port, auth)
+
+      -- a server without the mesh has no /metrics
+      local plain = H.listen({ mesh = false })
+      assert.equal(404, (H.curl(H.q("http://127.0.0.1:" .. plain.port .. "/metrics"))))
+      guarded:close()
+      tokened:close()
+      plain:close()
+    end, { timeout = 60 })
+  end)
+end)
