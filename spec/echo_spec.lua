@@ -87,7 +87,7 @@ describe("examples/echo.lua", function()
       local rc, out, err = H.sh("lua5.4 " .. H.q(H.ROOT .. "/examples/echo.lua") .. " notaport"):wait(10)
       assert.are.equal(2, rc)
       assert.are.equal("", out)
-      assert.are.equal("usage: lua5.4 echo.lua [port]\n", err)
+      assert.are.equal("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n", err)
     end)
   end)
 

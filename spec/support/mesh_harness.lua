@@ -214,7 +214,10 @@ function Mesh:start(id, opts)
   end
   local argv = { "exec", "-a", H.q(argv0(self, id)), M.LUA, H.q(M.RELAYNET) }
   if node.script then argv[#argv + 1] = H.q(node.script) end
-  for _, a in ipairs({ "--port", tostring(port), "--host", "127.0.0.1", "--node-id", id }) do
+  -- Nodes log warnings and errors only (no info lines, no access log), so
+  -- that a spec can tell from stderr that an attack left no trace; a node's
+  -- own args may ask for another --log-level (the last one given wins).
+  for _, a in ipairs({ "--port", tostring(port), "--host", "127.0.0.1", "--node-id", id, "--log-level", "warn" }) do
     argv[#argv + 1] = H.q(a)
   end
   for _, p in ipairs(node.peers) do

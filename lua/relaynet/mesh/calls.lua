@@ -303,6 +303,12 @@ function C.call(owner, node, server, method, args, timeout)
   })
   if not text then
     S.stats.unencodable = S.stats.unencodable + 1
+    for i = 1, n do -- name the argument JSON cannot hold
+      local ok, aerr = json.encode(list[i])
+      if not ok then
+        return fail("EINVAL", "argument %d of %s.%s cannot be sent: %s", i, server, method, tostring(aerr))
+      end
+    end
     return fail("EINVAL", "the arguments of %s.%s cannot be sent: %s", server, method, tostring(eerr))
   end
   if not sched.can_wait() then sched.wait("rn.remote_call") end -- raises the explanation
