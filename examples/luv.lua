@@ -8,13 +8,14 @@
 --                         count); its output comes back as it is written,
 --                         {"out": text} per chunk, then {"exit": code}
 --
---   lua5.4 examples/luv.lua [port]        (default port 8080)
---   bin/relaynet examples/luv.lua [port]
+--   lua5.4 examples/luv.lua [port]         (default port 8080)
+--   relaynet examples/luv.lua --port 9000  (the same; any relaynet option)
 --
--- Loaded with dofile/require instead, it returns { start = start }:
+-- Loaded with dofile/require instead, it returns { start, attach }:
 -- start(port [, host]) starts the server inside a running rn.run and returns
--- it (or nil, msg, code).
+-- it (or nil, msg, code); attach(srv) adds the example to a server of yours.
 
+dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua")
 local rn = require("relaynet")
 
 -- The programs /run may start, by name: nothing else is ever run.
@@ -40,10 +41,8 @@ local function read_file(uv, path)
   return data, err
 end
 
-local function start(port, host)
+local function attach(srv)
   local uv = rn.luv()
-  local srv, err, code = rn.HttpServer.listen{ port = port, host = host }
-  if not srv then return nil, err, code end
 
   srv:route("GET", "/file", function(req)
     local name = req.query.name or ""
@@ -113,23 +112,31 @@ local function start(port, host)
   return srv
 end
 
--- Run the server only when executed as a script, not when loaded by a file.
+local function start(port, host)
+  local srv, err, code = rn.HttpServer.listen{ port = port, host = host }
+  if not srv then return nil, err, code end
+  return attach(srv)
+end
+
+-- Run as a script: `lua5.4 examples/luv.lua [port]`, or under the relaynet
+-- command, which also takes --port N: one server, on the port given.
 if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  local port = math.tointeger(tonumber(arg[1] or "8080"))
-  if not port then
-    io.stderr:write("usage: lua5.4 luv.lua [port]\n")
+  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
+  local port = arg[1] and math.tointeger(tonumber(arg[1]))
+  if arg[2] or (arg[1] and not port) then
+    io.stderr:write("usage: relaynet examples/luv.lua [PORT] [--port N] [relaynet options]\n")
     os.exit(2)
   end
   rn.main(function()
-    local srv, err = start(port)
+    local srv, err = rn.server{ port = port }
     if not srv then
       io.stderr:write("luv example: ", err, "\n")
       return false
     end
+    attach(srv)
     print("luv example on http://localhost:" .. srv.port .. "/file?name=luv.lua (Ctrl-C stops)")
     io.stdout:flush()
-    return true
   end)
 end
 
-return { start = start }
+return { start = start, attach = attach }

@@ -241,9 +241,10 @@ describe("luv beside relaynet", function()
   it("runs as a script under lua5.4 and the relaynet command", function()
     need_luv()
     H.run(function()
-      for _, cmd in ipairs({ "lua5.4", H.q(H.ROOT .. "/bin/relaynet") }) do
+      local rnc = H.q(H.ROOT .. "/bin/relaynet")
+      for _, cmd in ipairs({ "lua5.4 %s %d", rnc .. " %s %d", rnc .. " %s --port %d" }) do
         local port = math.random(20000, 40000)
-        local proc = H.sh("exec " .. cmd .. " " .. H.q(H.ROOT .. "/examples/luv.lua") .. " " .. port)
+        local proc = H.sh("exec " .. cmd:format(H.q(H.ROOT .. "/examples/luv.lua"), port))
         local status, body
         for _ = 1, 100 do
           status, body = H.curl(H.q("http://127.0.0.1:" .. port .. "/resolve?host=localhost"))
