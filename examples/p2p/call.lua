@@ -5,9 +5,11 @@
 -- calls counter.METHOD(ARG...) on node NODE (arguments that look like
 -- numbers are sent as numbers; SERVER.METHOD calls another server). This
 -- process is a node itself (its id is generated unless --node-id is given):
--- it dials the peer, waits until it has a route to NODE, calls, and exits 0
--- on success, 1 on an error (printed as CODE: message).
+-- it dials the peer, calls (remote_call waits for the route while the
+-- links come up), and exits 0 on success, 1 on an error (printed as
+-- CODE: message).
 
+dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua")
 local rn = require("relaynet")
 local json = require("relaynet.json")
 
@@ -24,26 +26,12 @@ for i = 3, #arg do
   args[#args + 1] = math.tointeger(tonumber(v)) or tonumber(v) or v
 end
 
--- Wait until the mesh knows a way to NODE: at most 10 s, and at most 1 s
--- after the first link came up (a peer sends its whole table at link-up).
-local deadline = rn.now() + 10
-local linked_at
-local function has_route()
-  for _, r in ipairs(rn.routes()) do
-    if r.node == node then return r end
-  end
-end
-while not has_route() and node ~= rn.node_id() and rn.now() < deadline do
-  if not linked_at and #rn.peers() > 0 then linked_at = rn.now() end
-  if linked_at and rn.now() - linked_at > 1 then break end
-  rn.sleep(0.05)
-end
-local route = has_route()
-if route then
-  io.stderr:write("route: ", table.concat(route.path, " > "), "\n")
-end
-
+-- remote_call waits while the mesh is still coming up (the link to the
+-- peer, then its routes), so the call can be made at once.
 local result, err = rn.remote_call(node, server, method, args, 10)
+for _, r in ipairs(rn.routes()) do
+  if r.node == node then io.stderr:write("route: ", table.concat(r.path, " > "), "\n") end
+end
 if err then
   io.stderr:write(err, "\n")
   os.exit(1)
