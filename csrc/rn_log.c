@@ -11,6 +11,9 @@
  * inside its own frames: it never calls Lua. It writes the line to stderr
  * at once, in the same format: lws errors and warnings as WARN (shown at
  * level warn and above), lws notices as DEBUG (shown at level debug).
+ * Errors relaynet reports itself (a listen that cannot bind returns
+ * EADDRINUSE or EACCES) are DEBUG lines rather than repeats of that
+ * report: RN__LWS_QUIET lists them.
  * It is bounded: lws formats each line into a 256-byte buffer, control
  * characters are replaced, and at most RN_LOG_LWS_BURST lines are written
  * per RN_LOG_LWS_WINDOW seconds; the lines dropped past that are counted
@@ -28,6 +31,13 @@
 
 #define RN_LOG_LWS_BURST 20
 #define RN_LOG_LWS_WINDOW 10
+
+/* lws errors that relaynet reports itself, as its own error codes: lines
+ * that contain one of these are logged at debug. */
+static const char *const RN__LWS_QUIET[] = {
+    "ERROR on binding fd", /* listen: EADDRINUSE, EACCES (rn_server.c) */
+    "init server failed",  /* ... the same failure, one line later */
+    NULL};
 
 static int rn__log_level_n = 2; /* warn: a library is quiet by default */
 static time_t rn__lws_window;    /* start of the current rate window */
@@ -66,6 +76,14 @@ static void rn__lws_emit(int level, const char *line) {
   size_t len = strlen(line);
   time_t now = time(NULL);
   const char *name = (level & (LLL_ERR | LLL_WARN)) ? "WARN" : "DEBUG";
+  int i;
+  for (i = 0; RN__LWS_QUIET[i]; i++) {
+    if (strstr(line, RN__LWS_QUIET[i])) {
+      if (rn__log_level_n < 4)
+        return;
+      name = "DEBUG";
+    }
+  }
   while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' '))
     len--;
   if (now - rn__lws_window >= RN_LOG_LWS_WINDOW) {
