@@ -259,6 +259,10 @@ typedef struct rn_conn {
   uint8_t want_drain; /* emit RN_EV_DRAIN when qbytes falls below high water */
   uint8_t rx_binary;
   uint8_t rx_active; /* a fragmented message is being reassembled */
+  uint8_t rx_split;  /* ... and a frame of it ended before its last one: a
+                      * control frame (a ping) may have come in between */
+  uint8_t tx_defer;  /* write nothing at once until the next WRITEABLE
+                      * callback: lws may hold a pong that must go first */
   uint8_t close_sent;
   uint8_t rate_scale; /* receive rates and bursts times this (0 counts as 1; set_rate_scale) */
   /* receive rate token buckets (server connections; see rn__conn_receive) */
@@ -394,6 +398,13 @@ static inline void rn__conn_rx_free(rn_conn *c) {
   c->rxcap = c->rxlen = 0;
 }
 
+/* Whether a message may be written to c at once, without waiting for a
+ * WRITEABLE callback: nothing is queued, lws holds no partial write, and no
+ * pong lws may hold has to go first (tx_defer). */
+static inline int rn__conn_direct(rn_conn *c) {
+  return !c->qhead && !c->tx_defer && !lws_partial_buffered(c->wsi);
+}
+
 /* The files of the core, each one concept, and what each offers the others.
  * A file calls only files listed before it, with two kinds of exception:
  *  - the loop (rn_loop.c) drives the files after it (dispatch, the sweep,
@@ -459,6 +470,7 @@ void rn__conn_send_close_frame(rn_conn *c);
 int rn__conn_check_close(const void *in, size_t len);
 void rn__conn_peer_close(rn_conn *c, const void *in, size_t len);
 int rn__conn_on_peer_close(rn_conn *c, const void *in, size_t len);
+void rn__conn_lws_closing(rn_conn *c, struct lws *wsi);
 int rn__evict(rn_server *s);
 void rn__conn_sweep(rn_loop *l);
 

@@ -4,8 +4,8 @@
  *
  * A close starts with rn__conn_start_close (from Lua, gracefully: queued
  * messages go first) or rn__conn_fail (from a receive callback, at once).
- * The close frame is written when nothing is queued and lws holds no
- * partial write, else from the WRITEABLE callback (rn__conn_writeable); the
+ * The close frame is written when a message could be (rn__conn_direct),
+ * else from the WRITEABLE callback (rn__conn_writeable); the
  * socket is dropped when the peer answers or after a deadline. A peer's
  * close frame is checked here (RFC 6455 7.4) for both server and client
  * connections (rn__conn_on_peer_close).
@@ -16,8 +16,12 @@
  */
 #include "rn.h"
 
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* lws_set_timeout() from outside lws does not re-arm lws's uv timer in
  * 4.1.6 (it could fire up to ~30 s late): lws_cancel_service() makes lws
@@ -71,7 +75,7 @@ void rn__conn_start_close(rn_conn *c, int code, const char *reason, int rlen, in
   rn__set_reason(&c->close_reason, &c->close_reason_len, reason, (size_t)rlen);
   if (!graceful)
     rn__sendq_clear(c);
-  if (!c->qhead && !lws_partial_buffered(c->wsi))
+  if (rn__conn_direct(c))
     rn__close_frame(c, code, reason, rlen);
   else
     lws_callback_on_writable(c->wsi);
@@ -172,10 +176,75 @@ int rn__conn_on_peer_close(rn_conn *c, const void *in, size_t len) {
   if (c->state == RN_CS_OPEN)
     c->state = RN_CS_CLOSING;
   c->close_sent = 1;
+  /* What is queued answers data that came before the close frame: it goes
+   * out now, ahead of lws's close reply (which lws writes from its own
+   * WRITEABLE handling), as far as lws takes it without a partial write
+   * (rn__sendq_flush); the rest is dropped. A message may be queued only
+   * because tx_defer held it back for a pong: lws's close reply replaces
+   * that pong (both use its one control-frame buffer). */
+  if (c->qhead && c->wsi)
+    (void)rn__sendq_flush(c, c->wsi);
   rn__sendq_clear(c);
   c->rx_active = 0;
   rn__conn_rx_free(c);
   return 0;
+}
+
+/* Whether the peer of a connection lws is closing is still there and
+ * talking: its socket has neither ended nor failed, and its kernel received
+ * data in the last second. */
+static int rn__peer_talking(struct lws *wsi) {
+  int fd = (int)lws_get_socket_fd(wsi);
+  unsigned char b;
+  ssize_t n;
+  struct tcp_info ti;
+  socklen_t tl = sizeof ti;
+  if (fd < 0)
+    return 0;
+  n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+    return 0; /* the peer ended the connection, or it failed */
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0)
+    return 0;
+  return ti.tcpi_last_data_recv < 1000;
+}
+
+/* LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL: lws is closing an open connection
+ * by itself, before it decides whether to send a close frame (lws 4.1.6,
+ * __lws_close_free_wsi: the unbind callback comes just before
+ * close_via_role_protocol, which sends a close frame when a close reason
+ * is set, lws_get_close_length() > 0).
+ *  - lws set a reason (an RFC 6455 violation it detected: bad opcode, RSV
+ *    bits, fragmented control frame, bad continuation): it sends that close
+ *    frame; the connection reports that code rather than 1006.
+ *  - lws set none: its frame parser gave up without one (a 64-bit length
+ *    with the top bit set, a control frame announcing more than 125 bytes:
+ *    lws_ws_rx_sm returns -1 without lws_close_reason), the peer ended the
+ *    connection, or the keepalive hang-up fired. A parser failure is the
+ *    only one of these with a live peer that has just sent data: it gets
+ *    close 1002 (lws_close_reason, so lws sends the frame and waits for the
+ *    reply). The others close as before, without a close frame. */
+void rn__conn_lws_closing(rn_conn *c, struct lws *wsi) {
+  int n;
+  if (c->wsi != wsi || c->state != RN_CS_OPEN || c->close_sent)
+    return;
+  n = lws_get_close_length(wsi);
+  if (n == 0) {
+    if (!rn__peer_talking(wsi))
+      return;
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, (unsigned char *)"invalid frame header", 20);
+    c->close_code = 1002;
+  } else if (n >= 2) {
+    const unsigned char *p = lws_get_close_payload(wsi);
+    c->close_code = (p[0] << 8) | p[1];
+  } else {
+    return;
+  }
+  c->state = RN_CS_CLOSING;
+  c->close_sent = 1;
+  rn__sendq_clear(c);
+  c->rx_active = 0;
+  rn__conn_rx_free(c);
 }
 
 /* Writes the close frame of a closing connection whose queue has drained. */

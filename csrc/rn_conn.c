@@ -91,6 +91,10 @@ void rn__conn_established(rn_conn *c, struct lws *wsi) {
 int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
   if (!c || c->wsi != wsi)
     return 0;
+  /* lws calls this only once it has written any pong it held (its own
+   * WRITEABLE handling sends pending control frames first): from now on a
+   * message may be written at once again. */
+  c->tx_defer = 0;
   rn__txpart_sync(c);
   if (rn__sendq_flush(c, wsi) < 0)
     return -1;
@@ -147,14 +151,15 @@ void rn__conn_closed(rn_conn *c) {
 /* Whether a message of `len` bytes may go to c now. One that must be queued
  * is refused past the connection's send_queue; any message is refused past
  * its server's max_buffered (after trying an eviction), except one written
- * at once (nothing queued, no partial write held by lws) of at most
+ * at once (rn__conn_direct: nothing queued, no partial write held by lws,
+ * no pong to let go first) of at most
  * RN_BUDGET_DIRECT_MAX bytes. Returns NULL, or the name of the limit that
  * refuses it. Used by every send path (send, send_async, broadcast). */
 static const char *rn__send_refused(rn_conn *c, size_t len) {
   const rn_limits *lim = rn__conn_limits(c);
   int direct;
   rn__txpart_sync(c);
-  direct = !c->qhead && !lws_partial_buffered(c->wsi);
+  direct = rn__conn_direct(c);
   if (!direct && c->qbytes + len > lim->send_queue)
     return "send_queue";
   if (!c->srv || (direct && len <= RN_BUDGET_DIRECT_MAX) || rn__buffered_fits(c->srv, len))
@@ -228,7 +233,7 @@ static int rn_conn_send(lua_State *L) {
     return rn__fail(L, "EQUEUEFULL", "send queue of connection c%I is full (%I bytes queued, limit %I)",
                     (lua_Integer)c->id, (lua_Integer)c->qbytes, (lua_Integer)lim->send_queue);
   }
-  if (!c->qhead && !lws_partial_buffered(c->wsi)) {
+  if (rn__conn_direct(c)) {
     /* Fast path: write at once from a scratch buffer; lws keeps any tail. */
     int rc = rn__sendq_write_now(c, data, len, binary);
     if (rc == -2)

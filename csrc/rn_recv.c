@@ -55,6 +55,10 @@ static int rn__rate_exceeded(rn_conn *c, const rn_limits *lim, size_t bytes, int
 int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
   const rn_limits *lim = rn__conn_limits(c);
   int final = lws_is_final_fragment(wsi);
+  /* What the current frame still announces beyond this piece (lws has read
+   * its header): a frame that cannot fit max_message is refused at its
+   * first piece rather than after max_message bytes of it. */
+  size_t remaining = lws_remaining_packet_payload(wsi);
   rn_event ev;
 
   if (c->state != RN_CS_OPEN)
@@ -75,11 +79,12 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
   }
   if (!c->rx_active) {
     c->rx_active = 1;
+    c->rx_split = 0;
     c->rx_binary = lws_frame_is_binary(wsi);
     c->rxlen = 0;
     c->rx_valid = 0;
   }
-  if (c->rxlen + len > lim->max_message) {
+  if (c->rxlen + len > lim->max_message || remaining > lim->max_message - (c->rxlen + len)) {
     if (c->srv)
       c->srv->counters.ws_too_big++;
     c->L->counters.ws_too_big++;
@@ -127,8 +132,11 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
         return rn__conn_fail(c, 1007, "invalid UTF-8");
       c->rx_valid = c->rxlen - (size_t)tail;
     }
-    if (!final)
+    if (!final) {
+      if (!remaining)
+        c->rx_split = 1; /* a frame ended: the next one may follow a ping */
       return 0;
+    }
     /* Hand the reassembly buffer to the event; the next message starts a
      * new one, so an idle connection keeps no receive buffer (and the
      * buffer leaves the budget: it is the event's now). */
@@ -138,6 +146,13 @@ int rn__conn_receive(rn_conn *c, struct lws *wsi, const void *in, size_t len) {
     ev.len = c->rxlen;
     c->rx = NULL;
     c->rxcap = 0;
+  }
+  if (c->rx_split) {
+    /* lws answers a ping between the fragments from its own WRITEABLE
+     * handling, before our WRITEABLE callback; a reply written at once
+     * would overtake that pong. Until that callback, send through it. */
+    c->rx_split = 0;
+    c->tx_defer = 1;
   }
   c->rx_active = 0;
   c->rxlen = 0;

@@ -1,10 +1,12 @@
 /*
  * relaynet core: a connection's send queue.
  *
- * Send contract: when nothing is queued and lws holds no partial write, a
+ * Send contract: when nothing is queued, lws holds no partial write and no
+ * pong lws may hold must go first (rn__conn_direct, rn_conn.tx_defer), a
  * message is written at once (on libuv this avoids a uv_poll_start per
  * message); otherwise it is queued and written from the WRITEABLE callback
- * (rn__sendq_flush). A queued message is a refcounted rn_msg, so a broadcast
+ * (rn__sendq_flush), which lws calls only after its own pending control
+ * frames. A queued message is a refcounted rn_msg, so a broadcast
  * shares one buffer among every server connection's queue.
  *
  * Every byte queued, and every write lws holds in part, is charged to the
@@ -137,9 +139,10 @@ int rn__sendq_flush(rn_conn *c, struct lws *wsi) {
 }
 
 /* Writes one message at once from the loop's scratch buffer (the caller
- * checked that nothing is queued and lws holds no partial write); lws keeps
- * any unsent tail, which is charged to the budget. Returns 0, -1 when the
- * write failed, or -2 when no scratch memory could be had. */
+ * checked rn__conn_direct: nothing queued, no partial write, no pong to let
+ * go first); lws keeps any unsent tail, which is charged to the budget.
+ * Returns 0, -1 when the write failed, or -2 when no scratch memory could
+ * be had. */
 int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary) {
   unsigned char *p = rn__scratch(c->L, len);
   if (!p)
@@ -158,7 +161,7 @@ int rn__sendq_push(rn_conn *c, rn_msg *m, uint64_t ticket, int *queued) {
   rn_qnode *n;
   const rn_limits *lim = rn__conn_limits(c);
   *queued = 0;
-  if (!c->qhead && !lws_partial_buffered(c->wsi))
+  if (rn__conn_direct(c))
     return rn__write_msg(c, m);
   n = (rn_qnode *)malloc(sizeof *n);
   if (!n)

@@ -197,6 +197,10 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
     return rn__conn_writeable(pss->conn, wsi);
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
     return pss && pss->conn ? rn__conn_on_peer_close(pss->conn, in, len) : 0;
+  case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+    if (pss && pss->conn)
+      rn__conn_lws_closing(pss->conn, wsi);
+    return 0;
   case LWS_CALLBACK_CLOSED:
     if (pss && pss->conn) {
       rn_conn *c = pss->conn;

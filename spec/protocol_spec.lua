@@ -113,13 +113,17 @@ describe("WebSocket framing errors are answered with close 1002", function()
   it("reserved data opcode 3 -> 1002", function() expect_close("opcode-3", 1002) end)
   it("reserved control opcode 0xB -> 1002", function() expect_close("opcode-b", 1002) end)
   it("RSV1 set without a negotiated extension -> 1002", function() expect_close("rsv1", 1002) end)
-  it("control frame with a 126-byte payload: KNOWN DEVIATION, dropped without a close frame", function()
-    -- RFC 6455 5.5 forbids control frames over 125 bytes; libwebsockets
-    -- 4.1.6 drops the TCP connection without sending 1002 (the peer sees
-    -- 1006). The connection is still refused and the server keeps serving.
-    with_probe("control-126", nil, function(r)
-      assert.are.equal("eof", r.result, r.raw)
+  it("control frame with a 126-byte payload -> 1002", function()
+    -- RFC 6455 5.5: control frames carry at most 125 bytes. libwebsockets
+    -- 4.1.6 gives up on the frame without a close reason; relaynet adds
+    -- 1002 before lws decides how to close (spec/conformance_spec.lua).
+    with_probe("control-126", nil, function(r, srv)
+      assert.are.equal("close", r.result, r.raw)
+      assert.are.equal(1002, r.code, r.raw)
       assert.are.equal(0, #r.messages, r.raw)
+      local deadline = rn.now() + 5
+      while #srv.closes == 0 and rn.now() < deadline do rn.sleep(0.01) end
+      assert.are.equal(1002, srv.closes[1] and srv.closes[1].code)
     end)
   end)
   it("fragmented ping (FIN=0 on a control frame) -> 1002", function() expect_close("fragmented-ping", 1002) end)
