@@ -168,6 +168,26 @@ describe("logging", function()
     end, { timeout = 60 })
   end)
 
+  it("logs a dial the peer closes before the link is up (its mesh is off) as a failed dial", function()
+    H.run(function()
+      local port = MH.free_ports(1)[1]
+      local off = H.sh("exec " .. MH.LUA .. " " .. H.q(H.ROOT .. "/bin/relaynet") .. " --port " .. port ..
+        " --host 127.0.0.1 --disable-registry --log-level warn")
+      local node
+      local ok, err = pcall(function()
+        MH.wait_until(function() return H.curl("http://127.0.0.1:" .. port .. "/nothing") ~= nil end,
+          "the node without a mesh to answer", 15)
+        node = start("warn", false, "log-f", 30, { "ws://127.0.0.1:" .. port .. "/ws/p2p" })
+        wait_for(node, "WARN mesh: cannot dial peer ws://127%.0%.0%.1:" .. port .. "/ws/p2p: the link closed " ..
+          "before it was up: 4404 the mesh is disabled on this node\n", "the failed dial's line")
+      end)
+      local logs = (node and stop(node) or "")
+      os.execute("pkill -TERM -P " .. off.pid .. " >/dev/null 2>&1")
+      off:wait(20)
+      assert(ok, tostring(err) .. "\n" .. logs)
+    end, { timeout = 60 })
+  end)
+
   it("is silent below the level set: error silences info, the access log and warnings", function()
     H.run(function()
       local dead = "ws://127.0.0.1:" .. MH.free_ports(1)[1] .. "/ws/p2p"

@@ -299,6 +299,7 @@ local function closed(link, code, reason)
   -- (version 1 nodes log only a peer that requires authentication).
   if not was_up and not link.closing and link.dir == "out" and A.CODES[code] and link.refused ~= "self"
     and (A.enabled() or code == A.REQUIRED) then
+    link.refusal_logged = true
     A.refused_by_peer(link, code, reason)
   end
   link.state = "closed"

@@ -121,6 +121,14 @@ local function maintain(p)
       end
       p.link = nil
       if link.since then backoff = cfg.backoff_min end
+      -- A link that never came up and that nobody logged yet (not refused
+      -- as a duplicate or as itself, nor by authentication) is a failed
+      -- dial too: a peer with the mesh disabled, full, or mute.
+      if not link.since and not link.refused and not link.refusal_logged and not link.closing
+        and p.active and running() then
+        dial_failed(p, string.format("the link closed before it was up: %s %s", tostring(link.close_code),
+          tostring(link.close_reason or "")))
+      end
       -- refused as a duplicate: the existing link serves; dial again only
       -- once it is gone
       local dup = link.refused
