@@ -4,11 +4,15 @@
  * lws has parsed and unmasked the frames and answered control frames; what
  * arrives here is data, a fragment at a time. A server connection is
  * charged against its token buckets (ws_msg_rate, ws_byte_rate); fragments
- * are reassembled up to max_message in a buffer charged to max_buffered;
+ * are reassembled up to max_message in a buffer charged to max_buffered (a
+ * frame whose announced length cannot fit is refused at its first piece);
  * text is checked as UTF-8 as it arrives (only the new bytes each time);
  * a whole message becomes one RN_EV_MESSAGE, its payload copied into the
  * event arena when it arrived in one piece. Any violation fails the
- * connection with its close code (rn__conn_fail).
+ * connection with its close code (rn__conn_fail). After a message that came
+ * in more than one frame the connection sends nothing at once until its
+ * next WRITEABLE callback (tx_defer): a ping between the fragments is
+ * answered by lws from its own WRITEABLE handling, which must go first.
  */
 #include "rn.h"
 
