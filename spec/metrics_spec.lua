@@ -87,6 +87,12 @@ describe("GET /metrics", function()
       assert.equal(s0['relaynet_websocket_bytes_total{direction="in"}'] + 100,
         s1['relaynet_websocket_bytes_total{direction="in"}'])
       assert.equal(0, s1.relaynet_queued_bytes)
+      -- the same counts per connection, per server and for the process
+      local wi = rn.WebSocket.info(srv:ws_connections()[1])
+      assert.same({ 5, 5, 50, 50 }, { wi.messages_in, wi.messages_out, wi.bytes_in, wi.bytes_out })
+      local ss = srv:stats()
+      assert.same({ 5, 5, 50, 50 }, { ss.messages_in, ss.messages_out, ss.bytes_in, ss.bytes_out })
+      assert.equal(s1[key_in], rn.stats().traffic.messages_in)
       c:close_wait(1000, "bye")
 
       -- HTTP by status

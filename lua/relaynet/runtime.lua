@@ -239,6 +239,9 @@ function M.stats()
     http_inflight = server.inflight(),
     -- refusals by the C core's bounds, summed over every server of the process
     limits = core.stats(),
+    -- WebSocket messages and payload bytes received and written, summed
+    -- over every connection of the process (the core's counters)
+    traffic = core.traffic(),
   }
 end
 
