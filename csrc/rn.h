@@ -210,6 +210,9 @@ typedef struct rn_server {
   int ntoken_paths;
   char *token;            /* "Bearer <token>", or NULL */
   size_t token_len;
+  int ws_listed_only;     /* upgrades only on ws_paths until server:ws_accept_any() */
+  char **ws_paths;        /* exact paths with a WebSocket endpoint (rn_protect.c) */
+  int nws_paths;
   int refcnt;         /* Lua box + live connections/requests */
   int owner_ref;      /* registry ref of the Lua value set by server:set_owner(),
                        * pushed with OPEN and HTTP events; LUA_NOREF: none */
@@ -263,6 +266,8 @@ typedef struct rn_conn {
                       * control frame (a ping) may have come in between */
   uint8_t tx_defer;  /* write nothing at once until the next WRITEABLE
                       * callback: lws may hold a pong that must go first */
+  uint8_t rx_held;   /* server side: reading paused while lws holds part of a
+                      * write (rn__rx_hold); counts the sweeps since */
   uint8_t close_sent;
   uint8_t rate_scale; /* receive rates and bursts times this (0 counts as 1; set_rate_scale) */
   /* receive rate token buckets (server connections; see rn__conn_receive) */
@@ -461,6 +466,7 @@ int rn__sendq_flush(rn_conn *c, struct lws *wsi);
 void rn__sendq_clear(rn_conn *c);
 void rn__txpart_set(rn_conn *c, size_t n);
 void rn__txpart_sync(rn_conn *c);
+void rn__rx_release(rn_conn *c, int force);
 
 /* rn_close.c: the closing handshake, and the closes the core decides
  * (slow consumers, eviction from a full budget). */
@@ -496,6 +502,12 @@ void rn__ips_free(rn_server *s);
 int rn__peer_is_loopback(struct lws *wsi);
 void rn__protect_from_table(lua_State *L, int idx, rn_server *s);
 void rn__protect_free(rn_server *s);
+/* rn_protect.c: 1 when a WebSocket upgrade to `path` has an endpoint on s
+ * (always, unless listen got opts.ws_paths and nothing called
+ * server:ws_accept_any()). */
+int rn__ws_path_ok(rn_server *s, const char *path);
+int rn__server_ws_accept_any(lua_State *L);
+int rn__refuse_no_endpoint(struct lws *wsi);
 int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path);
 
 /* rn_status.c: the status line's reason phrase, and no Content-Length on

@@ -85,6 +85,10 @@ void rn__protect_from_table(lua_State *L, int idx, rn_server *s) {
   const char *token;
   rn__paths_from_table(L, idx, "protected_paths", &s->protected_paths, &s->nprotected);
   rn__paths_from_table(L, idx, "token_paths", &s->token_paths, &s->ntoken_paths);
+  lua_getfield(L, idx, "ws_paths");
+  s->ws_listed_only = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  rn__paths_from_table(L, idx, "ws_paths", &s->ws_paths, &s->nws_paths);
   lua_getfield(L, idx, "token");
   token = lua_tolstring(L, -1, &tlen);
   if (s->ntoken_paths && (!token || tlen < 16 || tlen > 256))
@@ -105,6 +109,7 @@ void rn__protect_from_table(lua_State *L, int idx, rn_server *s) {
 void rn__protect_free(rn_server *s) {
   rn__paths_free(&s->protected_paths, &s->nprotected);
   rn__paths_free(&s->token_paths, &s->ntoken_paths);
+  rn__paths_free(&s->ws_paths, &s->nws_paths);
   if (s->token) {
     OPENSSL_cleanse(s->token, s->token_len);
     free(s->token);
@@ -182,4 +187,28 @@ int rn__protect_refuse(rn_server *s, struct lws *wsi, const char *path) {
   s->counters.protected_refused++;
   s->L->counters.protected_refused++;
   return rn__write_status(wsi, "403 Forbidden", "", rn__protect_body, sizeof rn__protect_body - 1);
+}
+
+static const char rn__no_endpoint_body[] =
+  "404 Not Found: no WebSocket endpoint at this path. A relaynet mesh link is\n"
+  "at /ws/p2p, JSON-RPC at /rpc; the server's own WebSocket paths are served\n"
+  "once it has a connect, message or close handler.\n";
+
+/* Answers an upgrade that has no endpoint with 404 (a hand-made status
+ * line, as in rn__protect_refuse). Returns 1, or -1 if the write failed. */
+int rn__refuse_no_endpoint(struct lws *wsi) {
+  return rn__write_status(wsi, "404 Not Found", "", rn__no_endpoint_body, sizeof rn__no_endpoint_body - 1);
+}
+
+int rn__ws_path_ok(rn_server *s, const char *path) {
+  return !s->ws_listed_only || (path && rn__path_in(s->ws_paths, s->nws_paths, path));
+}
+
+/* server:ws_accept_any(): from now on a WebSocket upgrade is accepted on
+ * every path (the script registered a connect, message or close handler). */
+int rn__server_ws_accept_any(lua_State *L) {
+  rn_server *s = *(rn_server **)luaL_checkudata(L, 1, RN_SERVER_MT);
+  if (s)
+    s->ws_listed_only = 0;
+  return 0;
 }

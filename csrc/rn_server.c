@@ -129,7 +129,9 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
       return -1;
     /* The Upgrade token is case-insensitive (RFC 6455 4.2.1, RFC 9110 7.8):
      * clients send "websocket", "WebSocket", ... */
-    if (!s->websocket || s->closed || !in || strcasecmp((const char *)in, "websocket")) {
+    if (!s->websocket && !s->closed)
+      return rn__refuse_no_endpoint(wsi) < 0 ? -1 : 1;
+    if (s->closed || !in || strcasecmp((const char *)in, "websocket")) {
       lws_return_http_status(wsi, s->closed ? 503 : 404, NULL);
       return 1;
     }
@@ -153,6 +155,10 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
       rc = rn__protect_refuse(s, wsi, path);
       if (rc != 0)
         return rc < 0 ? -1 : 1;
+      /* No WebSocket endpoint at this path: a dial to the wrong path
+       * fails visibly instead of being accepted and never answered. */
+      if (!rn__ws_path_ok(s, path))
+        return rn__refuse_no_endpoint(wsi) < 0 ? -1 : 1;
     }
     if (!rn__origin_allowed(s, wsi)) {
       lws_return_http_status(wsi, 403, NULL);
@@ -596,6 +602,7 @@ void rn__server_open_lua(lua_State *L) {
     {"stats", rn_server_stats},
     {"close", rn_server_close},
     {"set_owner", rn_server_set_owner},
+    {"ws_accept_any", rn__server_ws_accept_any},
     {NULL, NULL}};
   static const luaL_Reg smeta[] = {
     {"__gc", rn_server_gc},

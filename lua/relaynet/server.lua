@@ -112,7 +112,7 @@ local function listen(opts, websocket)
   if math.type(opts) == "integer" or type(opts) == "string" then
     local port = math.tointeger(tonumber(opts))
     if not port then error("relaynet.HttpServer.listen: port must be an integer", 3) end
-    opts = { port = port, websocket = websocket ~= false }
+    opts = { port = port, websocket = websocket }
   elseif type(opts) ~= "table" then
     error("relaynet.HttpServer.listen: expected a port number or an options table", 3)
   end
@@ -134,6 +134,19 @@ local function listen(opts, websocket)
     if not insecure then copt.protected_paths = protected_paths(token) end
   end
   copt.rpc_token = nil
+  -- websocket = nil (the default): an upgrade is accepted on a mounted path
+  -- (/ws/p2p, /rpc on a mesh server), and on every path once the script
+  -- sets a connect, message or close handler (Server:on); anything else is
+  -- answered 404, so a dial to the wrong path fails visibly. websocket =
+  -- true accepts every path at once (a server that only pushes with
+  -- ws_send/ws_broadcast and sets no handler); false refuses upgrades.
+  if opts.websocket == nil then
+    local paths = {}
+    if opts.mesh ~= false then
+      for path in pairs(mounts) do paths[#paths + 1] = path end
+    end
+    copt.ws_paths = paths
+  end
   copt.tls = tls.server_tls(opts)
   local box, err, code = core.listen(copt)
   if not box then return nil, err, code end
@@ -206,6 +219,7 @@ function Server:on(event, fn)
   end
   if fn ~= nil and type(fn) ~= "function" then error("relaynet.on: handler must be a function", 2) end
   self._handlers[event] = fn
+  if fn then self._box:ws_accept_any() end
   return self
 end
 

@@ -104,11 +104,16 @@ function H.curl(args, timeout)
   return tonumber(status), body
 end
 
---- Starts a server on a free loopback port with the given options.
+--- Starts a server on a free loopback port with the given options. Unless
+--- opts.websocket says otherwise it accepts WebSocket upgrades on every
+--- path at once (websocket = true), as many specs push to connections of a
+--- server that sets no handler; spec/upgrade_paths_spec.lua covers the
+--- default.
 function H.listen(opts)
   opts = opts or {}
   opts.port = opts.port or 0
   opts.host = opts.host or "127.0.0.1"
+  if opts.websocket == nil then opts.websocket = true end
   return assert(rn.HttpServer.listen(opts))
 end
 
