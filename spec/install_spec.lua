@@ -145,18 +145,25 @@ describe("luarocks make", function()
         H.q(H.ROOT), H.q(tree), H.q(ROCKSPEC)))
       local rc, out, err = build:wait(300)
       assert.equal(0, rc, out .. err)
-      -- a script outside the repository, with only the tree's paths
+      -- A script outside the repository, with only the tree's paths: a
+      -- server that echoes and a client of it (errors end the run too).
       local script = os.tmpname()
       local f = assert(io.open(script, "w"))
       f:write([[
 local rn = require("relaynet")
 local srv = assert(rn.HttpServer.listen{port = 0, host = "127.0.0.1"})
 srv:route("GET", "/", function() return "installed ok" end)
+srv:on("message", function(id, msg) srv:ws_send(id, msg) end)
 local body = "none"
 rn.spawn(function()
-  local c = assert(rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/"))
-  c:close_wait()
-  body = "ws ok"
+  local c, err = rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/")
+  if c then
+    c:send("ws ok")
+    body = c:receive(5) or "no echo"
+    c:close_wait()
+  else
+    body = tostring(err)
+  end
   rn.stop()
 end)
 rn.run()
