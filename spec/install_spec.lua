@@ -101,6 +101,11 @@ end)
 
 describe("make dist", function()
   it("builds a source rock that luarocks installs offline into a fresh tree", function()
+    -- make dist packs HEAD with git archive: an unpacked release has no git.
+    if not os.execute("git -C " .. H.q(H.ROOT) .. " rev-parse --verify -q HEAD >/dev/null 2>&1") then
+      pending("not a git checkout: make dist needs one")
+      return
+    end
     H.run(function()
       local rc, out, err = H.sh("cd " .. H.q(H.ROOT) .. " && make --no-print-directory dist"):wait(120)
       assert.equal(0, rc, out .. err)
