@@ -343,11 +343,14 @@ describe("examples/chat.lua", function()
         local rc, out, err = h:wait(15)
         assert.are.equal(0, rc)
         assert.are.equal("chat room on http://localhost:" .. port .. "/ (Ctrl-C stops)\n", out)
-        assert.are.equal("", err)
+        local log = H.assert_info_only(err)
+        assert.are.equal("listening on http://0.0.0.0:" .. port, log[1])
+        assert.are.equal(2, #log)
+        assert.matches("^access http peer=%S+ method=GET path=/ status=200 ", log[2])
       end, { timeout = 30 })
     end)
 
-    it("stops quietly on SIGINT with two people in the room: exit 0, nothing on stderr", function()
+    it("stops quietly on SIGINT with two people in the room: exit 0, info lines only", function()
       H.run(function()
         local h, port = spawn("cd / && exec lua5.4 " .. H.q(H.ROOT .. "/examples/chat.lua") .. " 0")
         local url = "ws://127.0.0.1:" .. port .. "/ws"
@@ -363,7 +366,10 @@ describe("examples/chat.lua", function()
         local rc, out, err = h:wait(15)
         assert.are.equal(0, rc)
         assert.are.equal("chat room on http://localhost:" .. port .. "/ (Ctrl-C stops)\n", out)
-        assert.are.equal("", err)
+        -- the access log's line per WebSocket, and nothing else
+        local log = H.assert_info_only(err)
+        assert.are.equal(3, #log, err)
+        for i = 2, 3 do assert.matches("^access ws peer=%S+ path=/ws ms=%S+ in=1 out=%d code=1001$", log[i]) end
       end, { timeout = 30 })
     end)
 

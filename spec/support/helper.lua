@@ -96,6 +96,30 @@ function H.sh(cmd)
 end
 
 
+--- The records of a relaynet log text (stderr of a process the relaynet
+--- command runs): a list of { level = "INFO", text = ... }. Raises on a
+--- line that is not a log record (a traceback, a stray message).
+function H.log_records(text)
+  local list = {}
+  for line in text:gmatch("[^\n]+") do
+    local level, rest = line:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ (%u+) (.*)$")
+    if not level then error("not a log record: " .. line, 2) end
+    list[#list + 1] = { level = level, text = rest }
+  end
+  return list
+end
+
+--- Asserts that `text` holds INFO log records only (no warning, error or
+--- traceback) and returns their texts.
+function H.assert_info_only(text)
+  local texts = {}
+  for _, r in ipairs(H.log_records(text)) do
+    if r.level ~= "INFO" then error("a " .. r.level .. " record: " .. r.text, 2) end
+    texts[#texts + 1] = r.text
+  end
+  return texts
+end
+
 --- Runs curl in the background: status, body.
 function H.curl(args, timeout)
   local rc, out, err = H.sh("curl -s -S -m 10 -w '\\n%{http_code}' " .. args):wait(timeout or 15)
