@@ -281,6 +281,9 @@ void rn__conn_sweep(rn_loop *l) {
   for (c = l->conns; c; c = c->next) {
     const rn_limits *lim = rn__conn_limits(c);
     rn__txpart_sync(c);
+    /* A peer that reads nothing is read again after two or three sweeps. */
+    if (c->rx_held && ++c->rx_held > 3)
+      rn__rx_release(c, 1);
     if (c->wsi && c->over_since && c->state == RN_CS_OPEN &&
         (double)(now - c->over_since) >= lim->slow_timeout * 1000.0) {
       if (c->srv)

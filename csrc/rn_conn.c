@@ -98,6 +98,7 @@ int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
   rn__txpart_sync(c);
   if (rn__sendq_flush(c, wsi) < 0)
     return -1;
+  rn__rx_release(c, 0); /* lws holds no partial write: read again */
   if (c->qhead || lws_partial_buffered(wsi)) {
     lws_callback_on_writable(wsi);
     return 0;

@@ -10,7 +10,9 @@
  * shares one buffer among every server connection's queue.
  *
  * Every byte queued, and every write lws holds in part, is charged to the
- * server's max_buffered budget while it is held (rn_server.buffered).
+ * server's max_buffered budget while it is held (rn_server.buffered), and
+ * while lws holds part of a write a server connection is not read from
+ * (rn__rx_hold), so that a peer's close frame is not parsed then.
  */
 #include "rn.h"
 
@@ -73,6 +75,37 @@ void rn__txpart_set(rn_conn *c, size_t n) {
   c->txpart = n;
 }
 
+/* The rx flow control reason bit relaynet uses while lws holds part of a
+ * write (lws_rx_flow_control's bitmap form: other reasons, such as
+ * conn:pause and the rate limits' LWS_RXFLOW_REASON_USER_BOOL, stay as they
+ * are). */
+#define RN_RXFLOW_TX (1 << 1)
+
+/* Called when lws has kept part of a data frame on a server connection:
+ * reading stops until lws has written it. lws 4.1.6 answers a peer's close
+ * frame that it parses while it holds a partial write by closing the socket
+ * without a close reply (ops-ws.c: "Closing on peer close due to pending
+ * tx"), so the close must wait in the socket until the write is done. A peer
+ * that does not read at all is read again after two or three seconds
+ * (rn__rx_release from the sweep), so that holding cannot deadlock a client
+ * that writes everything before it reads. Client connections never hold:
+ * two relaynet nodes would wait for each other. */
+static void rn__rx_hold(rn_conn *c) {
+  if (!c->srv || c->rx_held)
+    return;
+  c->rx_held = 1;
+  lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_DISABLE | RN_RXFLOW_TX);
+  lws_callback_on_writable(c->wsi); /* to learn when the write is done */
+}
+
+/* Reads again once lws holds no partial write, or at once when `force`. */
+void rn__rx_release(rn_conn *c, int force) {
+  if (!c->rx_held || !c->wsi || (!force && lws_partial_buffered(c->wsi)))
+    return;
+  c->rx_held = 0;
+  lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | RN_RXFLOW_TX);
+}
+
 /* Releases that charge once lws has written the rest (or the wsi is gone). */
 void rn__txpart_sync(rn_conn *c) {
   if (c->txpart && (!c->wsi || !lws_partial_buffered(c->wsi)))
@@ -92,7 +125,12 @@ static int rn__write_msg(rn_conn *c, rn_msg *m) {
     return -1;
   rn__traffic_out(c, m->len);
   /* Called only when lws held nothing: a partial now is this message's. */
-  rn__txpart_set(c, lws_partial_buffered(c->wsi) ? m->len : 0);
+  if (lws_partial_buffered(c->wsi)) {
+    rn__txpart_set(c, m->len);
+    rn__rx_hold(c);
+  } else {
+    rn__txpart_set(c, 0);
+  }
   return 0;
 }
 
@@ -151,7 +189,12 @@ int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary) {
   if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
     return -1;
   rn__traffic_out(c, len);
-  rn__txpart_set(c, lws_partial_buffered(c->wsi) ? len : 0);
+  if (lws_partial_buffered(c->wsi)) {
+    rn__txpart_set(c, len);
+    rn__rx_hold(c);
+  } else {
+    rn__txpart_set(c, 0);
+  }
   return 0;
 }
 

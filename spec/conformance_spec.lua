@@ -260,6 +260,21 @@ describe("the closing handshake after a valid 4-byte UTF-8 message", function()
     end)
   end)
 
+  it("completes when the close arrives while the server is still writing large echoes", function()
+    -- Four messages of about 1 MB from a client with a 4 KiB receive buffer
+    -- that reads nothing until it has sent its close frame: the close
+    -- arrives while libwebsockets holds part of an echo, and lws 4.1.6
+    -- answers a close it parses then by dropping the socket without a close
+    -- frame. relaynet stops reading while lws holds a partial write.
+    with_probe("close-while-writing", "--timeout 15", function(r)
+      local s = seq(r)
+      assert(#s >= 2, r.raw)
+      assert.are.same({ "close:1000", "eof" }, { s[#s - 1], s[#s] }, r.raw)
+      for i = 1, #s - 2 do assert.are.equal("text", s[i]:match("^text"), r.raw) end
+      assert.is_true(r.handshake, r.raw)
+    end)
+  end)
+
   it("python3-websockets: echoed whole and fragmented, each closed with 1000 at once", function()
     with_probe("ws-utf8", "--timeout 5", function(r)
       assert.are.equal(4, #r.runs, r.raw)

@@ -28,7 +28,7 @@ Fields of the JSON line:
 
 Usage: conformance.py PROBE --port N [--host 127.0.0.1] [--path /]
                       [--timeout S] [--length N] [--send-bytes N]
-                      [--split MODE]
+                      [--split MODE] [--count N] [--rcvbuf BYTES]
 Run `conformance.py list` for the probe names.
 """
 
@@ -78,7 +78,14 @@ def close_frame(code=1000, reason=b""):
 class Conn:
     def __init__(self, args):
         self.args = args
-        self.sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+        if args.rcvbuf:
+            # before connect, so that the window is small from the start
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
+            self.sock.settimeout(args.timeout)
+            self.sock.connect((args.host, args.port))
+        else:
+            self.sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.events = []
@@ -381,6 +388,20 @@ def p_utf8_4byte_close_together(c, a):
     c.read_until(lambda e: e["kind"] == "close")
 
 
+def p_close_while_writing(c, a):
+    """--count text messages of 4-byte UTF-8 (--length bytes each, about),
+    sent from a connection with a 4 KiB receive buffer that reads nothing
+    until it has sent a close frame 0.3 s later: the server is still
+    writing its echoes when the close arrives. The closing handshake must
+    complete after whatever echoes the server sends first."""
+    msg = UTF8_4 * max(1, a.length // len(UTF8_4))
+    for _ in range(a.count):
+        c.send(frame(OP_TEXT, msg))
+    time.sleep(0.3)
+    c.send(close_frame(1000))
+    c.read_until(lambda e: e["kind"] == "close")
+
+
 def p_control_extended_length(c, a):
     """A ping announcing 126 bytes with the 16-bit extended length (control
     frames carry at most 125): close 1002."""
@@ -400,6 +421,7 @@ PROBES = {
     "utf8-4byte-close-together": p_utf8_4byte_close_together,
     "utf8-4byte-close-race": p_utf8_4byte_close_race,
     "control-extended-length": p_control_extended_length,
+    "close-while-writing": p_close_while_writing,
 }
 
 
@@ -465,6 +487,8 @@ def main():
     ap.add_argument("--length", type=int, default=(1 << 63) - 1)
     ap.add_argument("--send-bytes", type=int, default=0)
     ap.add_argument("--split", default="none")
+    ap.add_argument("--count", type=int, default=4)
+    ap.add_argument("--rcvbuf", type=int, default=0)
     a = ap.parse_args()
     if a.probe == "list":
         for name, fn in list(PROBES.items()) + list(WS_CLIENTS.items()):
@@ -478,6 +502,9 @@ def main():
             out = {"probe": a.probe, "result": "error", "error": repr(e)}
         print(json.dumps(out))
         return 0
+    if a.probe == "close-while-writing":
+        a.rcvbuf = a.rcvbuf or 4096
+        a.length = a.length if a.length < (1 << 62) else 990000
     if a.probe not in PROBES:
         print(json.dumps({"probe": a.probe, "result": "error", "error": "unknown probe"}))
         return 2
