@@ -69,7 +69,7 @@ $(CORE): $(OBJ)
 	$(CC) -shared -o $@ $(OBJ) $(LIBS)
 
 lint: test-deps
-	luacheck -q lua bin spec examples
+	luacheck -q lua bin/relaynet spec examples
 
 SPEC ?= spec
 

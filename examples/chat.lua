@@ -21,7 +21,9 @@
 -- M.start(port [, host]) starts the server inside a running rn.run and
 -- returns it (or nil, msg, code).
 
-dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua")
+-- From a source checkout, use its lua/ and build/ (examples/checkout.lua;
+-- a copy of this file on its own skips that).
+(loadfile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua") or load(""))()
 local rn = require("relaynet")
 local json = rn.json
 

@@ -15,7 +15,9 @@
 -- start(port [, host]) starts the server inside a running rn.run and returns
 -- it (or nil, msg, code); attach(srv) adds the example to a server of yours.
 
-dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua")
+-- From a source checkout, use its lua/ and build/ (examples/checkout.lua;
+-- a copy of this file on its own skips that).
+(loadfile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "checkout.lua") or load(""))()
 local rn = require("relaynet")
 
 -- The programs /run may start, by name: nothing else is ever run.

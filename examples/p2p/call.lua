@@ -9,7 +9,9 @@
 -- links come up), and exits 0 on success, 1 on an error (printed as
 -- CODE: message).
 
-dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua")
+-- From a source checkout, use its lua/ and build/ (examples/checkout.lua;
+-- a copy of this file on its own skips that).
+(loadfile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua") or load(""))()
 local rn = require("relaynet")
 local json = require("relaynet.json")
 

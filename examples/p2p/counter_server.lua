@@ -23,7 +23,9 @@
 --   slow(seconds)   sleeps (only this call waits) and returns "done"
 --   echo(...)       returns its arguments (one -> that value, several -> an array)
 
-dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua")
+-- From a source checkout, use its lua/ and build/ (examples/checkout.lua;
+-- a copy of this file on its own skips that).
+(loadfile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "../checkout.lua") or load(""))()
 local rn = require("relaynet")
 
 local value = 0
