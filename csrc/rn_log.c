@@ -37,6 +37,8 @@
 static const char *const RN__LWS_QUIET[] = {
     "ERROR on binding fd", /* listen: EADDRINUSE, EACCES (rn_server.c) */
     "init server failed",  /* ... the same failure, one line later */
+    "SSL error:",          /* a wss:// certificate check: ECERT (rn_client.c) */
+    "lws_client_handshake: got bad HTTP response", /* a refused upgrade: ECONNREFUSED */
     NULL};
 
 static int rn__log_level_n = 2; /* warn: a library is quiet by default */
