@@ -38,6 +38,7 @@ end
 if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
   if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
   local port = arg[1] and math.tointeger(tonumber(arg[1]))
+  if port and (port < 0 or port > 65535) then port = nil end
   if arg[2] or (arg[1] and not port) then
     io.stderr:write("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n")
     os.exit(2)

@@ -84,10 +84,12 @@ describe("examples/echo.lua", function()
 
   it("as a script, rejects a bad port argument with usage and exit code 2", function()
     H.run(function()
-      local rc, out, err = H.sh("lua5.4 " .. H.q(H.ROOT .. "/examples/echo.lua") .. " notaport"):wait(10)
-      assert.are.equal(2, rc)
-      assert.are.equal("", out)
-      assert.are.equal("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n", err)
+      for _, bad in ipairs({ "notaport", "99999", "-1" }) do
+        local rc, out, err = H.sh("lua5.4 " .. H.q(H.ROOT .. "/examples/echo.lua") .. " " .. bad):wait(10)
+        assert.are.equal(2, rc, bad)
+        assert.are.equal("", out, bad)
+        assert.are.equal("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n", err, bad)
+      end
     end)
   end)
 
