@@ -81,7 +81,10 @@ describe("the relaynet command", function()
         { "--add-peer ws://h:99999", "relaynet: --add-peer: not a peer address: ws://h:99999 " ..
           "(the port must be 1..65535)" },
         { "--log-level loud -e 1", 'relaynet: --log-level: expected error, warn, info or debug, got "loud"' },
-        { "--tls-cert /nonexistent/c.pem", "relaynet: --tls-cert: cannot read No such file or directory" },
+        { "--tls-cert /nonexistent/c.pem",
+          "relaynet: --tls-cert: cannot read /nonexistent/c.pem: No such file or directory" },
+        { "--tls-ca /tmp -e 1", "relaynet: --tls-ca: cannot read /tmp: Is a directory" },
+        { "/tmp", "relaynet: cannot open script /tmp: Is a directory" },
         { "--tls-cert " .. H.q(cert) .. " -e 1", "relaynet: --tls-cert and --tls-key go together" },
         { "/nonexistent/script.lua", "relaynet: cannot open script /nonexistent/script.lua" },
         { "keygen", "usage: relaynet keygen FILE" },
@@ -93,6 +96,16 @@ describe("the relaynet command", function()
         assert.equal(case[2] .. "\n", err, case[1])
       end
     end, { timeout = 60 })
+  end)
+
+  it("runs a script written for lua5.4, which ends with rn.run(), unchanged", function()
+    H.run(function()
+      local code = 'local rn = require("relaynet"); print(rn.run(function(a) print("in", a) end, 7)); print("after")'
+      local rc, out, err = H.sh("cd / && exec lua5.4 " .. RELAYNET .. " --log-level warn -e " .. H.q(code)):wait(15)
+      assert.equal(0, rc, err)
+      assert.equal("true\nafter\nin\t7\n", out)
+      assert.equal("", err)
+    end, { timeout = 30 })
   end)
 
   it("serves an example on --port=N, or on its positional port, and starts no second server", function()

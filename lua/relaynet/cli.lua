@@ -82,8 +82,12 @@ end
 
 local function readable(file, flag)
   local f, err = io.open(file, "rb")
-  if not f then usage_error("%s: cannot read %s", flag, err and err:gsub("^[^:]*: ", "") or file) end
-  f:close()
+  if f then
+    local _, rerr = f:read(0) -- a folder opens, then fails to read
+    f:close()
+    if rerr then err = file .. ": " .. tostring(rerr) end
+  end
+  if err then usage_error("%s: cannot read %s", flag, err) end
   return file
 end
 
@@ -264,11 +268,12 @@ function M.main(argv)
     chunk, err = load(opts.code, "=(command line)")
   elseif opts.script then
     local f = io.open(opts.script, "rb")
-    if not f then
-      io.stderr:write("relaynet: cannot open script ", opts.script, "\n")
+    local rerr = f and select(2, f:read(0)) -- a folder opens, then fails to read
+    if f then f:close() end
+    if not f or rerr then
+      io.stderr:write("relaynet: cannot open script ", opts.script, rerr and ": " .. rerr or "", "\n")
       return 2
     end
-    f:close()
     chunk, err = loadfile(opts.script)
   elseif opts.port or opts.server then
     chunk = function() end -- a bare node: serve until stopped
@@ -294,6 +299,7 @@ function M.main(argv)
   end
   local failed = false
   local want_server = opts.port or opts.server
+  require("relaynet.runtime").set_command(true) -- the script's rn.run() joins this run
   local run_ok = rn.run(function()
     for _, url in ipairs(opts.peers) do rn.add_peer(url) end
     local script_done = false

@@ -28,6 +28,7 @@ local MESSAGE_LABEL = "message handler for "
 local running, stopping = false, false
 local default_server = nil -- the server rn.server() returns
 local listen_defaults = nil -- the relaynet command's --port/--host/--server options
+local under_command = false -- the relaynet command runs the loop (M.set_command)
 
 -- event dispatch (called by core.poll for every event) ------------------------------
 
@@ -120,10 +121,17 @@ end
 
 --- Runs fn (if given) in a new coroutine and runs the loop until rn.stop()
 --- is called or nothing is left to do. Returns true, or nil, msg, code when
---- shutdown found uv handles left open.
+--- shutdown found uv handles left open. Under the relaynet command, whose
+--- loop already runs the script, it only starts fn (if given) in a new
+--- coroutine and returns true at once, so that a script written for lua5.4
+--- (ending with rn.run()) runs unchanged; the command's loop runs the rest.
 function M.run(fn, ...)
-  if running then error("relaynet.run: the loop is already running", 2) end
   if fn ~= nil and type(fn) ~= "function" then error("relaynet.run: expected a function", 2) end
+  if running and under_command then
+    if fn then sched.spawn(fn, ...) end
+    return true
+  end
+  if running then error("relaynet.run: the loop is already running", 2) end
   running, stopping = true, false
   if fn then sched.spawn(fn, ...) end
   mesh.start()
@@ -215,6 +223,12 @@ function M.server(opts)
   if not srv then return nil, err, code end
   default_server = srv
   return srv
+end
+
+--- For the relaynet command: while `on`, rn.run() inside the running loop
+--- starts its function instead of raising (see M.run).
+function M.set_command(on)
+  under_command = on and true or false
 end
 
 --- For the relaynet command: the options (port, host, mesh) that override
