@@ -133,6 +133,14 @@ static int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason
   case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
     if (c) {
       const char *msg = in ? (const char *)in : "connection failed";
+      char buf[160];
+      unsigned int status = wsi ? lws_http_client_http_response(wsi) : 0;
+      /* lws says only "HS: ws upgrade response not 101": name the status
+       * the server answered (404: no WebSocket endpoint at that path). */
+      if (status && status != 101 && strstr(msg, "not 101")) {
+        snprintf(buf, sizeof buf, "the server answered HTTP %u instead of upgrading to WebSocket", status);
+        msg = buf;
+      }
       rn__client_failed(c, wsi, msg, strlen(msg));
     }
     return 0;

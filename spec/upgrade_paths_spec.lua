@@ -34,6 +34,8 @@ describe("WebSocket upgrade paths", function()
       local c, err, code = rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/chat", { timeout = 5 })
       assert.is_nil(c)
       assert.equal("ECONNREFUSED", code, err)
+      assert.equal("ECONNREFUSED: cannot connect to ws://127.0.0.1:" .. srv.port .. "/chat: " ..
+        "the server answered HTTP 404 instead of upgrading to WebSocket", err)
       -- HTTP on those paths is unchanged: a route-less path is still 404
       assert.equal(404, (H.curl("http://127.0.0.1:" .. srv.port .. "/chat")))
     end)
