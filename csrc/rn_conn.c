@@ -96,9 +96,9 @@ int rn__conn_writeable(rn_conn *c, struct lws *wsi) {
    * message may be written at once again. */
   c->tx_defer = 0;
   rn__txpart_sync(c);
+  rn__rx_release(c, 0); /* lws calls this only once it holds no partial write */
   if (rn__sendq_flush(c, wsi) < 0)
     return -1;
-  rn__rx_release(c, 0); /* lws holds no partial write: read again */
   if (c->qhead || lws_partial_buffered(wsi)) {
     lws_callback_on_writable(wsi);
     return 0;

@@ -82,16 +82,19 @@ void rn__txpart_set(rn_conn *c, size_t n) {
 #define RN_RXFLOW_TX (1 << 1)
 
 /* Called when lws has kept part of a data frame on a server connection:
- * reading stops until lws has written it. lws 4.1.6 answers a peer's close
- * frame that it parses while it holds a partial write by closing the socket
- * without a close reply (ops-ws.c: "Closing on peer close due to pending
- * tx"), so the close must wait in the socket until the write is done. A peer
- * that does not read at all is read again after two or three seconds
- * (rn__rx_release from the sweep), so that holding cannot deadlock a client
- * that writes everything before it reads. Client connections never hold:
- * two relaynet nodes would wait for each other. */
+ * when nothing else is queued behind it (the peer has been sent all there
+ * is, as when it is about to close), reading stops until lws has written
+ * it. lws 4.1.6 answers a peer's close frame that it parses while it holds
+ * a partial write by closing the socket without a close reply (ops-ws.c:
+ * "Closing on peer close due to pending tx"), so the close must wait in the
+ * socket until the write is done. A stream with more queued is not held, so
+ * a slow reader's own messages are still read; a peer that reads nothing is
+ * read again after two or three seconds (rn__rx_release from the sweep), so
+ * that holding cannot deadlock a client that writes everything before it
+ * reads. Client connections never hold: two relaynet nodes would wait for
+ * each other. */
 static void rn__rx_hold(rn_conn *c) {
-  if (!c->srv || c->rx_held)
+  if (!c->srv || c->rx_held || c->qhead)
     return;
   c->rx_held = 1;
   lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_DISABLE | RN_RXFLOW_TX);
