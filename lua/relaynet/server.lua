@@ -243,11 +243,61 @@ function Server:ws_send_async(conn_id, msg, binary, timeout)
   return conn.send_async(rec, msg, binary, timeout, "ws_send_async")
 end
 
+-- ws_broadcast on a closed server is not misuse either, for the same
+-- reason (and for timers that broadcast while rn.stop() shuts down): it
+-- reaches no one and returns 0.
 function Server:ws_broadcast(msg, binary, except)
-  check_server(self, "ws_broadcast")
+  check_sender(self, "ws_broadcast")
   check_msg(msg, "ws_broadcast")
+  if self._closed then return 0 end
   local ex = except and self._conns[except] and conn.box(self._conns[except]) or nil
   return core.broadcast(self._box, msg, binary, ex)
+end
+
+-- Pub/sub for WebSocket clients (README, "Pub/sub"): rec.pubsub holds the
+-- connection's subscriptions, pattern -> handle (mesh/pubsub.lua); M.forget
+-- ends them when the connection closes.
+
+--- Forwards publishes matching `topic` (a pattern) to connection conn_id as
+--- text frames {"topic":T,"from":NODE,"message":M}: true (also when it was
+--- subscribed already) | nil, msg, code: ENOTCONN, or ELIMIT past
+--- mesh_config.max_subscriptions_per_connection or the node's bounds. A
+--- frame the connection's queue cannot take is dropped (at most once).
+function Server:subscribe(conn_id, topic)
+  check_server(self, "subscribe")
+  if type(topic) ~= "string" then error("relaynet.subscribe: topic must be a string", 2) end
+  local ok, why = mesh.check_pattern(topic)
+  if not ok then error("relaynet.subscribe: EINVAL: " .. why, 2) end
+  local rec = self._conns[conn_id]
+  if not rec or rec.closed then return fail("ENOTCONN", "no open connection %s on %s", tostring(conn_id), self.id) end
+  local subs = rec.pubsub
+  if subs and subs[topic] then return true end
+  local n = 0
+  if subs then for _ in pairs(subs) do n = n + 1 end end
+  local max = mesh.config.max_subscriptions_per_connection
+  if n >= max then
+    return fail("ELIMIT", "connection %s has %d subscriptions already (mesh_config.max_subscriptions_per_connection)",
+      tostring(conn_id), n)
+  end
+  local box = rec.box
+  local h, err, code = mesh.subscribe_frames(topic, function(frame) core.conn_send(box, frame, false) end,
+    "relaynet.subscribe")
+  if not h then return nil, err, code end
+  if not subs then subs = {}; rec.pubsub = subs end
+  subs[topic] = h
+  return true
+end
+
+--- Stops forwarding `topic` (the pattern given to subscribe) to conn_id:
+--- true, or false when it was not subscribed.
+function Server:unsubscribe(conn_id, topic)
+  check_server(self, "unsubscribe")
+  local rec = self._conns[conn_id]
+  local subs = rec and rec.pubsub
+  local h = subs and subs[topic]
+  if not h then return false end
+  subs[topic] = nil
+  return h:unsubscribe()
 end
 
 function Server:ws_connections()
@@ -304,7 +354,7 @@ end
 -- HttpServer: every method also works as a function taking the server id first.
 local HttpServer = { listen = function(opts, websocket) return listen(opts, websocket) end }
 for _, name in ipairs({ "route", "static", "on", "ws_send", "ws_send_async", "ws_broadcast",
-  "ws_connections", "connection_count", "close" }) do
+  "ws_connections", "connection_count", "close", "subscribe", "unsubscribe" }) do
   local method = Server[name]
   HttpServer[name] = function(server_id, ...)
     return method(check_server(server_id, name), ...)
@@ -461,6 +511,11 @@ end
 --- and out, close code (rec.close_code).
 function M.forget(rec)
   rec.server._conns[rec.id] = nil
+  local subs = rec.pubsub
+  if subs then
+    rec.pubsub = nil
+    for _, h in pairs(subs) do h:unsubscribe() end
+  end
   local a = rec.access
   if a then
     rec.access = nil
