@@ -82,6 +82,9 @@ M.mesh_status = mesh.status
 M.send_message = mesh.send_message
 M.on_mesh_message = mesh.on_message
 M.mesh_config = mesh.config
+-- pub/sub across the mesh (README, "Pub/sub")
+M.subscribe = mesh.subscribe
+M.publish = mesh.publish
 -- mesh authentication (README, "Securing the mesh")
 M.mesh_auth = mesh.auth
 M.mesh_access = mesh.access

@@ -354,10 +354,18 @@ end
 -- servers, so only the destination can change its entry.
 
 -- The signed text of an entry: destination, seq, exp and the server names,
--- each length-prefixed. Every name must be a string of 1-128 bytes.
-local function entry_text(node, seq, exp, servers)
+-- each length-prefixed. Every name must be a string of 1-128 bytes. An
+-- entry with subscription patterns (`topics`, mesh/pubsub.lua; non-empty)
+-- appends their count (2 bytes) and each with a 2-byte length, so an entry
+-- without patterns signs the same text as before pub/sub existed.
+local function entry_text(node, seq, exp, servers, topics)
   local parts = { "relaynet-entry\0", pack(">I1s1i8i8I2", A.VERSION, node, seq, exp, #servers) }
   for i = 1, #servers do parts[i + 2] = pack(">s1", servers[i]) end
+  if topics and #topics > 0 then
+    local n = #parts
+    parts[n + 1] = pack(">I2", #topics)
+    for i = 1, #topics do parts[n + 1 + i] = pack(">s2", topics[i]) end
+  end
   return table.concat(parts)
 end
 
@@ -374,10 +382,11 @@ function A.sign_own(r)
   local auth = S.auth
   local t = os.time()
   local node = r.path[1]
-  local key = entry_text(node, r.seq, 0, r.servers)
+  local key = entry_text(node, r.seq, 0, r.servers, r.topics)
   if not own or own.key ~= key or own.exp - t < cfg.entry_ttl / 2 then
     local exp = t + cfg.entry_ttl
-    own = { key = key, exp = exp, sig = b64e(core.ed25519_sign(auth.priv, entry_text(node, r.seq, exp, r.servers))) }
+    own = { key = key, exp = exp,
+      sig = b64e(core.ed25519_sign(auth.priv, entry_text(node, r.seq, exp, r.servers, r.topics))) }
   end
   r.exp, r.sig, r.pub = own.exp, own.sig, auth.pub_b64
   return r
@@ -419,7 +428,14 @@ function A.check_entry(dest, r, t)
   for i = 1, #servers do
     if not is_name(servers[i]) then return "entries_bad_signature", "a server name is malformed" end
   end
-  local text = entry_text(dest, seq, exp, servers)
+  local topics = r.topics
+  if topics ~= nil then
+    if type(topics) ~= "table" or #topics > 65535 then return "entries_bad_signature", "malformed topics" end
+    for i = 1, #topics do
+      if not is_name(topics[i], 65535) then return "entries_bad_signature", "a topic pattern is malformed" end
+    end
+  end
+  local text = entry_text(dest, seq, exp, servers, topics)
   local c = verified[dest]
   if c and c.text == text and c.sig == sig then return nil end
   local pub = key_for(dest, r)

@@ -8,6 +8,7 @@
 -- auth.lua (credentials, the handshake's proofs, signed route entries,
 -- access rules), routes.lua (routing and adverts), serve.lua (running
 -- exposed methods, dedup), calls.lua (calls, relaying, route messages),
+-- pubsub.lua and pubsub_match.lua (topics across the mesh),
 -- link.lua (the Link, health) and transport.lua (/ws/p2p, dialing peers,
 -- the link transports).
 --
@@ -30,6 +31,7 @@ local W = require("relaynet.mesh.wire")
 local A = require("relaynet.mesh.auth")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
+local U = require("relaynet.mesh.pubsub")
 local L = require("relaynet.mesh.link")
 local T = require("relaynet.mesh.transport")
 
@@ -126,6 +128,29 @@ function M.send_message(node, payload)
   if type(node) ~= "string" then error("relaynet.send_message: node_id must be a string", 2) end
   return C.send_message(node, payload)
 end
+
+-- pub/sub (mesh/pubsub.lua; README "Pub/sub") --------------------------------------
+
+--- subscribe(pattern, fn(message, topic, from)) -> handle | nil, msg, "ELIMIT"
+--- The handle's :unsubscribe() ends it. Raises on a malformed pattern.
+function M.subscribe(pattern, fn)
+  return U.subscribe(pattern, fn, false, 2)
+end
+
+--- The same for a WebSocket connection (server:subscribe): fn(frame, topic,
+--- from) gets the text frame {"topic":T,"from":NODE,"message":M}.
+function M.subscribe_frames(pattern, fn, what)
+  return U.subscribe(pattern, fn, true, 2, what)
+end
+
+--- publish(topic, message) -> the number of nodes it was sent to (this node
+--- counts when it has a matching subscription) | nil, msg, "EINVAL".
+function M.publish(topic, msg)
+  return U.publish(topic, msg, 2)
+end
+
+--- Checks a subscription pattern: its tokens | nil, why.
+M.check_pattern = require("relaynet.mesh.pubsub_match").check_pattern
 
 -- peers ---------------------------------------------------------------------------
 
@@ -278,7 +303,9 @@ function M.routes()
   for dest, b in pairs(S.best) do
     local path = { I.node_id() }
     for i = 1, #b.path do path[i + 1] = b.path[i] end
-    list[#list + 1] = { node = dest, next_hop = b.next, hops = #b.path, path = path }
+    -- topics: the node's subscription patterns (pub/sub), when it has any.
+    local topics = b.topics and #b.topics > 0 and json.array(b.topics) or nil
+    list[#list + 1] = { node = dest, next_hop = b.next, hops = #b.path, path = path, topics = topics }
   end
   table.sort(list, function(a, b) return a.node < b.node end)
   return list
@@ -314,6 +341,7 @@ function M.status()
   s.links = W.count(S.links)
   s.route_entries, s.destinations, s.registry_entries = S.n_entries, S.n_dests, S.n_names
   s.dedup_entries = S.dedup_new_n + S.dedup_old_n
+  U.status(s)
   return {
     node_id = I.node_id(),
     version = A.enabled() and A.VERSION or M.PROTOCOL_VERSION,

@@ -30,6 +30,7 @@ local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local SV = require("relaynet.mesh.serve")
 local A = require("relaynet.mesh.auth")
+local U = require("relaynet.mesh.pubsub")
 local log = require("relaynet.log")
 
 local cfg = S.config
@@ -248,6 +249,7 @@ local HANDLERS = {
   hello = on_hello, auth = on_auth, ping = on_ping, pong = on_pong,
   registry_sync = R.on_advert, route_request = R.on_route_request,
   server_call = C.on_call, server_response = C.on_response, route_message = C.on_route_message,
+  publish = U.on_publish,
 }
 
 -- Decodes a message of `link` and hands it to its handler; anything

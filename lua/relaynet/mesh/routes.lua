@@ -12,7 +12,9 @@
 --    route_request (at most once per link every advert_interval).
 -- Counters keep the bounds cheap to check: rib_n[neighbour] (its routes),
 -- n_dests (#cands), n_entries (routes over all neighbours) and n_names
--- (server names held in those routes).
+-- (server names held in those routes). A route may also carry `topics`,
+-- its destination's subscription patterns (mesh/pubsub.lua), with the same
+-- seq as its servers; n_topics counts the patterns held.
 --
 -- Nothing here opens a socket or suspends: a link is a Link (mesh/link.lua)
 -- of which this file reads `peer`, `state` and `delta` and calls send(text)
@@ -49,6 +51,8 @@ end
 -- This node's own route entry, signed when it has a key (auth.sign_own).
 local function own_route()
   local r = { path = { I.node_id() }, seq = S.my_seq, servers = json.array(R.local_servers()) }
+  local mine = S.my_topics
+  if #mine > 0 then r.topics = json.array(table.move(mine, 1, #mine, 1, {})) end
   if A.signing() then A.sign_own(r) end
   return r
 end
@@ -65,7 +69,10 @@ end
 local function route_of(b)
   local path = { I.node_id() }
   for i = 1, #b.path do path[i + 1] = b.path[i] end
-  return { path = path, seq = b.seq, servers = json.array(b.servers), exp = b.exp, sig = b.sig, pub = b.pub }
+  local topics = b.topics
+  if topics and #topics > 0 then topics = json.array(topics) else topics = nil end
+  return { path = path, seq = b.seq, servers = json.array(b.servers), topics = topics, exp = b.exp, sig = b.sig,
+    pub = b.pub }
 end
 
 -- An estimate of a route's encoded size, to split adverts without encoding
@@ -74,6 +81,8 @@ local function route_bytes(r)
   local n = r.sig and 200 or 40
   for i = 1, #r.path do n = n + #r.path[i] + 3 end
   for i = 1, #r.servers do n = n + #r.servers[i] + 3 end
+  local topics = r.topics
+  if topics then for i = 1, #topics do n = n + #topics[i] + 3 end end
   return n
 end
 
@@ -203,11 +212,11 @@ function R.select_route(dest)
   end
   local src = fresher(fresh, pick) and fresh or pick
   if old and old.next == pick_peer and old.path == pick.path and old.seq == src.seq and old.servers == src.servers
-    and old.exp == src.exp then
+    and old.topics == src.topics and old.exp == src.exp then
     return
   end
-  best[dest] = { next = pick_peer, path = pick.path, seq = src.seq, servers = src.servers, exp = src.exp,
-    sig = src.sig, pub = src.pub }
+  best[dest] = { next = pick_peer, path = pick.path, seq = src.seq, servers = src.servers, topics = src.topics,
+    exp = src.exp, sig = src.sig, pub = src.pub }
   S.dirty[dest] = true
 end
 
@@ -226,6 +235,7 @@ function R.put_route(peer, tbl, dest, e)
   local old = tbl[dest]
   if old then
     S.n_names = S.n_names - #old.servers
+    if old.topics then S.n_topics = S.n_topics - #old.topics end
     if not e then
       tbl[dest] = nil
       S.rib_n[peer] = S.rib_n[peer] - 1
@@ -259,6 +269,16 @@ function R.put_route(peer, tbl, dest, e)
     for i = #servers, room + 1, -1 do servers[i] = nil end
   end
   S.n_names = S.n_names + #servers
+  local topics = e.topics
+  if topics then
+    room = cfg.max_interest_entries - S.n_topics
+    if #topics > room then
+      room = math.max(room, 0)
+      S.stats.topics_dropped = S.stats.topics_dropped + #topics - room
+      for i = #topics, room + 1, -1 do topics[i] = nil end
+    end
+    S.n_topics = S.n_topics + #topics
+  end
   tbl[dest] = e
   return true
 end
@@ -307,6 +327,8 @@ local function valid_path(path, first)
   end
   return path[1] == first
 end
+
+local NONE = {}
 
 local function same_list(a, b)
   if #a ~= #b then return false end
@@ -383,11 +405,28 @@ function R.on_advert(link, env, text)
             if is_name(r.servers[i]) then servers[#servers + 1] = r.servers[i] end
           end
         end
+        -- Subscription patterns (mesh/pubsub.lua): at most max_patterns,
+        -- each a string of at most max_topic_length bytes (the syntax is
+        -- checked when a publish matches against it; a bad one matches
+        -- nothing).
+        local topics
+        if type(r.topics) == "table" and #r.topics > 0 then
+          topics = {}
+          local rt, maxlen = r.topics, cfg.max_topic_length
+          for i = 1, #rt do
+            if #topics >= cfg.max_patterns then
+              stats.topics_dropped = stats.topics_dropped + #rt - i + 1
+              break
+            end
+            if is_name(rt[i], maxlen) then topics[#topics + 1] = rt[i] end
+          end
+          if #topics == 0 then topics = nil end
+        end
         local seq = math.type(r.seq) == "integer" and r.seq or 0
         local exp = signed and r.exp or nil
         if not (old and old.seq == seq and old.exp == exp and same_list(old.path, r.path)
-            and same_list(old.servers, servers)) then
-          local e = { path = r.path, seq = seq, servers = servers }
+            and same_list(old.servers, servers) and same_list(old.topics or NONE, topics or NONE)) then
+          local e = { path = r.path, seq = seq, servers = servers, topics = topics }
           if signed then
             -- Kept as signed, to be passed on unchanged.
             e.exp, e.sig = exp, r.sig

@@ -55,6 +55,13 @@ S.config = {
   -- signs its own route entry with an expiry this many seconds ahead, and
   -- signs it again (with the next seq) when half of that time is left.
   entry_ttl = 600,
+  -- Pub/sub (mesh/pubsub.lua; README "Pub/sub"). Counts unless noted.
+  max_topic_length = 256,       -- bytes of a topic or pattern; longer: EINVAL
+  max_subscriptions = 1024,     -- subscriptions on this node (Lua and WebSocket); past it: ELIMIT
+  max_subscriptions_per_connection = 100, -- server:subscribe patterns per WebSocket; past it: ELIMIT
+  max_patterns = 256,           -- distinct patterns one node advertises; a receiver keeps this many per route
+  max_interest_entries = 16384, -- patterns held over all routes; past it dropped (topics_dropped)
+  max_publish_bytes = 65536,    -- bytes of one published message once encoded; more: EINVAL
 }
 
 -- Persistent state (survives reset()) ---------------------------------------------
@@ -72,6 +79,9 @@ S.counters = {}         -- status prefix -> counter table of a layer above (M.ad
 -- public key, or nil), secret (the cluster secret, or nil) }.
 S.auth = nil
 S.access = nil          -- compiled access rules (mesh/auth.lua), nil: every caller may call everything
+-- Pub/sub (mesh/pubsub.lua): my_topics is the sorted list of the distinct
+-- patterns this node's subscriptions use (advertised in its route entry).
+S.my_topics = {}
 
 -- Per-run state (replaced by reset()) ---------------------------------------------
 --
@@ -113,6 +123,10 @@ local function zero_stats()
     spoofed_messages = 0, calls_denied = 0,
     entries_verified = 0, entries_unsigned = 0, entries_bad_signature = 0, entries_expired = 0,
     entries_untrusted = 0,
+    -- pub/sub (mesh/pubsub.lua; README "Pub/sub")
+    topics_dropped = 0, pubsub_published = 0, pubsub_sent = 0, pubsub_relayed = 0, pubsub_received = 0,
+    pubsub_delivered = 0, pubsub_no_interest = 0, pubsub_out_of_order = 0, pubsub_no_route = 0,
+    pubsub_refused = 0,
   }
 end
 
@@ -122,6 +136,8 @@ function S.reset(t)
   S.links, S.pending_links, S.n_pending, S.pending_by_addr = {}, {}, 0, {}
   S.rib, S.best, S.cands, S.rib_n, S.dirty = {}, {}, {}, {}, {}
   S.n_dests, S.n_entries, S.n_names = 0, 0, 0
+  S.n_topics = 0          -- patterns held in rib routes (mesh/pubsub.lua's bound)
+  S.pub_last, S.n_pub_last = {}, 0 -- publisher id -> { run, seq } last delivered here
   S.last_flush, S.advert_timer = -math.huge, nil
   S.calls, S.forwards = {}, {}
   S.n_calls, S.n_forwards, S.n_served = 0, 0, 0
