@@ -153,37 +153,25 @@ function M.attach(srv)
 end
 
 -- Run as a script: `lua5.4 examples/chat.lua [port]`, or under the relaynet
--- command, which also takes --port N (and the rest of its options). Plain
--- lua5.4 hands the file to the command, so both behave alike: one server,
--- on the port given (8080 by default).
-if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
-  local port = arg[1] and math.tointeger(tonumber(arg[1]))
-  if port and (port < 0 or port > 65535) then port = nil end
-  if arg[2] or (arg[1] and not port) then
-    io.stderr:write("usage: relaynet examples/chat.lua [PORT] [--port N] [relaynet options]\n")
-    os.exit(2)
-  end
-  local page = M.page_dir() .. "/index.html"
-  local f = io.open(page)
-  if not f then
-    io.stderr:write("chat: cannot find ", page, " (set RELAYNET_CHAT_DIR to the folder holding index.html)\n")
-    os.exit(1)
-  end
-  f:close()
-  rn.main(function()
-    local srv, err = rn.server{ port = port, max_message = M.LISTEN.max_message }
-    if not srv then
-      io.stderr:write("chat: ", err, "\n")
-      return false
-    end
-    M.attach(srv)
+-- command, which also takes --port N (and the rest of its options): one
+-- server, on the port given (8080 by default).
+local cli = require("relaynet.cli")
+if cli.is_main() then
+  cli.serve_script {
+    name = "chat", usage = "examples/chat.lua", listen = M.LISTEN, attach = M.attach,
+    check = function()
+      local page = M.page_dir() .. "/index.html"
+      local f = io.open(page)
+      if not f then return "cannot find " .. page .. " (set RELAYNET_CHAT_DIR to the folder holding index.html)" end
+      f:close()
+    end,
     -- The server passes no tls option: it is https exactly when the
     -- process-wide certificate is set (relaynet --tls-cert/--tls-key).
-    local scheme = rn.tls_config.cert and "https" or "http"
-    print("chat room on " .. scheme .. "://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
-    io.stdout:flush()
-  end)
+    banner = function(srv)
+      return "chat room on " .. (rn.tls_config.cert and "https" or "http") .. "://localhost:" .. srv.port ..
+        "/ (Ctrl-C stops)"
+    end,
+  }
 end
 
 return M

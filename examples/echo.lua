@@ -32,27 +32,13 @@ local function start(port, host)
 end
 
 -- Run as a script: `lua5.4 examples/echo.lua [port]`, or under the relaynet
--- command, which also takes --port N (and the rest of its options). Plain
--- lua5.4 hands the file to the command, so both behave alike: one server,
--- on the port given (8080 by default).
-if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
-  local port = arg[1] and math.tointeger(tonumber(arg[1]))
-  if port and (port < 0 or port > 65535) then port = nil end
-  if arg[2] or (arg[1] and not port) then
-    io.stderr:write("usage: relaynet examples/echo.lua [PORT] [--port N] [relaynet options]\n")
-    os.exit(2)
-  end
-  rn.main(function()
-    local srv, err = rn.server{ port = port }
-    if not srv then
-      io.stderr:write("echo: ", err, "\n")
-      return false
-    end
-    attach(srv)
-    print("echo server on ws://localhost:" .. srv.port .. "/ (Ctrl-C stops)")
-    io.stdout:flush()
-  end)
+-- command, which also takes --port N (and the rest of its options): one
+-- server, on the port given (8080 by default).
+local cli = require("relaynet.cli")
+if cli.is_main() then
+  cli.serve_script { name = "echo", usage = "examples/echo.lua", attach = attach, banner = function(srv)
+    return "echo server on ws://localhost:" .. srv.port .. "/ (Ctrl-C stops)"
+  end }
 end
 
 return { start = start, attach = attach }

@@ -122,24 +122,11 @@ end
 
 -- Run as a script: `lua5.4 examples/luv.lua [port]`, or under the relaynet
 -- command, which also takes --port N: one server, on the port given.
-if arg and debug.getinfo(1, "S").source == "@" .. tostring(arg[0]) then
-  if not rn.running() then os.exit(require("relaynet.cli").main({ arg[0], table.unpack(arg) })) end
-  local port = arg[1] and math.tointeger(tonumber(arg[1]))
-  if port and (port < 0 or port > 65535) then port = nil end
-  if arg[2] or (arg[1] and not port) then
-    io.stderr:write("usage: relaynet examples/luv.lua [PORT] [--port N] [relaynet options]\n")
-    os.exit(2)
-  end
-  rn.main(function()
-    local srv, err = rn.server{ port = port }
-    if not srv then
-      io.stderr:write("luv example: ", err, "\n")
-      return false
-    end
-    attach(srv)
-    print("luv example on http://localhost:" .. srv.port .. "/file?name=luv.lua (Ctrl-C stops)")
-    io.stdout:flush()
-  end)
+local cli = require("relaynet.cli")
+if cli.is_main() then
+  cli.serve_script { name = "luv example", usage = "examples/luv.lua", attach = attach, banner = function(srv)
+    return "luv example on http://localhost:" .. srv.port .. "/file?name=luv.lua (Ctrl-C stops)"
+  end }
 end
 
 return { start = start, attach = attach }

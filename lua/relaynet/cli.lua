@@ -328,4 +328,49 @@ function M.main(argv)
   return (failed or not run_ok) and 1 or 0
 end
 
+--- True when the function that calls it is in the file being run as the
+--- main script (by lua5.4 or by the relaynet command), not loaded by
+--- dofile or require.
+function M.is_main()
+  local a = _G.arg
+  return a ~= nil and debug.getinfo(2, "S").source == "@" .. tostring(a[0])
+end
+
+--- Runs a script that serves one server: `lua5.4 FILE [PORT]` or
+--- `relaynet FILE [PORT] [--port N] [options]`. Plain lua5.4 hands the file
+--- to the command (M.main), so both take every option; then the server is
+--- rn.server{ port = PORT, <spec.listen> } (the command's --port wins),
+--- spec.attach(srv) sets it up, and spec.banner(srv)'s line goes to stdout.
+--- spec.name prefixes error messages, spec.usage is the file as the usage
+--- line names it, spec.check() (optional) returns an error message to exit
+--- 1 with before the loop starts. A bad PORT is a usage error (exit 2).
+function M.serve_script(spec)
+  local rn = require("relaynet")
+  local a = _G.arg
+  if not rn.running() then os.exit(M.main({ a[0], table.unpack(a) })) end
+  local port = a[1] and math.tointeger(tonumber(a[1]))
+  if port and (port < 0 or port > 65535) then port = nil end
+  if a[2] or (a[1] and not port) then
+    io.stderr:write("usage: relaynet ", spec.usage, " [PORT] [--port N] [relaynet options]\n")
+    os.exit(2)
+  end
+  local cerr = spec.check and spec.check()
+  if cerr then
+    io.stderr:write(spec.name, ": ", cerr, "\n")
+    os.exit(1)
+  end
+  rn.main(function()
+    local o = { port = port }
+    for k, v in pairs(spec.listen or {}) do o[k] = v end
+    local srv, err = rn.server(o)
+    if not srv then
+      io.stderr:write(spec.name, ": ", err, "\n")
+      return false
+    end
+    spec.attach(srv)
+    print(spec.banner(srv))
+    io.stdout:flush()
+  end)
+end
+
 return M
