@@ -166,6 +166,177 @@ describe("pub/sub subjects", function()
   end)
 end)
 
+describe("pub/sub interest and relaying (unit, fake links)", function()
+  local mesh = require("relaynet.mesh")
+  local routes = require("relaynet.mesh.routes")
+  local L = require("relaynet.mesh.link")
+  local U = require("relaynet.mesh.pubsub")
+  local cfg = mesh.config
+  local saved, saved_id
+  local handles = {} -- subscriptions a test made, ended after it
+
+  local function fake_link(peer)
+    local link = L.new("in", nil, nil, nil)
+    link.peer, link.state, link.delta, link.sent = peer, "up", true, {}
+    link.transport = {
+      id = "fake-" .. peer,
+      send = function(text) link.sent[#link.sent + 1] = json.decode(text); return true end,
+      close = function(code, reason) link.closed = { code, reason } end,
+    }
+    require("relaynet.mesh.state").links[peer] = link
+    return link
+  end
+
+  -- An advert from link.peer: { path, topics } pairs.
+  local function advert(link, list, opts)
+    opts = opts or {}
+    local rs = {}
+    for i, r in ipairs(list) do rs[i] = { path = r[1], seq = r[3] or 1, servers = {}, topics = r[2] } end
+    routes.on_advert(link, { type = "registry_sync", from = link.peer,
+      data = { routes = rs, full = opts.full, withdraw = opts.withdraw } })
+  end
+
+  local function stat(name) return mesh.status().stats[name] end
+
+  -- The publishes sent on `link` since the last call, emptied.
+  local function sent(link)
+    local out = {}
+    for _, m in ipairs(link.sent) do if m.type == "publish" then out[#out + 1] = m end end
+    link.sent = {}
+    return out
+  end
+
+  local function env(from, route, nodes, extra)
+    local data = { topic = "chat.x", run = "r1", seq = 1, nodes = nodes, text = "hi" }
+    for k, v in pairs(extra or {}) do data[k] = v end
+    return { type = "publish", id = from .. "-1", from = from, ttl = 16, route = route, data = data }
+  end
+
+  before_each(function()
+    mesh.reset()
+    saved_id = mesh.node_id()
+    mesh.set_node_id("me")
+    saved = {}
+    for k, v in pairs(cfg) do saved[k] = v end
+  end)
+  after_each(function()
+    for _, h in ipairs(handles) do h:unsubscribe() end
+    handles = {}
+    for k, v in pairs(saved) do cfg[k] = v end
+    mesh.reset()
+    mesh.set_node_id(saved_id)
+  end)
+
+  it("learns interest from adverts and sends one message per next hop", function()
+    local a, b = fake_link("a"), fake_link("b")
+    advert(a, { { { "a" } }, { { "a", "x" }, { "chat.*" } }, { { "a", "y" }, { "chat.>" } },
+      { { "a", "w" }, { "news.*" } } })
+    advert(b, { { { "b" } }, { { "b", "z" }, { "*.x" } } })
+    assert.equal(4, stat("interest_entries"))
+    assert.equal(3, rn.publish("chat.x", "m1"))
+    local on_a, on_b = sent(a), sent(b)
+    assert.equal(1, #on_a)
+    assert.equal(1, #on_b)
+    local nodes = on_a[1].data.nodes
+    table.sort(nodes)
+    assert.same({ "x", "y" }, nodes)
+    assert.same({ "z" }, on_b[1].data.nodes)
+    assert.same({ "me" }, on_a[1].route)
+    assert.equal("m1", on_a[1].data.text)
+    assert.is_nil(on_a[1].data.json)
+    assert.equal(on_a[1].data.seq, on_b[1].data.seq)
+    -- a table travels as JSON text; the seq grows
+    assert.equal(1, rn.publish("chat.a.b", { k = 1 }))
+    local m = sent(a)[1]
+    assert.same({ "y" }, m.data.nodes)
+    assert.same({ k = 1 }, json.decode(m.data.json))
+    assert.equal(on_a[1].data.seq + 1, m.data.seq)
+    assert.same({}, sent(b))
+    -- interest changes with the entry, and goes with a withdrawal
+    advert(a, { { { "a", "x" }, nil, 2 } }, { full = false, withdraw = { "y" } })
+    assert.equal(0, rn.publish("chat.a.b", "nobody"))
+    assert.same({}, sent(a))
+    assert.equal(2, stat("interest_entries"))
+    routes.drop_neighbour("b")
+    assert.equal(1, stat("interest_entries"))
+    assert.equal(0, rn.publish("chat.x", "nobody"))
+  end)
+
+  it("bounds the patterns it keeps per route and in all", function()
+    local a = fake_link("a")
+    cfg.max_patterns = 2
+    advert(a, { { { "a" } }, { { "a", "x" }, { "p.1", "p.2", "p.3", "p.4" } } })
+    assert.equal(2, stat("topics_dropped"))
+    assert.equal(2, stat("interest_entries"))
+    cfg.max_interest_entries = 3
+    advert(a, { { { "a", "y" }, { "q.1", "q.2" } } }, { full = false })
+    assert.equal(3, stat("topics_dropped"))
+    assert.equal(3, stat("interest_entries"))
+    -- a pattern longer than max_topic_length is dropped; a malformed one
+    -- is held but matches nothing
+    cfg.max_interest_entries = 100
+    advert(a, { { { "a", "z" }, { string.rep("x", 300), "a..b", "ok.*" } } }, { full = false })
+    assert.equal(5, stat("interest_entries"))
+    assert.equal(1, rn.publish("ok.1", "m"))
+    assert.equal(0, rn.publish("a.b", "m"))
+    advert(a, { { { "a" } } })
+    assert.equal(0, stat("interest_entries"))
+  end)
+
+  it("relays by regrouping, delivers in order and drops what is bad", function()
+    local a, b, c = fake_link("a"), fake_link("b"), fake_link("c")
+    advert(a, { { { "a" } }, { { "a", "x" } } })
+    advert(b, { { { "b" } }, { { "b", "z" } }, { { "b", "v" } } })
+    advert(c, { { { "c" } } })
+    local got = {}
+    handles[#handles + 1] = rn.subscribe("chat.*", function(msg, topic, from) got[#got + 1] = { msg, topic, from } end)
+    -- from a: for me, z and v (both via b), x (back toward a), q (unknown)
+    U.on_publish(a, env("a", { "a" }, { "me", "z", "v", "x", "q" }))
+    local out = sent(b)
+    assert.equal(1, #out)
+    assert.same({ "z", "v" }, out[1].data.nodes)
+    assert.same({ "a", "me" }, out[1].route)
+    assert.equal(15, out[1].ttl)
+    assert.equal("hi", out[1].data.text)
+    assert.same({}, sent(a))
+    assert.same({}, sent(c))
+    assert.equal(2, stat("pubsub_no_route"))
+    assert.equal(1, stat("pubsub_relayed"))
+    assert.same({ { "hi", "chat.x", "a" } }, got)
+    -- not newer: dropped; another run starts afresh
+    U.on_publish(a, env("a", { "a" }, { "me" }))
+    U.on_publish(a, env("a", { "a" }, { "me" }, { seq = 0 }))
+    assert.equal(2, stat("pubsub_out_of_order"))
+    local e2 = env("a", { "a" }, { "me" }, { run = "r2", seq = 1, json = "[1,2]" })
+    e2.data.text = nil
+    U.on_publish(a, e2)
+    assert.same({ 1, 2 }, got[2][1])
+    -- no matching subscription left here
+    U.on_publish(a, env("a", { "a" }, { "me" }, { run = "r2", seq = 2, topic = "news.x" }))
+    assert.equal(1, stat("pubsub_no_interest"))
+    assert.equal(5, stat("pubsub_received"))
+    -- loops, spoofed routes and malformed messages
+    U.on_publish(a, env("q", { "q", "me", "a" }, { "me" }))
+    assert.equal(1, stat("dropped_loops"))
+    U.on_publish(a, env("q", { "q" }, { "me" }))
+    U.on_publish(a, env("a", { "a", "b" }, { "me" }))
+    assert.equal(2, stat("spoofed_messages"))
+    local bad0 = stat("bad_messages")
+    U.on_publish(a, env("a", { "a" }, { "me" }, { json = "1" }))       -- both text and json
+    U.on_publish(a, env("a", { "a" }, { "me" }, { text = 5 }))         -- text not a string
+    U.on_publish(a, env("a", { "a" }, {}))                              -- no nodes
+    U.on_publish(a, env("a", { "a" }, { "me" }, { seq = 1.5 }))        -- seq not an integer
+    assert.equal(bad0 + 4, stat("bad_messages"))
+    -- a hop limit of 1 delivers here but passes nothing on
+    local e = env("a", { "a" }, { "me", "z" }, { run = "r3" })
+    e.ttl = 1
+    U.on_publish(a, e)
+    assert.same({}, sent(b))
+    assert.equal(1, stat("ttl_expired"))
+    assert.equal(3, #got)
+  end)
+end)
+
 describe("pub/sub interest in signed route entries", function()
   it("signs the patterns with the entry: changed patterns do not verify", function()
     local core = require("relaynet.core")

@@ -138,7 +138,8 @@ function M.subscribe(pattern, fn)
 end
 
 --- The same for a WebSocket connection (server:subscribe): fn(frame, topic,
---- from) gets the text frame {"topic":T,"from":NODE,"message":M}.
+--- from) gets the text frame {"topic":T,"from":NODE,"message":M}; it is
+--- called directly and must neither suspend nor raise.
 function M.subscribe_frames(pattern, fn, what)
   return U.subscribe(pattern, fn, true, 2, what)
 end

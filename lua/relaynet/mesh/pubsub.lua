@@ -28,7 +28,8 @@
 -- Subscribers: a Lua function fn(message, topic, from) runs in a coroutine
 -- of its own (sched.handle: now, until it first waits), once per matching
 -- subscription; a WebSocket subscription (server:subscribe) gets the text
--- frame {"topic":T,"from":NODE,"message":M}, built once per message per node.
+-- frame {"topic":T,"from":NODE,"message":M}, built once per message per node
+-- and queued on the connection directly.
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
@@ -87,7 +88,8 @@ end
 --- Subscribes fn to `pattern` (wildcards allowed): a handle | nil, msg,
 --- "ELIMIT" past max_subscriptions, or past max_patterns for a new distinct
 --- pattern (both counted in stats.pubsub_refused). `raw`: fn(frame, topic,
---- from) gets the WebSocket text frame instead of the decoded message.
+--- from) gets the WebSocket text frame instead of the decoded message, and
+--- is called directly: it must neither suspend nor raise.
 --- Raises (at `level`) on a malformed pattern or a missing function.
 function U.subscribe(pattern, fn, raw, level, what)
   level = (level or 1) + 1
@@ -144,7 +146,9 @@ local function deliver_local(topic, t, from, text, js)
           frame = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":'
             .. (js or json.encode(text)) .. '}'
         end
-        sched.handle(LABEL, h.pattern, h.fn, 3, frame, topic, from)
+        -- A frame function is relaynet's own (server:subscribe): it neither
+        -- suspends nor raises, so it runs without a coroutine of its own.
+        h.fn(frame, topic, from)
       else
         if value == nil then
           if text then
