@@ -62,6 +62,13 @@ static unsigned char g_scratch[1 << 16];
 int lws_is_final_fragment(struct lws *wsi) { return g_final; }
 int lws_frame_is_binary(struct lws *wsi) { return g_binary; }
 int lws_partial_buffered(struct lws *wsi) { return 0; }
+/* Each fragment is a whole frame: nothing of it is left to come. */
+size_t lws_remaining_packet_payload(struct lws *wsi) { return 0; }
+/* rn_close.c's DROP_PROTOCOL hook (never called by this harness). */
+int lws_get_close_length(struct lws *wsi) { return 0; }
+unsigned char *lws_get_close_payload(struct lws *wsi) { return NULL; }
+lws_sockfd_type lws_get_socket_fd(struct lws *wsi) { return -1; }
+void lws_close_reason(struct lws *wsi, enum lws_close_status status, unsigned char *buf, size_t len) {}
 int lws_callback_on_writable(struct lws *wsi) { return 1; }
 int lws_rx_flow_control(struct lws *wsi, int enable) { return 0; }
 void lws_set_timeout(struct lws *wsi, enum pending_timeout reason, int secs) {}
