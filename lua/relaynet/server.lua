@@ -291,7 +291,7 @@ end
 --- Stops forwarding `topic` (the pattern given to subscribe) to conn_id:
 --- true, or false when it was not subscribed.
 function Server:unsubscribe(conn_id, topic)
-  check_server(self, "unsubscribe")
+  check_sender(self, "unsubscribe") -- a close handler may unsubscribe while its server shuts down
   local rec = self._conns[conn_id]
   local subs = rec and rec.pubsub
   local h = subs and subs[topic]

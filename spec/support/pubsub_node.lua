@@ -2,7 +2,8 @@
 -- exposes server "ps", which subscribes, unsubscribes and publishes on this
 -- node and reports what its subscriptions received, and it answers
 -- WebSocket text messages "sub PATTERN" / "unsub PATTERN" on its server by
--- calling server:subscribe / server:unsubscribe for that connection.
+-- calling server:subscribe / server:unsubscribe for that connection ("limit
+-- N" sets mesh_config.max_subscriptions_per_connection), each with an ack.
 
 local rn = require("relaynet")
 
@@ -60,6 +61,9 @@ srv:on("message", function(id, text)
     if good then ok, err = a, b else ok, err = false, tostring(a) end
   elseif verb == "unsub" then
     ok = srv:unsubscribe(id, pattern)
+  elseif verb == "limit" then
+    rn.mesh_config.max_subscriptions_per_connection = tonumber(pattern)
+    ok = true
   end
   srv:ws_send(id, rn.json.encode({ ack = verb, pattern = pattern, ok = ok or false, error = err }))
 end)

@@ -187,8 +187,8 @@ end
 --- Publishes `msg` (a string, or a value JSON can hold; nil is null) to
 --- `topic` (no wildcards): returns the number of nodes it was sent to,
 --- this node included when it has a matching subscription | nil, "EINVAL:
---- ...", "EINVAL" for a message JSON cannot hold or larger than
---- max_publish_bytes. Raises on a malformed topic.
+--- ...", "EINVAL" for a message JSON cannot hold, larger than
+--- max_publish_bytes or not valid UTF-8. Raises on a malformed topic.
 function U.publish(topic, msg, level)
   level = (level or 1) + 1
   local t, why = P.check_topic(topic)
@@ -209,6 +209,12 @@ function U.publish(topic, msg, level)
     S.stats.pubsub_refused = S.stats.pubsub_refused + 1
     return fail("EINVAL", "the message for topic %s is %d bytes, at most %d (mesh_config.max_publish_bytes)",
       topic, size, cfg.max_publish_bytes)
+  end
+  -- Links and WebSocket subscribers carry text frames: a string that is
+  -- not UTF-8 would make the receiving end close the connection (1007).
+  if not utf8.len(text or js) then
+    return fail("EINVAL", "the message for topic %s is not valid UTF-8 (%s)", topic,
+      text and "a string message is sent as text" or "a string inside it")
   end
   local stats = S.stats
   stats.pubsub_published = stats.pubsub_published + 1
