@@ -466,6 +466,32 @@ describe("pub/sub across the mesh", function()
         local l = call("p3", "received", { "chat.*" })
         return l[#l].message == "back"
       end, "p3 to get the publish after the link came back")
+
+      -- a restarted publisher starts a new run: its publishes are not
+      -- taken for old ones; the tester subscribes too
+      local mine = {}
+      local h = assert(rn.subscribe("chat.again", function(msg, topic, from)
+        mine[#mine + 1] = { msg, topic, from }
+      end))
+      m:restart("p2")
+      MH.wait_until(function()
+        local ok, n = pcall(call, "p2", "publish", { "chat.probe", "p" })
+        return ok and n == 2
+      end, "the restarted p2 to learn the interest of p3 and p4", 20)
+      MH.wait_until(function()
+        return call("p2", "publish", { "chat.again", "r" }) == 3
+      end, "p2 to learn the tester's interest")
+      MH.wait_until(function() return #mine >= 1 end, "the tester to get p2's publish")
+      assert.same({ "r", "chat.again", "p2" }, mine[1])
+      local before = #call("p3", "received", { "chat.*" })
+      assert.equal(3, call("p2", "publish", { "chat.again", "n", 3 }))
+      MH.wait_until(function()
+        local l = call("p3", "received", { "chat.*" })
+        return #l >= before + 3 and l[#l].from == "p2" and l[#l].message.i == 3
+      end, "p3 to get the restarted p2's publishes")
+      MH.wait_until(function() return #mine >= 4 and mine[#mine][1].i == 3 end, "the tester to get all three")
+      assert.equal(0, stats_of(m, "p3").pubsub_out_of_order)
+      h:unsubscribe()
     end, { timeout = 120 })
   end)
 
