@@ -779,6 +779,12 @@ describe("examples/p2p", function()
         local status = H.curl("http://127.0.0.1:" .. (base + i) .. "/status", 5)
         assert.is_nil(status)
       end
+      -- As a user runs it from a checkout, without the Makefile's Lua paths,
+      -- it finds lua/ and build/ itself.
+      rc, out, err = H.sh("env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 lua5.4 " ..
+        H.q(H.ROOT .. "/examples/p2p/mesh.lua") .. " --help"):wait(10)
+      assert.equal(2, rc, out .. err)
+      assert.equal("usage: lua5.4 examples/p2p/mesh.lua star|line|ring|full [N] [BASEPORT] [--keep]\n", err)
     end)
   end)
 

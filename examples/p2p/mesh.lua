@@ -16,7 +16,8 @@
 
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local root = here .. "/../.."
-package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+-- From a source checkout, use its lua/ and build/ (examples/checkout.lua).
+(loadfile(here .. "/../checkout.lua") or load(""))()
 local json = require("relaynet.json") -- exact integers (needs only relaynet.core)
 
 local RELAYNET = root .. "/bin/relaynet"
