@@ -95,6 +95,10 @@ describe("the relaynet command", function()
         assert.equal("", out, case[1])
         assert.equal(case[2] .. "\n", err, case[1])
       end
+      local rc, out, err = H.sh("cd / && RELAYNET_LIMITS=foo=1 exec lua5.4 " .. RELAYNET .. " -e 'print(1)'"):wait(15)
+      assert.equal(2, rc, err)
+      assert.equal("", out)
+      assert.equal("relaynet: RELAYNET_LIMITS: unknown limit 'foo'\n", err)
     end, { timeout = 60 })
   end)
 

@@ -243,6 +243,15 @@ end
 --- Runs the command with argv (arg[1..n]); returns the exit status.
 function M.main(argv)
   argv = argv or {}
+  -- A bad RELAYNET_LIMITS raises while relaynet loads: that is the user's
+  -- setting, so it is one line and exit status 2, like a usage error.
+  local loaded, load_err = pcall(require, "relaynet")
+  if not loaded then
+    local why = tostring(load_err):match("RELAYNET_LIMITS: [^\n]*")
+    if not why then error(load_err, 0) end
+    io.stderr:write("relaynet: ", why, "\n")
+    return 2
+  end
   if argv[1] == "keygen" then return keygen(argv) end
   local ok, opts = pcall(M.parse, argv)
   if not ok then
