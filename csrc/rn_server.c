@@ -424,7 +424,10 @@ static int rn_listen(lua_State *L) {
       return rn__fail(L, "EACCES", "no permission to listen on port %d", (int)port);
     if (e == EADDRNOTAVAIL)
       return rn__fail(L, "EADDRNOTAVAIL", "address %s is not available", s->host ? s->host : "*");
-    return rn__fail(L, "ELISTEN", "cannot listen on %s:%d", s->host ? s->host : "*", (int)port);
+    if (s->host)
+      return rn__fail(L, "ELISTEN", "cannot listen on %s:%d (host must be an IP address or a network "
+                      "interface name)", s->host, (int)port);
+    return rn__fail(L, "ELISTEN", "cannot listen on *:%d", (int)port);
   }
   s->port = lws_get_vhost_listen_port(s->vh);
   return 1;

@@ -112,6 +112,17 @@ describe("the relaynet command", function()
     end, { timeout = 30 })
   end)
 
+  it("says what --host takes when it cannot listen there", function()
+    H.run(function()
+      local rc, out, err = H.sh("cd / && exec lua5.4 " .. RELAYNET .. " --host localhost --port 0"):wait(15)
+      assert.equal(1, rc, err)
+      assert.equal("", out)
+      assert.truthy(err:find("relaynet: ELISTEN: cannot listen on localhost:0 (host must be an IP address " ..
+        "or a network interface name)\n", 1, true), err)
+      assert.falsy(err:find("traceback", 1, true), err)
+    end, { timeout = 30 })
+  end)
+
   it("serves an example on --port=N, or on its positional port, and starts no second server", function()
     H.run(function()
       local ports = MH.free_ports(2)

@@ -33,7 +33,8 @@ options:
   --port N             serve HTTP/WebSocket/mesh on port N: the script's
                        rn.server{...} listens there, or the command starts
                        that server itself once the script first waits
-  --host ADDR          the address it listens on (default: every interface)
+  --host ADDR          the IP address (or interface name) it listens on
+                       (default: every interface)
   --server             start that server even without --port (port 8080)
   --node-id ID         this node's id (default: generated, node-xxxxxxxx)
   --add-peer ADDR      keep a mesh link to ADDR: ws://HOST:PORT/ws/p2p,
