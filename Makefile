@@ -228,6 +228,7 @@ test-asan: deps test-deps e2e-deps
 	  printf '#!/bin/sh\nexec env -u LD_PRELOAD %s "$$@"\n' "$$real" > $(ASAN_DIR)/bin/$$p; \
 	  chmod +x $(ASAN_DIR)/bin/$$p; \
 	done
+	RELAYNET_ASAN_PRELOAD="$$($(ASAN_CC) -print-file-name=libasan.so)" \
 	LD_PRELOAD="$$($(ASAN_CC) -print-file-name=libasan.so)" RELAYNET_SANITIZED=1 \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:print_summary=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

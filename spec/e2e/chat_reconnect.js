@@ -65,7 +65,11 @@ setTimeout(() => {
 // { proc, port, out, err, exited } once its banner line is printed.
 function startServer(port) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(lua, [script, String(port)], { cwd: "/", stdio: ["ignore", "pipe", "pipe"] });
+    // Under `make test-asan` node itself runs without the ASan runtime, but
+    // the chat script loads the sanitized core: it gets the runtime back.
+    const env = { ...process.env };
+    if (process.env.RELAYNET_ASAN_PRELOAD) env.LD_PRELOAD = process.env.RELAYNET_ASAN_PRELOAD;
+    const proc = spawn(lua, [script, String(port)], { cwd: "/", env, stdio: ["ignore", "pipe", "pipe"] });
     const s = { proc, port: null, out: "", err: "", exited: null };
     s.exited = new Promise((res) => proc.on("exit", (code, signal) => res({ code, signal })));
     const timer = setTimeout(() => {
