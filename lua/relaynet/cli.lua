@@ -81,14 +81,21 @@ local function usage_error(fmt, ...)
   error({ usage = string.format(fmt, ...) }, 0)
 end
 
-local function readable(file, flag)
+-- The content of `file`: text | nil, why ("FILE: reason"), and the read
+-- error alone when the file opened but could not be read (a folder opens,
+-- then fails to read).
+local function read_file(file)
   local f, err = io.open(file, "rb")
-  if f then
-    local _, rerr = f:read(0) -- a folder opens, then fails to read
-    f:close()
-    if rerr then err = file .. ": " .. tostring(rerr) end
-  end
-  if err then usage_error("%s: cannot read %s", flag, err) end
+  if not f then return nil, err end
+  local text, rerr = f:read("a")
+  f:close()
+  if not text then return nil, file .. ": " .. tostring(rerr), tostring(rerr) end
+  return text
+end
+
+local function readable(file, flag)
+  local text, why = read_file(file)
+  if not text then usage_error("%s: cannot read %s", flag, why) end
   return file
 end
 
@@ -130,10 +137,9 @@ local OPTIONS = {
   ["trust"] = { key = "trust", check = readable },
   ["mesh-secret"] = { key = "mesh_secret", check = readable },
   ["rpc-token"] = { key = "rpc_token", check = function(v, flag)
-    readable(v, flag)
-    local f = assert(io.open(v, "rb"))
-    local token = f:read("a"):gsub("^%s+", ""):gsub("%s+$", "")
-    f:close()
+    local text, why = read_file(v)
+    if not text then usage_error("%s: cannot read %s", flag, why) end
+    local token = text:gsub("^%s+", ""):gsub("%s+$", "")
     if #token < 16 or #token > 256 then usage_error("%s: %s must hold a token of 16 to 256 bytes", flag, v) end
     return token
   end },
@@ -229,10 +235,8 @@ local function configure(rn, opts)
   end
   if opts.rpc_token then rn.set_rpc_token(opts.rpc_token) end
   rn.tls_config.cert, rn.tls_config.key, rn.tls_config.ca = opts.tls_cert, opts.tls_key, opts.tls_ca
-  if rn.log then
-    rn.log.set_level(opts.log_level or "info")
-    rn.log.set_access(not opts.no_access_log)
-  end
+  rn.log.set_level(opts.log_level or "info")
+  rn.log.set_access(not opts.no_access_log)
   if opts.port or opts.server or opts.host or opts.no_mesh then
     local defaults = { port = opts.port, host = opts.host }
     if opts.no_mesh then defaults.mesh = false end
@@ -277,10 +281,8 @@ function M.main(argv)
   if opts.code then
     chunk, err = load(opts.code, "=(command line)")
   elseif opts.script then
-    local f = io.open(opts.script, "rb")
-    local rerr = f and select(2, f:read(0)) -- a folder opens, then fails to read
-    if f then f:close() end
-    if not f or rerr then
+    local text, _, rerr = read_file(opts.script)
+    if not text then
       io.stderr:write("relaynet: cannot open script ", opts.script, rerr and ": " .. rerr or "", "\n")
       return 2
     end
@@ -312,12 +314,10 @@ function M.main(argv)
   require("relaynet.runtime").set_command(true) -- the script's rn.run() joins this run
   local run_ok = rn.run(function()
     for _, url in ipairs(opts.peers) do rn.add_peer(url) end
-    local script_done = false
     require("relaynet.sched").go(function()
       local co = coroutine.running()
       local good, e = xpcall(chunk, function(m) return debug.traceback(co, tostring(m), 2) end,
         table.unpack(sarg, 1, #sarg))
-      script_done = true
       if not good then
         failed = true
         io.stderr:write("relaynet: ", tostring(e), "\n")
@@ -326,7 +326,7 @@ function M.main(argv)
     end)
     -- The script has run up to its first wait (or its end): the server
     -- --port asked for starts now unless the script started it itself.
-    if want_server and not (failed and script_done) then
+    if want_server and not failed then
       local srv, lerr = rn.server()
       if not srv then
         io.stderr:write("relaynet: ", lerr, "\n")

@@ -274,6 +274,15 @@ function M.peers()
   return list
 end
 
+-- The view of the selected route `b` to `dest`, as routes() lists it.
+local function route_entry(dest, b)
+  local path = { I.node_id() }
+  for i = 1, #b.path do path[i + 1] = b.path[i] end
+  -- topics: the node's subscription patterns (pub/sub), when it has any.
+  local topics = b.topics and #b.topics > 0 and json.array(b.topics) or nil
+  return { node = dest, next_hop = b.next, hops = #b.path, path = path, topics = topics }
+end
+
 --- Waits until this node has a route to `node` (this node itself has one
 --- at once): returns its entry as in routes(), or nil, "ETIMEDOUT: ...",
 --- "ETIMEDOUT" after `timeout` seconds (default 10). Suspends; checks every
@@ -287,11 +296,8 @@ function M.wait_route(node, timeout)
   local deadline = W.now() + timeout
   while true do
     if node == I.node_id() then return { node = node, hops = 0, path = { node } } end
-    if S.best[node] then
-      for _, r in ipairs(M.routes()) do
-        if r.node == node then return r end
-      end
-    end
+    local b = S.best[node]
+    if b then return route_entry(node, b) end
     if W.now() >= deadline then
       return W.fail("ETIMEDOUT", "no route to node %s within %g s", node, timeout)
     end
@@ -301,13 +307,7 @@ end
 
 function M.routes()
   local list = json.array()
-  for dest, b in pairs(S.best) do
-    local path = { I.node_id() }
-    for i = 1, #b.path do path[i + 1] = b.path[i] end
-    -- topics: the node's subscription patterns (pub/sub), when it has any.
-    local topics = b.topics and #b.topics > 0 and json.array(b.topics) or nil
-    list[#list + 1] = { node = dest, next_hop = b.next, hops = #b.path, path = path, topics = topics }
-  end
+  for dest, b in pairs(S.best) do list[#list + 1] = route_entry(dest, b) end
   table.sort(list, function(a, b) return a.node < b.node end)
   return list
 end
