@@ -301,7 +301,7 @@ static int rn_conn_close(lua_State *L) {
 static int rn_conn_info(lua_State *L) {
   rn_conn *c = rn__conn_check(L, 1);
   static const char *states[] = {"connecting", "open", "closing", "closed"};
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 11);
   lua_pushinteger(L, (lua_Integer)c->id);
   lua_setfield(L, -2, "id");
   lua_pushstring(L, states[c->state]);
@@ -316,14 +316,7 @@ static int rn_conn_info(lua_State *L) {
   lua_setfield(L, -2, "client");
   lua_pushinteger(L, c->srv ? c->srv->port : c->cl->port);
   lua_setfield(L, -2, "port");
-  lua_pushinteger(L, (lua_Integer)c->traffic.msgs_in);
-  lua_setfield(L, -2, "messages_in");
-  lua_pushinteger(L, (lua_Integer)c->traffic.msgs_out);
-  lua_setfield(L, -2, "messages_out");
-  lua_pushinteger(L, (lua_Integer)c->traffic.bytes_in);
-  lua_setfield(L, -2, "bytes_in");
-  lua_pushinteger(L, (lua_Integer)c->traffic.bytes_out);
-  lua_setfield(L, -2, "bytes_out");
+  rn__traffic_push(L, &c->traffic);
   return 1;
 }
 

@@ -109,6 +109,19 @@ void rn__rx_release(rn_conn *c, int force) {
   lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | RN_RXFLOW_TX);
 }
 
+/* After lws_write of a `len`-byte message, called only when lws held
+ * nothing before it: counts the message out; a partial write lws holds now
+ * is this message's, charged to the budget, and holds reading. */
+static void rn__after_write(rn_conn *c, size_t len) {
+  rn__traffic_out(c, len);
+  if (lws_partial_buffered(c->wsi)) {
+    rn__txpart_set(c, len);
+    rn__rx_hold(c);
+  } else {
+    rn__txpart_set(c, 0);
+  }
+}
+
 /* Releases that charge once lws has written the rest (or the wsi is gone). */
 void rn__txpart_sync(rn_conn *c) {
   if (c->txpart && (!c->wsi || !lws_partial_buffered(c->wsi)))
@@ -126,14 +139,7 @@ static int rn__write_msg(rn_conn *c, rn_msg *m) {
   }
   if (lws_write(c->wsi, p, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
     return -1;
-  rn__traffic_out(c, m->len);
-  /* Called only when lws held nothing: a partial now is this message's. */
-  if (lws_partial_buffered(c->wsi)) {
-    rn__txpart_set(c, m->len);
-    rn__rx_hold(c);
-  } else {
-    rn__txpart_set(c, 0);
-  }
+  rn__after_write(c, m->len);
   return 0;
 }
 
@@ -191,13 +197,7 @@ int rn__sendq_write_now(rn_conn *c, const void *data, size_t len, int binary) {
   memcpy(p, data, len);
   if (lws_write(c->wsi, p, len, binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT) < 0)
     return -1;
-  rn__traffic_out(c, len);
-  if (lws_partial_buffered(c->wsi)) {
-    rn__txpart_set(c, len);
-    rn__rx_hold(c);
-  } else {
-    rn__txpart_set(c, 0);
-  }
+  rn__after_write(c, len);
   return 0;
 }
 
