@@ -328,6 +328,13 @@ describe("HttpServer", function()
       assert.equal(4001, c.close_code)
       assert.equal("kicked", c.close_reason)
       assert.has_error(function() rn.WebSocket.close(id, 1005) end)
+      -- Misuse raises even for a connection that is gone.
+      assert.has_error(function() rn.WebSocket.close("no-such-conn", 1005) end,
+        "relaynet.WebSocket.close: close code must be 1000, 1001, 1008, 1011 or 3000-4999")
+      assert.has_error(function() rn.WebSocket.close("no-such-conn", 1000, ("x"):rep(124)) end,
+        "relaynet.WebSocket.close: reason must be a string of at most 123 bytes")
+      assert.same({ nil, "ENOTCONN: no open connection no-such-conn", "ENOTCONN" },
+        { rn.WebSocket.close("no-such-conn", 1000) })
     end)
   end)
 

@@ -379,7 +379,23 @@ function WebSocket.broadcast(msg, binary)
   return core.broadcast(nil, msg, binary)
 end
 
+-- The close codes a script may send (the core's conn:close enforces the
+-- same rule; checked here too so that misuse raises even when the
+-- connection is already gone).
+local function check_close(code, reason)
+  if code ~= nil then
+    if math.type(code) ~= "integer" or not (code == 1000 or code == 1001 or code == 1008 or code == 1011
+        or (code >= 3000 and code <= 4999)) then
+      error("relaynet.WebSocket.close: close code must be 1000, 1001, 1008, 1011 or 3000-4999", 3)
+    end
+  end
+  if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
+    error("relaynet.WebSocket.close: reason must be a string of at most 123 bytes", 3)
+  end
+end
+
 function WebSocket.close(conn_id, code, reason)
+  check_close(code, reason)
   local rec = conns[conn_id]
   if not rec or rec.closed then return fail("ENOTCONN", "no open connection %s", tostring(conn_id)) end
   return conn.close(rec, code or 1000, reason or "")
