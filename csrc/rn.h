@@ -497,6 +497,7 @@ int rn__ip_filter(rn_server *s, const struct lws_filter_network_conn_args *a);
 void rn__ip_count(rn_server *s, struct lws *wsi);
 void rn__ip_uncount(rn_server *s, struct lws *wsi);
 void rn__ips_free(rn_server *s);
+void rn__peer_name(struct lws *wsi, char *buf, size_t len);
 
 /* rn_protect.c: the paths only loopback peers may use. */
 int rn__peer_is_loopback(struct lws *wsi);

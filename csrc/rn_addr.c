@@ -2,7 +2,8 @@
  * relaynet core: TCP connections per source address, for
  * max_connections_per_ip. A server counts its accepted sockets per address
  * in a hash table of RN_IP_BUCKETS chains (allocated on the first accept);
- * a new socket past the limit is closed before lws adopts it.
+ * a new socket past the limit is closed before lws adopts it. Also the
+ * peer's address as text, for info() and the logs.
  */
 #include "rn.h"
 
@@ -131,4 +132,17 @@ void rn__ip_uncount(rn_server *s, struct lws *wsi) {
   }
   s->nips_conns--;
   rn__server_unref(s);
+}
+
+/* Writes the peer address of `wsi` into buf (len bytes, NUL-terminated):
+ * lws's text form, except that an IPv4 peer of a socket listening on every
+ * interface (an IPv4-mapped IPv6 address, "::ffff:a.b.c.d") is written as
+ * plain "a.b.c.d", as users know it. */
+void rn__peer_name(struct lws *wsi, char *buf, size_t len) {
+  static const char mapped[] = "::ffff:";
+  size_t n = sizeof mapped - 1;
+  lws_get_peer_simple(wsi, buf, len);
+  buf[len - 1] = '\0';
+  if (!strncmp(buf, mapped, n) && strchr(buf + n, '.'))
+    memmove(buf, buf + n, strlen(buf + n) + 1);
 }

@@ -149,7 +149,7 @@ static int rn__client_callback(struct lws *wsi, enum lws_callback_reasons reason
       return -1;
     if (c->state != RN_CS_CONNECTING)
       return -1; /* closed by Lua while connecting */
-    lws_get_peer_simple(wsi, c->peer, sizeof c->peer);
+    rn__peer_name(wsi, c->peer, sizeof c->peer);
     rn__conn_established(c, wsi);
     return 0;
   case LWS_CALLBACK_CLIENT_RECEIVE:

@@ -258,7 +258,7 @@ int rn__http_begin(rn_server *s, struct lws *wsi, rn_pss *pss) {
   }
   if (rn__collect_headers(r, wsi) < 0)
     return -1;
-  lws_get_peer_simple(wsi, r->peer, sizeof r->peer);
+  rn__peer_name(wsi, r->peer, sizeof r->peer);
 
   cl_len = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_CONTENT_LENGTH);
   if (cl_len > 0) {

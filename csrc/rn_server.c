@@ -189,7 +189,7 @@ int rn__server_callback(struct lws *wsi, enum lws_callback_reasons reason,
         c->path = NULL;
       }
     }
-    lws_get_peer_simple(wsi, c->peer, sizeof c->peer);
+    rn__peer_name(wsi, c->peer, sizeof c->peer);
     rn__conn_established(c, wsi);
     return 0;
   }

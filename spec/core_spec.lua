@@ -193,6 +193,21 @@ describe("HttpServer", function()
     end)
   end)
 
+  it("names an IPv4 peer of a server on every interface as a.b.c.d", function()
+    H.run(function()
+      -- An all-interfaces listener sees IPv4 peers as IPv4-mapped IPv6
+      -- addresses; info() and the access log show the plain form.
+      local srv = H.listen { host = "::" }
+      local peer
+      srv:on("connect", function(id) peer = rn.WebSocket.info(id).peer end)
+      local c = assert(rn.ws_connect("ws://127.0.0.1:" .. srv.port .. "/"))
+      local deadline = rn.now() + 5
+      while not peer and rn.now() < deadline do rn.sleep(0.01) end
+      assert.equal("127.0.0.1", peer)
+      c:close()
+    end)
+  end)
+
   it("listen(port, websocket) accepts a plain port number", function()
     H.run(function()
       local free_port = [[ -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])']]
