@@ -8,7 +8,7 @@
  * Keys cross into Lua as raw strings: a private key is its 32-byte seed,
  * a public key its 32 bytes, a signature 64 bytes. Misuse (a wrong type or
  * length) raises; operational failures (a key file that cannot be read)
- * return nil, "EKEY: message", "EKEY".
+ * return nil, "EKEY: message", "EKEY" (secrets: "EINVAL").
  */
 #include "rn.h"
 
@@ -232,6 +232,40 @@ static int rn_key_write(lua_State *L) {
   return 1;
 }
 
+/* core.read_private(path) -> text | nil, "EINVAL: ...", "EINVAL". Reads a
+ * secret (a mesh secret, a JSON-RPC token) of at most 64 KiB. A file that
+ * group or others may read or write is refused, as key_load refuses such
+ * keys: the mode is checked on the opened file, so it cannot change
+ * between the check and the read. */
+static int rn_read_private(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char buf[65536 + 1];
+  struct stat st;
+  size_t n;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return rn__fail(L, "EINVAL", "cannot read the secret file %s: %s", path, strerror(errno));
+  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    fclose(f);
+    return rn__fail(L, "EINVAL", "the secret file %s is not a regular file", path);
+  }
+  if (st.st_mode & 077) {
+    fclose(f);
+    return rn__fail(L, "EINVAL", "the secret file %s may be read by others (chmod 600 it)", path);
+  }
+  n = fread(buf, 1, sizeof buf, f);
+  if (ferror(f)) {
+    fclose(f);
+    return rn__fail(L, "EINVAL", "cannot read the secret file %s", path);
+  }
+  fclose(f);
+  if (n > 65536)
+    return rn__fail(L, "EINVAL", "the secret file %s is larger than 64 KiB", path);
+  lua_pushlstring(L, buf, n);
+  OPENSSL_cleanse(buf, n);
+  return 1;
+}
+
 /* core.b64encode(s) -> standard base64 with padding. */
 static int rn_b64encode(lua_State *L) {
   size_t len;
@@ -301,6 +335,7 @@ void rn__crypto_open_lua(lua_State *L) {
     {"ed25519_verify", rn_ed25519_verify},
     {"key_load", rn_key_load},
     {"key_write", rn_key_write},
+    {"read_private", rn_read_private},
     {"b64encode", rn_b64encode},
     {"b64decode", rn_b64decode},
     {NULL, NULL}};

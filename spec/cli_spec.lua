@@ -66,6 +66,11 @@ describe("the relaynet command", function()
   it("answers a usage error with one line on stderr and exit status 2", function()
     H.run(function()
       local cert = H.ROOT .. "/examples/echo.lua" -- any readable file
+      local open_token = os.tmpname() -- a token file others may read
+      local f = assert(io.open(open_token, "w"))
+      f:write("a-token-of-enough-bytes\n")
+      f:close()
+      assert(os.execute("chmod 644 " .. H.q(open_token)))
       local cases = {
         { "", "usage: relaynet [options] SCRIPT.lua [script arguments...] (relaynet --help lists the options)" },
         { "--port abc x.lua", 'relaynet: --port: expected a port number 0..65535, got "abc"' },
@@ -88,6 +93,8 @@ describe("the relaynet command", function()
         { "--tls-cert " .. H.q(cert) .. " -e 1", "relaynet: --tls-cert and --tls-key go together" },
         { "/nonexistent/script.lua", "relaynet: cannot open script /nonexistent/script.lua" },
         { "keygen", "usage: relaynet keygen FILE" },
+        { "--rpc-token " .. H.q(open_token) .. " -e 1",
+          "relaynet: --rpc-token: the secret file " .. open_token .. " may be read by others (chmod 600 it)" },
       }
       for _, case in ipairs(cases) do
         local rc, out, err = H.sh("cd / && exec lua5.4 " .. RELAYNET .. " " .. case[1]):wait(15)
@@ -95,6 +102,7 @@ describe("the relaynet command", function()
         assert.equal("", out, case[1])
         assert.equal(case[2] .. "\n", err, case[1])
       end
+      os.remove(open_token)
       local rc, out, err = H.sh("cd / && RELAYNET_LIMITS=foo=1 exec lua5.4 " .. RELAYNET .. " -e 'print(1)'"):wait(15)
       assert.equal(2, rc, err)
       assert.equal("", out)

@@ -439,6 +439,19 @@ describe("mesh authentication", function()
     end, { timeout = 90 })
   end)
 
+  it("refuses a secret file that others may read", function()
+    local path = DIR .. "/open-secret"
+    write(path, "correct horse battery staple 42\n")
+    assert(os.execute("chmod 640 " .. H.q(path)))
+    assert.same({ nil, "EINVAL: the secret file " .. path .. " may be read by others (chmod 600 it)", "EINVAL" },
+      { rn.mesh_auth { secret = path } })
+    assert(os.execute("chmod 600 " .. H.q(path)))
+    assert.is_true(rn.mesh_auth { secret = path })
+    assert.is_true(rn.mesh_auth {})
+    assert.same({ nil, "EINVAL: cannot read the secret file " .. DIR .. "/none: No such file or directory", "EINVAL" },
+      { rn.mesh_auth { secret = DIR .. "/none" } })
+  end)
+
   it("keys without a trust file bind ids derived from the keys", function()
     MH.run(function(m)
       local a, b, c = K.n1, K.n2, K.n3

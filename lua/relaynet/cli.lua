@@ -137,8 +137,8 @@ local OPTIONS = {
   ["trust"] = { key = "trust", check = readable },
   ["mesh-secret"] = { key = "mesh_secret", check = readable },
   ["rpc-token"] = { key = "rpc_token", check = function(v, flag)
-    local text, why = read_file(v)
-    if not text then usage_error("%s: cannot read %s", flag, why) end
+    local text, why = require("relaynet.core").read_private(v)
+    if not text then usage_error("%s: %s", flag, (why:gsub("^%u+: ", ""))) end
     local token = text:gsub("^%s+", ""):gsub("%s+$", "")
     if #token < 16 or #token > 256 then usage_error("%s: %s must hold a token of 16 to 256 bytes", flag, v) end
     return token

@@ -144,12 +144,10 @@ local function read_trust(path)
 end
 
 -- Reads a secret file: its bytes without surrounding white space, at least
--- 16 of them | nil, msg, "EINVAL".
+-- 16 of them | nil, msg, "EINVAL" (also for a file others may read).
 local function read_secret(path)
-  local f, oerr = io.open(path, "rb")
-  if not f then return einval("cannot read the secret file: %s", tostring(oerr)) end
-  local s = f:read("a") or ""
-  f:close()
+  local s, rerr, rcode = core.read_private(path)
+  if not s then return nil, rerr, rcode end
   s = s:match("^%s*(.-)%s*$")
   if #s < 16 then
     return einval("secret file %s line 1: the secret has %d bytes; at least 16 are needed", path, #s)
