@@ -63,6 +63,7 @@ build = {
     ["relaynet.mesh.pubsub"] = "lua/relaynet/mesh/pubsub.lua",
     ["relaynet.mesh.serve"] = "lua/relaynet/mesh/serve.lua",
     ["relaynet.mesh.calls"] = "lua/relaynet/mesh/calls.lua",
+    ["relaynet.mesh.balance"] = "lua/relaynet/mesh/balance.lua",
     ["relaynet.mesh.link"] = "lua/relaynet/mesh/link.lua",
     ["relaynet.mesh.transport"] = "lua/relaynet/mesh/transport.lua",
     ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",

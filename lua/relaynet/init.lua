@@ -77,6 +77,7 @@ M.registry = mesh.registry
 M.expose = mesh.expose
 M.unexpose = mesh.unexpose
 M.remote_call = mesh.remote_call
+M.call_any = mesh.call_any -- load-balanced calls (README, "Load-balanced calls")
 M.wait_route = mesh.wait_route
 M.mesh_status = mesh.status
 M.send_message = mesh.send_message

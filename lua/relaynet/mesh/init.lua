@@ -31,6 +31,7 @@ local W = require("relaynet.mesh.wire")
 local A = require("relaynet.mesh.auth")
 local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
+local B = require("relaynet.mesh.balance")
 local U = require("relaynet.mesh.pubsub")
 local L = require("relaynet.mesh.link")
 local T = require("relaynet.mesh.transport")
@@ -98,10 +99,21 @@ end
 --- remote_call(node_id, server_name, method, args, timeout) -> result | nil, msg, code
 --- With cfg.max_calls calls to other nodes already waiting on this node it
 --- fails at once with EBUSY; arguments JSON cannot hold (functions, NaN,
---- infinities, cycles) fail with EINVAL before anything is sent.
+--- infinities, cycles) fail with EINVAL before anything is sent. Node "*"
+--- (never a node id) is call_any: any node exposing the server.
 function M.remote_call(node, server, method, args, timeout)
   C.check_call_args(node, server, method, args, timeout, 3)
+  if node == "*" then return B.call(nil, server, method, args, timeout) end
   return C.call(nil, node, server, method, args, timeout)
+end
+
+--- call_any(server_name, method, args, timeout) -> result | nil, msg, code
+--- Calls server.method on one of the nodes exposing it (this one included),
+--- failing over to another only when the first provably did not run it or
+--- can no longer answer (mesh/balance.lua; README "Load-balanced calls").
+function M.call_any(server, method, args, timeout)
+  B.check_args(server, method, args, timeout, 3)
+  return B.call(nil, server, method, args, timeout)
 end
 
 --- remote_call on behalf of a client connection (JSON-RPC): `owner` is a
@@ -110,6 +122,7 @@ end
 function M.owned_call(owner, node, server, method, args, timeout)
   C.check_call_args(node, server, method, args, timeout, 3)
   if type(owner) ~= "table" then error("relaynet.mesh.owned_call: owner must be a table", 2) end
+  if node == "*" then return B.call(owner, server, method, args, timeout) end
   return C.call(owner, node, server, method, args, timeout)
 end
 

@@ -48,6 +48,10 @@ S.config = {
   max_forwards = 8192,         -- relayed calls awaiting their response, whole node
   max_forwards_per_link = 2048, -- relayed calls awaiting their response, per incoming link
   forward_slack = 2,           -- a forward is forgotten this long after the call's own deadline
+  -- Load-balanced calls (mesh/balance.lua; README "Load-balanced calls").
+  max_failovers = 2,           -- call_any: other nodes tried after the first one failed (0: none)
+  failover_route_wait = 2,     -- seconds call_any waits after ELINKLOST for the node's route to go
+  balance_rtt_slack = 0.005,   -- seconds; RTT estimates this close to the lowest count as equal
   -- An accepted link may receive this many times its server's ws_msg_rate
   -- and ws_byte_rate (and bursts): one link carries many callers' calls.
   link_rate_scale = 64,
