@@ -61,6 +61,7 @@ build = {
     ["relaynet.mesh.routes"] = "lua/relaynet/mesh/routes.lua",
     ["relaynet.mesh.pubsub_match"] = "lua/relaynet/mesh/pubsub_match.lua",
     ["relaynet.mesh.pubsub"] = "lua/relaynet/mesh/pubsub.lua",
+    ["relaynet.mesh.history"] = "lua/relaynet/mesh/history.lua",
     ["relaynet.mesh.serve"] = "lua/relaynet/mesh/serve.lua",
     ["relaynet.mesh.calls"] = "lua/relaynet/mesh/calls.lua",
     ["relaynet.mesh.balance"] = "lua/relaynet/mesh/balance.lua",

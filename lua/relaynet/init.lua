@@ -86,6 +86,8 @@ M.mesh_config = mesh.config
 -- pub/sub across the mesh (README, "Pub/sub")
 M.subscribe = mesh.subscribe
 M.publish = mesh.publish
+M.history = mesh.history
+M.recover = mesh.recover
 -- mesh authentication (README, "Securing the mesh")
 M.mesh_auth = mesh.auth
 M.mesh_access = mesh.access

@@ -180,10 +180,10 @@ function M.go(fn, ...)
   return co
 end
 
---- The event path: runs fn with n (0..3) of a, b, c in a pooled coroutine right now. An
+--- The event path: runs fn with n (0..4) of a, b, c, d in a pooled coroutine right now. An
 --- error is reported as "<what><id>: error" with its traceback; the label
 --- string is only built when the handler suspends or fails.
-function M.handle(what, id, fn, n, a, b, c)
+function M.handle(what, id, fn, n, a, b, c, d)
   local co
   if pool_n > 0 then -- take_worker, inlined on this path
     co = pool[pool_n]
@@ -193,7 +193,7 @@ function M.handle(what, id, fn, n, a, b, c)
     co = co_create(worker)
     owned[co] = true
   end
-  local ok, r = co_resume(co, fn, n, a, b, c)
+  local ok, r = co_resume(co, fn, n, a, b, c, d)
   if ok and r == IDLE then
     if pool_n < POOL_MAX then
       pool_n = pool_n + 1

@@ -33,6 +33,7 @@ local R = require("relaynet.mesh.routes")
 local C = require("relaynet.mesh.calls")
 local B = require("relaynet.mesh.balance")
 local U = require("relaynet.mesh.pubsub")
+local HI = require("relaynet.mesh.history")
 local L = require("relaynet.mesh.link")
 local T = require("relaynet.mesh.transport")
 
@@ -165,6 +166,20 @@ end
 
 --- Checks a subscription pattern: its tokens | nil, why.
 M.check_pattern = require("relaynet.mesh.pubsub_match").check_pattern
+
+--- history(pattern, {size = N, ttl = T} | false) -> true | nil, msg, "ELIMIT"
+--- Topics matching `pattern` published from this node keep their last N
+--- messages, none older than T seconds (mesh/history.lua).
+function M.history(pattern, opts)
+  return HI.configure(pattern, opts, 2)
+end
+
+--- recover(topic, from_node, epoch, offset [, timeout]) -> the messages
+--- after `offset` ({message, offset, topic}, in order) | nil, msg, code
+--- (ERESYNC, ENOHISTORY, or remote_call's failures).
+function M.recover(topic, node, epoch, offset, timeout)
+  return HI.recover(topic, node, epoch, offset, timeout, 2)
+end
 
 -- peers ---------------------------------------------------------------------------
 
@@ -356,6 +371,8 @@ function M.status()
   s.route_entries, s.destinations, s.registry_entries = S.n_entries, S.n_dests, S.n_names
   s.dedup_entries = S.dedup_new_n + S.dedup_old_n
   U.status(s)
+  HI.status()
+  for k, v in pairs(HI.stats) do s["history_" .. k] = v end
   return {
     node_id = I.node_id(),
     version = A.enabled() and A.VERSION or M.PROTOCOL_VERSION,

@@ -25,11 +25,14 @@
 -- topic). A message that takes a faster new path after a route change can
 -- make the older one behind it be dropped.
 --
--- Subscribers: a Lua function fn(message, topic, from) runs in a coroutine
--- of its own (sched.handle: now, until it first waits), once per matching
--- subscription; a WebSocket subscription (server:subscribe) gets the text
--- frame {"topic":T,"from":NODE,"message":M}, built once per message per node
--- and queued on the connection directly.
+-- Subscribers: a Lua function fn(message, topic, from, pos) runs in a
+-- coroutine of its own (sched.handle: now, until it first waits), once per
+-- matching subscription; a WebSocket subscription (server:subscribe) gets
+-- the text frame {"topic":T,"from":NODE,"message":M}, built once per message
+-- per node and queued on the connection directly. With history
+-- (mesh/history.lua) the publisher numbers the message in its topic's
+-- stream: data.epoch and data.offset travel with it, pos is {node, epoch,
+-- offset} and the frame gets "epoch" and "offset".
 
 local sched = require("relaynet.sched")
 local json = require("relaynet.json")
@@ -38,6 +41,7 @@ local I = require("relaynet.mesh.ident")
 local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local P = require("relaynet.mesh.pubsub_match")
+local HI = require("relaynet.mesh.history")
 
 local cfg = S.config
 local contains, is_name, fail = W.contains, W.is_name, W.fail
@@ -124,8 +128,10 @@ local LABEL = "subscriber of "
 
 -- Delivers one message to this node's matching subscriptions. `t` is the
 -- topic's token list; `text` (a string message) or `js` (the JSON text of
--- another value) is the message. Returns true when a subscription matched.
-local function deliver_local(topic, t, from, text, js)
+-- another value) is the message; `epoch` and `offset` its position in the
+-- publisher's history (mesh/history.lua), nil without history. Returns
+-- true when a subscription matched.
+local function deliver_local(topic, t, from, text, js, epoch, offset)
   local list
   local mine = S.my_topics
   for i = 1, #mine do
@@ -136,7 +142,7 @@ local function deliver_local(topic, t, from, text, js)
     end
   end
   if not list then return false end
-  local value, frame
+  local value, frame, pos
   local stats = S.stats
   for i = 1, #list do
     local h = list[i]
@@ -144,7 +150,8 @@ local function deliver_local(topic, t, from, text, js)
       if h.raw then
         if not frame then
           frame = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":'
-            .. (js or json.encode(text)) .. '}'
+            .. (js or json.encode(text))
+            .. (epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or '') .. '}'
         end
         -- A frame function is relaynet's own (server:subscribe): it neither
         -- suspends nor raises, so it runs without a coroutine of its own.
@@ -162,8 +169,10 @@ local function deliver_local(topic, t, from, text, js)
             value = v
           end
         end
-        -- JSON null arrives as nil.
-        sched.handle(LABEL, h.pattern, h.fn, 3, value ~= json.null and value or nil, topic, from)
+        -- JSON null arrives as nil; pos (shared by the subscribers) is
+        -- passed only with history.
+        if epoch and not pos then pos = { node = from, epoch = epoch, offset = offset } end
+        sched.handle(LABEL, h.pattern, h.fn, pos and 4 or 3, value ~= json.null and value or nil, topic, from, pos)
       end
       stats.pubsub_delivered = stats.pubsub_delivered + 1
     end
@@ -218,6 +227,7 @@ function U.publish(topic, msg, level)
   end
   local stats = S.stats
   stats.pubsub_published = stats.pubsub_published + 1
+  local epoch, offset = HI.record(topic, t, text, js)
   local me = I.node_id()
   local groups, count = nil, 0
   local links = S.links
@@ -239,10 +249,10 @@ function U.publish(topic, msg, level)
     if not run then run = I.new_id() end
     pub_seq = pub_seq + 1
     local env = { type = "publish", id = I.new_id(), from = me, ttl = cfg.max_ttl, route = { me },
-      data = { topic = topic, run = run, seq = pub_seq, text = text, json = js } }
+      data = { topic = topic, run = run, seq = pub_seq, text = text, json = js, epoch = epoch, offset = offset } }
     stats.pubsub_sent = stats.pubsub_sent + send_groups(env, groups)
   end
-  if #S.my_topics > 0 and deliver_local(topic, t, me, text, js) then count = count + 1 end
+  if #S.my_topics > 0 and deliver_local(topic, t, me, text, js, epoch, offset) then count = count + 1 end
   return count
 end
 
@@ -279,6 +289,10 @@ local function valid(env)
   end
   local has_text, has_json = type(d.text) == "string", type(d.json) == "string"
   if has_text == has_json or (d.text ~= nil and not has_text) or (d.json ~= nil and not has_json) then
+    return false
+  end
+  -- A position (history) is an epoch name with an integer offset, or absent.
+  if (d.epoch ~= nil or d.offset ~= nil) and not (is_name(d.epoch, 64) and math.type(d.offset) == "integer") then
     return false
   end
   return true
@@ -347,7 +361,7 @@ function U.on_publish(link, env)
     return
   end
   local t = P.check_topic(data.topic)
-  if not t or not deliver_local(data.topic, t, env.from, data.text, data.json) then
+  if not t or not deliver_local(data.topic, t, env.from, data.text, data.json, data.epoch, data.offset) then
     stats.pubsub_no_interest = stats.pubsub_no_interest + 1
   end
 end

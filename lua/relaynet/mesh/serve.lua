@@ -19,6 +19,11 @@ local now, fail, reply, call_key = W.now, W.fail, W.reply, I.call_key
 
 local V = {}
 
+--- Internal servers (name -> methods), found by calls like exposed ones
+--- (access rules apply) but never advertised: mesh/history.lua's
+--- "$history".
+V.internal = {}
+
 -- running methods ------------------------------------------------------------------
 
 --- The ETIMEDOUT a call gets when server.method on `node` did not answer.
@@ -41,7 +46,7 @@ end
 
 --- The function behind server.method on this node: fn | nil, msg, code.
 function V.find_method(server, method)
-  local methods = S.exposed[server]
+  local methods = S.exposed[server] or V.internal[server]
   if not methods then
     return fail("ENOSERVER", "no server '%s' on node %s", server, I.node_id())
   end
