@@ -67,6 +67,7 @@ build = {
     ["relaynet.mesh.balance"] = "lua/relaynet/mesh/balance.lua",
     ["relaynet.mesh.link"] = "lua/relaynet/mesh/link.lua",
     ["relaynet.mesh.transport"] = "lua/relaynet/mesh/transport.lua",
+    ["relaynet.mesh.presence"] = "lua/relaynet/mesh/presence.lua",
     ["relaynet.jsonrpc"] = "lua/relaynet/jsonrpc.lua",
     ["relaynet.runtime"] = "lua/relaynet/runtime.lua",
     ["relaynet.conn"] = "lua/relaynet/conn.lua",

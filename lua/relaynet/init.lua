@@ -99,6 +99,10 @@ function M.disable_registry()
   mesh.disable()
 end
 
+-- presence across the mesh (README, "Presence")
+M.presence = mesh.presence
+M.on_presence = mesh.on_presence
+
 -- rn.SHUTDOWN_GRACE (seconds rn.stop() and server:close() wait for close
 -- handshakes and handlers) reads and writes server.settings.shutdown_grace,
 -- so the value is held where it is used, not here.

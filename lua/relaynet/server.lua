@@ -263,7 +263,11 @@ end
 --- subscribed already) | nil, msg, code: ENOTCONN, or ELIMIT past
 --- mesh_config.max_subscriptions_per_connection or the node's bounds. A
 --- frame the connection's queue cannot take is dropped (at most once).
-function Server:subscribe(conn_id, topic)
+--- opts.presence (any JSON value) makes the connection a presence member of
+--- `topic` (an exact topic), with its connection id as member id, until it
+--- unsubscribes or closes (README "Presence"); EINVAL for info that cannot
+--- be sent. Subscribing again to the same topic changes nothing.
+function Server:subscribe(conn_id, topic, opts)
   check_server(self, "subscribe")
   if type(topic) ~= "string" then error("relaynet.subscribe: topic must be a string", 2) end
   local ok, why = mesh.check_pattern(topic)
@@ -281,7 +285,7 @@ function Server:subscribe(conn_id, topic)
   end
   local box = rec.box
   local h, err, code = mesh.subscribe_frames(topic, function(frame) core.conn_send(box, frame, false) end,
-    "relaynet.subscribe")
+    "relaynet.subscribe", opts, rec.id)
   if not h then return nil, err, code end
   if not subs then subs = {}; rec.pubsub = subs end
   subs[topic] = h
@@ -530,7 +534,10 @@ function M.forget(rec)
   local subs = rec.pubsub
   if subs then
     rec.pubsub = nil
-    for _, h in pairs(subs) do h:unsubscribe() end
+    for _, h in pairs(subs) do
+      h.leave_reason = "closed" -- a presence member leaves "closed" (mesh/presence.lua)
+      h:unsubscribe()
+    end
   end
   local a = rec.access
   if a then

@@ -145,17 +145,49 @@ end
 
 -- pub/sub (mesh/pubsub.lua; README "Pub/sub") --------------------------------------
 
---- subscribe(pattern, fn(message, topic, from)) -> handle | nil, msg, "ELIMIT"
---- The handle's :unsubscribe() ends it. Raises on a malformed pattern.
-function M.subscribe(pattern, fn)
+local PR = require("relaynet.mesh.presence")
+
+-- The presence info of subscribe's options (nil: none); raises on options
+-- that are not a table.
+local function presence_opt(opts, what)
+  if opts == nil then return nil end
+  if type(opts) ~= "table" then error(what .. ": options must be a table", 3) end
+  return opts.presence
+end
+
+--- subscribe(pattern, fn(message, topic, from) [, {presence = info}]) ->
+--- handle | nil, msg, "ELIMIT" (or "EINVAL" for presence info that cannot
+--- be sent). The handle's :unsubscribe() ends it. Raises on a malformed
+--- pattern, and on a pattern with wildcards when presence is given. With
+--- presence the subscription is a member of the topic's presence
+--- (mesh/presence.lua) until it ends.
+function M.subscribe(pattern, fn, opts)
+  local info = presence_opt(opts, "relaynet.subscribe")
+  if info ~= nil then return PR.subscribe(pattern, fn, info, false, 2) end
   return U.subscribe(pattern, fn, false, 2)
 end
 
 --- The same for a WebSocket connection (server:subscribe): fn(frame, topic,
 --- from) gets the text frame {"topic":T,"from":NODE,"message":M}; it is
---- called directly and must neither suspend nor raise.
-function M.subscribe_frames(pattern, fn, what)
+--- called directly and must neither suspend nor raise. opts.presence makes
+--- it a member, with id `member_id` (the connection's id).
+function M.subscribe_frames(pattern, fn, what, opts, member_id)
+  local info = presence_opt(opts, what or "relaynet.subscribe")
+  if info ~= nil then return PR.subscribe(pattern, fn, info, true, 2, what, member_id) end
   return U.subscribe(pattern, fn, true, 2, what)
+end
+
+--- presence(topic [, timeout]) -> list of {node, id, info} across the mesh
+--- | nil, msg, code (ETIMEDOUT, EAGAIN outside a coroutine, ELIMIT).
+function M.presence(topic, timeout)
+  return PR.presence(topic, timeout, 2)
+end
+
+--- on_presence(topic, fn(event, member)) -> handle | nil, msg, "ELIMIT".
+--- event is "join" or "leave" (member.reason: "unsubscribed", "closed",
+--- "node lost"); the handle's :unsubscribe() ends it.
+function M.on_presence(topic, fn)
+  return PR.on_presence(topic, fn, 2)
 end
 
 --- publish(topic, message) -> the number of nodes it was sent to (this node
@@ -360,6 +392,7 @@ end
 function M.status()
   local s = {}
   for k, v in pairs(S.stats) do s[k] = v end
+  PR.status(s)
   s.pending_calls = S.n_calls
   s.forwarded_in_flight = S.n_forwards
   s.served_in_flight = S.n_served

@@ -31,6 +31,7 @@ local C = require("relaynet.mesh.calls")
 local SV = require("relaynet.mesh.serve")
 local A = require("relaynet.mesh.auth")
 local U = require("relaynet.mesh.pubsub")
+local PR = require("relaynet.mesh.presence")
 local log = require("relaynet.log")
 
 local cfg = S.config
@@ -249,7 +250,7 @@ local HANDLERS = {
   hello = on_hello, auth = on_auth, ping = on_ping, pong = on_pong,
   registry_sync = R.on_advert, route_request = R.on_route_request,
   server_call = C.on_call, server_response = C.on_response, route_message = C.on_route_message,
-  publish = U.on_publish,
+  publish = U.on_publish, presence = PR.on_message,
 }
 
 -- Decodes a message of `link` and hands it to its handler; anything

@@ -73,6 +73,8 @@ end
 function Handle:unsubscribe()
   if not self.active then return false end
   self.active = false
+  -- A member of the topic's presence (mesh/presence.lua) leaves with it.
+  if self.presence then U.presence_ended(self) end
   local p = self.pattern
   local set = subs[p]
   set[self] = nil

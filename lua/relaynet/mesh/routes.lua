@@ -189,7 +189,8 @@ end
 --- Selects the best route to `dest` from its candidates: fewest hops, then
 --- the lowest next-hop id; the server list (with its seq and, in key mode,
 --- its signature) comes from the freshest candidate. Marks dest dirty when
---- the selection changed.
+--- the selection changed, and then calls R.on_best(dest) when it is set
+--- (mesh/presence.lua sets it).
 function R.select_route(dest)
   local set = S.cands[dest]
   local rib = S.rib
@@ -207,7 +208,11 @@ function R.select_route(dest)
   local best = S.best
   local old = best[dest]
   if not pick then
-    if old then best[dest] = nil; S.dirty[dest] = true end
+    if old then
+      best[dest] = nil
+      S.dirty[dest] = true
+      if R.on_best then R.on_best(dest) end -- presence (mesh/presence.lua)
+    end
     return
   end
   local src = fresher(fresh, pick) and fresh or pick
@@ -218,6 +223,7 @@ function R.select_route(dest)
   best[dest] = { next = pick_peer, path = pick.path, seq = src.seq, servers = src.servers, topics = src.topics,
     exp = src.exp, sig = src.sig, pub = src.pub }
   S.dirty[dest] = true
+  if R.on_best then R.on_best(dest) end
 end
 
 -- True when a new route from `peer` to `dest` would pass a bound

@@ -1,0 +1,256 @@
+-- spec/presence_spec.lua: presence across the mesh (README "Presence").
+--
+-- The unit part checks the API, its errors and bounds in this process. The
+-- mesh part runs real node processes (spec/support/mesh_harness.lua) with
+-- spec/support/presence_node.lua, which is a member of "room.1" from its
+-- start (id "s1", info {name = node id}) and exposes server "pr" to join,
+-- leave, list and watch; the test process joins as node "tester".
+
+local rn = require("relaynet")
+local H = require("helper")
+local MH = require("mesh_harness")
+local json = require("relaynet.json")
+
+local NODE = H.ROOT .. "/spec/support/presence_node.lua"
+
+-- The mesh of the running test (MH.run sets it).
+local mesh
+
+-- pr.method(args) on `node`, through that node's own JSON-RPC endpoint (so
+-- it reaches a node the tester has no route to); it must succeed.
+local function call(node, method, args)
+  local res, err, code = mesh:call_via(node, node, "pr", method, args or {}, 8)
+  assert(err == nil, string.format("pr.%s on %s failed: %s (%s)", method, node, tostring(err), tostring(code)))
+  return res
+end
+
+-- A member list as "node/id=name" strings, in the list's order.
+local function names(list)
+  local out = {}
+  for i, m in ipairs(list) do
+    local info = m.info
+    out[i] = m.node .. "/" .. m.id .. "=" .. (type(info) == "table" and tostring(info.name) or tostring(info))
+  end
+  return table.concat(out, " ")
+end
+
+-- Events as "event node/id reason" strings.
+local function evs(list)
+  local out = {}
+  for i, e in ipairs(list) do
+    out[i] = e.event .. " " .. e.node .. "/" .. e.id .. (e.reason and (" " .. e.reason) or "")
+  end
+  return out
+end
+
+-- Waits until node `node`'s rn.presence("room.1") reads `want` (names()).
+local function wait_list(node, want, timeout, topic)
+  local last
+  MH.wait_until(function()
+    local l = call(node, "list", { topic or "room.1", 3 })
+    if l.error then last = l.error; return false end
+    last = names(l)
+    return last == want
+  end, string.format("%s to list %q", node, want), timeout or 15, function() return "last: " .. tostring(last) end)
+end
+
+-- Waits until node `node` has seen exactly the events `want` (any order
+-- among those given as a set: the list is compared sorted).
+local function wait_events(node, want, timeout, topic)
+  table.sort(want)
+  local last
+  MH.wait_until(function()
+    local got = evs(call(node, "events", { topic or "room.1" }))
+    table.sort(got)
+    last = table.concat(got, "; ")
+    return last == table.concat(want, "; ")
+  end, string.format("%s to see events %q", node, table.concat(want, "; ")), timeout or 15,
+    function() return "last: " .. tostring(last) end)
+end
+
+describe("presence (unit)", function()
+  it("lists local members, fires events and gives clear errors", function()
+    -- outside a coroutine (and before rn.run) it answers from what it holds
+    local h0 = assert(rn.subscribe("room.o", function() end, { presence = true }))
+    assert.same({ { node = rn.node_id(), id = h0.presence.id, info = true } }, rn.presence("room.o"))
+    assert.is_true(h0:unsubscribe())
+    assert.same({}, rn.presence("room.o"))
+    H.run(function()
+      local me = rn.node_id()
+      local got = {}
+      local w = assert(rn.on_presence("room.u", function(event, m)
+        got[#got + 1] = { event, m.node, m.id, m.info, m.reason }
+      end))
+      assert.equal("relaynet.PresenceHandler", getmetatable(w).__name)
+      assert.same({}, rn.presence("room.u"))
+      local a = assert(rn.subscribe("room.u", function() end, { presence = { name = "ann" } }))
+      local b = assert(rn.subscribe("room.u", function() end, { presence = "bob" }))
+      local plain = assert(rn.subscribe("room.u", function() end))
+      local ida, idb = a.presence.id, b.presence.id
+      local list = rn.presence("room.u")
+      assert.same({ { node = me, id = ida, info = { name = "ann" } }, { node = me, id = idb, info = "bob" } }, list)
+      assert.is_true(a:unsubscribe())
+      assert.same({ { node = me, id = idb, info = "bob" } }, rn.presence("room.u"))
+      assert.same({
+        { "join", me, ida, { name = "ann" } },
+        { "join", me, idb, "bob" },
+        { "leave", me, ida, { name = "ann" }, "unsubscribed" },
+      }, got)
+
+      -- misuse raises
+      local ok, err = pcall(rn.subscribe, "room.*", function() end, { presence = 1 })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("EINVAL: presence needs an exact topic", 1, true), err)
+      ok, err = pcall(rn.subscribe, "room.u", function() end, "not a table")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("options must be a table", 1, true), err)
+      ok, err = pcall(rn.presence, "room.*")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("EINVAL", 1, true), err)
+      ok, err = pcall(rn.presence, "room.u", -1)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("timeout", 1, true), err)
+      ok, err = pcall(rn.on_presence, "room.>", function() end)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("wildcard", 1, true), err)
+      ok, err = pcall(rn.on_presence, "room.u", nil)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("expected a function", 1, true), err)
+
+      -- info that cannot be sent
+      local cfg = rn.mesh_config
+      local refused0 = rn.mesh_status().stats.presence_refused
+      local r, msg, code = rn.subscribe("room.u", function() end, { presence = string.rep("x", 600) })
+      assert.is_nil(r)
+      assert.equal("EINVAL", code)
+      assert.truthy(msg:find("max_presence_info_bytes", 1, true), msg)
+      r, msg, code = rn.subscribe("room.u", function() end, { presence = { f = function() end } })
+      assert.is_nil(r)
+      assert.equal("EINVAL", code)
+      assert.truthy(msg:find("cannot be encoded as JSON", 1, true), msg)
+      r, msg, code = rn.subscribe("room.u", function() end, { presence = "\xff" })
+      assert.is_nil(r)
+      assert.equal("EINVAL", code)
+      assert.truthy(msg:find("UTF-8", 1, true), msg)
+
+      -- bounds: members per topic, handlers
+      local old_m, old_h = cfg.max_presence_members, cfg.max_presence_handlers
+      cfg.max_presence_members = 2
+      local c = assert(rn.subscribe("room.u", function() end, { presence = "carl" }))
+      r, msg, code = rn.subscribe("room.u", function() end, { presence = "dora" })
+      assert.is_nil(r)
+      assert.equal("ELIMIT", code)
+      assert.truthy(msg:find("max_presence_members", 1, true), msg)
+      cfg.max_presence_handlers = 1
+      r, msg, code = rn.on_presence("room.v", function() end)
+      assert.is_nil(r)
+      assert.equal("ELIMIT", code)
+      assert.truthy(msg:find("max_presence_handlers", 1, true), msg)
+      cfg.max_presence_members, cfg.max_presence_handlers = old_m, old_h
+      local st = rn.mesh_status().stats
+      assert.equal(refused0 + 5, st.presence_refused)
+      assert.equal(2, st.presence_members)
+      assert.equal(1, st.presence_handlers)
+
+      assert.is_true(w:unsubscribe())
+      assert.is_false(w:unsubscribe())
+      local n = #got
+      assert.is_true(b:unsubscribe())
+      assert.is_true(c:unsubscribe())
+      assert.is_true(plain:unsubscribe())
+      assert.equal(n, #got)
+      assert.same({}, rn.presence("room.u"))
+      assert.equal(0, rn.mesh_status().stats.presence_members)
+    end, { timeout = 10 })
+  end)
+end)
+
+describe("presence across the mesh", function()
+  it("lists members of three nodes, with joins and leaves, closes and lost nodes", function()
+    MH.run(function(m)
+      mesh = m
+      -- a line: p1 - p2 - p3; the tester dials p1
+      m:start_topology("line", { "p1", "p2", "p3" }, { script = NODE })
+      m:join({ "p1" })
+      m:wait_converged(20)
+      local all = "p1/s1=p1 p2/s1=p2 p3/s1=p3"
+      for _, id in ipairs({ "p1", "p2", "p3" }) do wait_list(id, all) end
+      -- the tester has no member: it fetches (a query) and lists all three
+      MH.wait_until(function()
+        local l = rn.presence("room.1", 3)
+        return l and names(l) == all
+      end, "the tester to list " .. all)
+
+      -- p3 and the tester watch; the tester's view fills from snapshots
+      assert.is_true(call("p3", "watch", { "room.1" }))
+      local seen = {}
+      local w = assert(rn.on_presence("room.1", function(event, mb)
+        seen[#seen + 1] = event .. " " .. mb.node .. "/" .. mb.id .. (mb.reason and (" " .. mb.reason) or "")
+      end))
+      MH.wait_until(function() return #seen == 3 end, "the tester's first three joins")
+      table.sort(seen)
+      assert.same({ "join p1/s1", "join p2/s1", "join p3/s1" }, seen)
+      assert.equal(all, names(assert(rn.presence("room.1"))))
+      wait_list("p3", all)
+      wait_events("p3", { "join p1/s1", "join p2/s1" })
+      call("p3", "clear")
+      seen = {}
+
+      -- a join and a leave on p1 are seen two hops away, in order
+      local id = call("p1", "join", { "room.1", { name = "extra" } })
+      assert.equal("s2", id)
+      wait_events("p3", { "join p1/s2" })
+      assert.is_true(call("p1", "leave", { id }))
+      MH.wait_until(function() return #evs(call("p3", "events", { "room.1" })) == 2 end, "p3's 2 events")
+      assert.same({ "join p1/s2", "leave p1/s2 unsubscribed" }, evs(call("p3", "events", { "room.1" })))
+      MH.wait_until(function() return #seen == 2 end, "the tester's 2 events")
+      assert.same({ "join p1/s2", "leave p1/s2 unsubscribed" }, seen)
+      call("p3", "clear")
+      seen = {}
+
+      -- a WebSocket client on p2 with presence leaves "closed" when it closes
+      local c = assert(rn.ws_connect("ws://127.0.0.1:" .. m:port_of("p2") .. "/", { timeout = 5 }))
+      assert(c:send('sub room.1 {"name":"web"}'))
+      local ack = json.decode(assert(c:receive(5)))
+      assert.is_true(ack.ok)
+      local cid = ack.id
+      wait_events("p3", { "join p2/" .. cid })
+      wait_list("p1", "p1/s1=p1 p2/" .. cid .. "=web p2/s1=p2 p3/s1=p3")
+      assert(c:send("sub room.* 1"))
+      ack = json.decode(assert(c:receive(5)))
+      assert.is_false(ack.ok)
+      assert.truthy(ack.error:find("EINVAL: presence needs an exact topic", 1, true), ack.error)
+      c:close()
+      wait_events("p3", { "join p2/" .. cid, "leave p2/" .. cid .. " closed" })
+      MH.wait_until(function() return #seen == 2 end, "the tester's 2 events")
+      assert.same({ "join p2/" .. cid, "leave p2/" .. cid .. " closed" }, seen)
+      wait_list("p1", all)
+      call("p3", "clear")
+      seen = {}
+
+      -- p2 stops: p3 loses p1 and p2 ("node lost"); the tester loses p2 and p3
+      m:stop("p2")
+      wait_events("p3", { "leave p1/s1 node lost", "leave p2/s1 node lost" }, 20)
+      wait_list("p3", "p3/s1=p3")
+      MH.wait_until(function() return #seen == 2 end, "the tester's 2 leaves")
+      table.sort(seen)
+      assert.same({ "leave p2/s1 node lost", "leave p3/s1 node lost" }, seen)
+      assert.equal("p1/s1=p1", names(assert(rn.presence("room.1"))))
+      call("p3", "clear")
+      seen = {}
+
+      -- p2 comes back (a new run, its member s1 again): every member rejoins
+      m:restart("p2")
+      m:wait_converged(20)
+      wait_events("p3", { "join p1/s1", "join p2/s1" }, 20)
+      MH.wait_until(function() return #seen == 2 end, "the tester's 2 joins", 20)
+      table.sort(seen)
+      assert.same({ "join p2/s1", "join p3/s1" }, seen)
+      for _, n in ipairs({ "p1", "p2", "p3" }) do wait_list(n, all) end
+      assert.equal(all, names(assert(rn.presence("room.1"))))
+      local st = rn.mesh_status().stats
+      assert.equal(2, st.presence_nodes_lost)
+      w:unsubscribe()
+    end, { timeout = 150 })
+  end)
+end)
