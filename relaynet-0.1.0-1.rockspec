@@ -75,6 +75,7 @@ build = {
     ["relaynet.client"] = "lua/relaynet/client.lua",
     ["relaynet.tls"] = "lua/relaynet/tls.lua",
     ["relaynet.rpc"] = "lua/relaynet/rpc.lua",
+    ["relaynet.rpc_pubsub"] = "lua/relaynet/rpc_pubsub.lua",
     ["relaynet.cli"] = "lua/relaynet/cli.lua",
     ["relaynet.uvbridge"] = "lua/relaynet/uvbridge.lua",
     ["relaynet.log"] = "lua/relaynet/log.lua",

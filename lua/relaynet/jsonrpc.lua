@@ -16,6 +16,8 @@
 --                        args = params (array), {params} (object) or {}
 --   p2p.peer.getStatus, p2p.registry, p2p.peers, p2p.routes
 --   Names starting with "rpc." or "p2p." are reserved: -32601 unless listed.
+--   M.methods[name]      methods other modules add: subscribe, unsubscribe
+--                        and publish (relaynet.rpc_pubsub)
 --
 -- Strictness (relaynet.json parses the text): it must be valid UTF-8 without
 -- raw control characters inside strings; `[]` and `{}` are told apart (an
@@ -82,6 +84,7 @@ M.ERRORS = {
   ECANCELED = -32007,
   EBUSY = -32008,   -- too many calls in flight (per connection or per node)
   EACCES = -32009,  -- the access rules of the called node refuse the caller (rn.mesh_access)
+  ELIMIT = -32010,  -- a pub/sub bound: subscriptions per connection or node, publish rate
   EINVAL = -32602,
 }
 local E = M.ERRORS
@@ -93,6 +96,16 @@ M.mesh = nil
 local function get_mesh()
   return M.mesh or require("relaynet.mesh")
 end
+
+--- Methods other modules add (relaynet.rpc_pubsub): name -> fn(params,
+--- ctx) returning true, result | false, error object ({code, message,
+--- data}); run like the built-in ones. A name listed here takes precedence
+--- over a "server.method" call, never over a built-in method.
+M.methods = {}
+
+--- Functions M.close(owner) runs, in order, with the closed connection's
+--- owner table: the added methods' per-connection state goes with it.
+M.close_hooks = {}
 
 local find, match, sub, format = string.find, string.match, string.sub, string.format
 local concat = table.concat
@@ -426,7 +439,7 @@ end
 -- Runs one valid request: ok, result | false, error object.
 local function execute(req, ctx)
   local name = req.method
-  local builtin = BUILTIN[name]
+  local builtin = BUILTIN[name] or M.methods[name]
   if builtin then return builtin(req.params, ctx) end
   if find(name, "^rpc%.") or find(name, "^p2p%.") then return false, method_not_found(name) end
   local server, method = match(name, "^([^.]+)%.(.+)$")
@@ -589,9 +602,12 @@ function M.handle(text, ctx)
 end
 
 --- Fails the calls still waiting for client connection `owner` (the
---- ctx.owner it passed to handle) with ECANCELED: call it when the
---- connection has closed. Returns how many.
+--- ctx.owner it passed to handle) with ECANCELED, and runs M.close_hooks
+--- for it: call it when the connection has closed. Returns how many calls.
 function M.close(owner)
+  if owner then
+    for _, hook in ipairs(M.close_hooks) do hook(owner) end
+  end
   local mesh = get_mesh()
   if owner and mesh.cancel_calls then return mesh.cancel_calls(owner) end
   return 0

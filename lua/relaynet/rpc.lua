@@ -16,6 +16,9 @@ local server = require("relaynet.server")
 local jsonrpc = require("relaynet.jsonrpc")
 local core = require("relaynet.core")
 local metrics = require("relaynet.metrics")
+-- JSON-RPC subscribe, unsubscribe and publish (README "Pub/sub"): the
+-- module adds them to jsonrpc.methods when it loads.
+require("relaynet.rpc_pubsub")
 
 local M = {}
 

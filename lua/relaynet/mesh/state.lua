@@ -62,10 +62,15 @@ S.config = {
   -- Pub/sub (mesh/pubsub.lua; README "Pub/sub"). Counts unless noted.
   max_topic_length = 256,       -- bytes of a topic or pattern; longer: EINVAL
   max_subscriptions = 1024,     -- subscriptions on this node (Lua and WebSocket); past it: ELIMIT
-  max_subscriptions_per_connection = 100, -- server:subscribe patterns per WebSocket; past it: ELIMIT
+  max_subscriptions_per_connection = 100, -- server:subscribe patterns or JSON-RPC subscriptions per WebSocket: ELIMIT
   max_patterns = 256,           -- distinct patterns one node advertises; a receiver keeps this many per route
   max_interest_entries = 16384, -- patterns held over all routes; past it dropped (topics_dropped)
   max_publish_bytes = 65536,    -- bytes of one published message once encoded; more: EINVAL
+  -- JSON-RPC publish (relaynet.rpc_pubsub): a token bucket per WebSocket
+  -- connection, and per peer address for HTTP; past it: ELIMIT (-32010).
+  -- Either one 0: no bound.
+  max_publish_rate = 1000,      -- publishes per second
+  max_publish_burst = 2000,     -- publishes at once after a quiet spell
 }
 
 -- Persistent state (survives reset()) ---------------------------------------------
