@@ -1,9 +1,14 @@
 -- relaynet chat room: a page at / and a JSON protocol over a WebSocket at /ws.
+-- One room spans every node of the mesh that runs this chat.
 --
 --   lua5.4 examples/chat.lua [port]          (default port 8080)
 --   relaynet examples/chat.lua --port 9000   (the same; any relaynet option)
 --   relaynet examples/chat.lua [port] --tls-cert CERT --tls-key KEY
 --                                            (https, and the page chats over wss)
+--   relaynet examples/chat.lua --port 8080 --node-id a
+--   relaynet examples/chat.lua --port 8081 --node-id b --add-peer localhost:8080
+--                                            (two nodes, one room: a page on
+--                                            either sees everyone)
 --
 -- Protocol (every frame is a JSON object with a "type"):
 --   client -> server  {type="join", name=...}   name: 1-32 characters once trimmed
@@ -13,6 +18,36 @@
 --                     {type="left", name, count}
 --                     {type="said", name, text, ts}     ts: Unix time in seconds
 --                     {type="error", message}           the connection stays open
+--                     {type="error", message, joined=false}
+--                                    you are out of the room (your name lost
+--                                    the tie-break below): join again
+-- count and names cover the whole room, every node; a name is in the room
+-- once however many members carry it for a moment (see below), and
+-- "joined"/"left" announce a name entering and leaving the room.
+--
+-- Across nodes: what is said is published on topic "chat.room" (rn.publish),
+-- and every node that runs the chat hands it to its own members. Every
+-- member is a presence member of topic "chat.members" (server:subscribe
+-- with presence info {name, since, chat}), so each node learns the others'
+-- members, and their joins and leaves, from rn.presence/rn.on_presence.
+-- When a node's link is lost its members leave the others' rooms (and come
+-- back with the link).
+--
+-- Names are unique across nodes. A join is refused when the name is in the
+-- room as this node sees it. Two nodes can still accept the same name at
+-- nearly the same moment (before either has heard of the other's member),
+-- or on both sides of a lost link. When a node then sees the same name on
+-- another node, the earlier join keeps it: the lower `since` (Unix seconds
+-- of the join, by the joining node's clock), then the lower node id, then
+-- the lower instance token. Every node applies the same rule to the same
+-- presence info, so exactly one keeps the name; the node of each other one
+-- takes it back and sends that connection the error with joined=false.
+-- The room saw the name joined once and never sees it leave for this.
+--
+-- Each person in the room is one presence subscription on their node, so
+-- the node's pub/sub bounds apply: past mesh_config.max_presence_members
+-- (1000) people on one node, or max_subscriptions, a join is answered with
+-- an error naming the bound ("cannot join: ...").
 --
 -- The page is read from the "chat" folder next to this file, or from
 -- $RELAYNET_CHAT_DIR when that is set (for an installed copy).
@@ -64,6 +99,19 @@ local function clean(s, what, max, allow_newlines)
 end
 M.clean = clean
 
+-- The topics of the room: what is said is published to M.ROOM; every
+-- member is a presence member of M.MEMBERS (nothing is published there).
+M.ROOM = "chat.room"
+M.MEMBERS = "chat.members"
+
+--- True when join `a` wins the tie-break over join `b` (the rule in the
+--- header): each is { since = Unix seconds, node = node id, chat = token }.
+function M.earlier(a, b)
+  if a.since ~= b.since then return a.since < b.since end
+  if a.node ~= b.node then return a.node < b.node end
+  return a.chat < b.chat
+end
+
 -- The chat's listen options.
 M.LISTEN = { max_message = 64 * 1024 }
 
@@ -77,12 +125,37 @@ end
 
 --- Adds the chat's page, /ws protocol and handlers to server `srv`.
 function M.attach(srv)
-  local members = {} -- conn id -> name, for connections that have joined
-  local taken = {}   -- name -> conn id
+  -- This room instance's token, carried in its members' presence info so
+  -- that it tells its own members from everyone else's (another process,
+  -- or another server in this one).
+  local inst = string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  local members = {} -- conn id -> { name =, since = }, for local connections that have joined
+  local taken = {}   -- name -> conn id, for those
+  local remote = {}  -- "node/id" -> { name =, since =, node =, chat = }: members of other instances
+  local remote_names = {} -- name -> how many entries of `remote` carry it
+
+  -- True when `name` is in the room, here or elsewhere.
+  local function present(name)
+    return taken[name] ~= nil or remote_names[name] ~= nil
+  end
+
+  -- The names in the room (each once), sorted.
+  local function names()
+    local list = {}
+    for name in pairs(taken) do list[#list + 1] = name end
+    for name in pairs(remote_names) do
+      if not taken[name] then list[#list + 1] = name end
+    end
+    table.sort(list)
+    return list
+  end
 
   local function count()
     local n = 0
-    for _ in pairs(members) do n = n + 1 end
+    for _ in pairs(taken) do n = n + 1 end
+    for name in pairs(remote_names) do
+      if not taken[name] then n = n + 1 end
+    end
     return n
   end
 
@@ -90,37 +163,126 @@ function M.attach(srv)
     srv:ws_send(conn_id, json.encode(msg))
   end
 
-  local function broadcast(msg)
-    local data = json.encode(msg)
+  -- Sends the JSON text `data` to every local member.
+  local function broadcast_text(data)
     for conn_id in pairs(members) do srv:ws_send(conn_id, data) end
+  end
+
+  local function broadcast(msg)
+    broadcast_text(json.encode(msg))
   end
 
   local function fail(conn_id, message)
     send(conn_id, { type = "error", message = message })
   end
 
+  -- Messages: every instance subscribes to the room's topic and hands what
+  -- is published there to its members. A "said" frame is published as its
+  -- JSON text and forwarded as it came, after a check that it is one.
+  local function deliver(data)
+    if type(data) ~= "string" then return end
+    local msg = json.decode(data)
+    if type(msg) ~= "table" or msg.type ~= "said" or type(msg.name) ~= "string" or type(msg.text) ~= "string" then
+      return
+    end
+    broadcast_text(data)
+  end
+  local room_sub = rn.subscribe(M.ROOM, deliver)
+
+  -- Takes the name away from local member conn_id, whose join lost the
+  -- tie-break to `winner` (see the header): it is told so and may join again.
+  local function evict(conn_id, winner)
+    local m = members[conn_id]
+    members[conn_id], taken[m.name] = nil, nil
+    srv:unsubscribe(conn_id, M.MEMBERS)
+    send(conn_id, { type = "error", joined = false, message = "the name " .. m.name ..
+      " was taken on node " .. winner.node .. " at the same time; join again under another name" })
+  end
+
+  -- A member of another instance joins (or is listed): it enters the view;
+  -- a name new to the room is announced; a local member with the same name
+  -- that loses the tie-break is evicted.
+  local function remote_join(member)
+    local info = member.info
+    if type(info) ~= "table" or info.chat == inst then return end
+    local name, since = info.name, info.since
+    if type(name) ~= "string" or clean(name, "name", M.MAX_NAME) ~= name or math.type(since) ~= "integer"
+      or type(info.chat) ~= "string" or type(member.node) ~= "string" then
+      return
+    end
+    local key = member.node .. "/" .. tostring(member.id)
+    if remote[key] then return end
+    local was = present(name)
+    local r = { name = name, since = since, node = member.node, chat = info.chat }
+    remote[key] = r
+    remote_names[name] = (remote_names[name] or 0) + 1
+    local mine = taken[name]
+    if mine then
+      local m = members[mine]
+      if M.earlier(r, { since = m.since, node = rn.node_id(), chat = inst }) then evict(mine, r) end
+    end
+    if not was then broadcast({ type = "joined", name = name, count = count() }) end
+  end
+
+  -- A member of another instance leaves: a name no longer in the room is
+  -- announced as left.
+  local function remote_leave(member)
+    local key = type(member.node) == "string" and member.node .. "/" .. tostring(member.id)
+    local r = key and remote[key]
+    if not r then return end
+    remote[key] = nil
+    local n = remote_names[r.name] - 1
+    remote_names[r.name] = n > 0 and n or nil
+    if not present(r.name) then broadcast({ type = "left", name = r.name, count = count() }) end
+  end
+
+  if rn.on_presence then
+    -- Events from now on, then the members already there; a member that
+    -- leaves while the list is on its way is not taken from it.
+    local gone = {}
+    rn.on_presence(M.MEMBERS, function(event, member)
+      if event == "join" then
+        remote_join(member)
+      elseif event == "leave" then
+        if gone and type(member.node) == "string" then gone[member.node .. "/" .. tostring(member.id)] = true end
+        remote_leave(member)
+      end
+    end)
+    rn.spawn(function()
+      local list = rn.presence(M.MEMBERS)
+      for _, member in ipairs(list or {}) do
+        if type(member.node) ~= "string" or not gone[member.node .. "/" .. tostring(member.id)] then
+          remote_join(member)
+        end
+      end
+      gone = nil
+    end)
+  end
+
   local handlers = {}
 
   function handlers.join(conn_id, msg)
-    if members[conn_id] then return fail(conn_id, "you have already joined as " .. members[conn_id]) end
+    if members[conn_id] then return fail(conn_id, "you have already joined as " .. members[conn_id].name) end
     local name, why = clean(msg.name, "name", M.MAX_NAME)
     if not name then return fail(conn_id, why) end
-    if taken[name] then return fail(conn_id, "the name " .. name .. " is already taken") end
-    members[conn_id], taken[name] = name, conn_id
-    local names = {}
-    for _, n in pairs(members) do names[#names + 1] = n end
-    table.sort(names)
+    if present(name) then return fail(conn_id, "the name " .. name .. " is already taken") end
+    local since = os.time()
+    local ok, err = srv:subscribe(conn_id, M.MEMBERS, { presence = { name = name, since = since, chat = inst } })
+    if not ok then return fail(conn_id, "cannot join: " .. tostring(err)) end
+    members[conn_id], taken[name] = { name = name, since = since }, conn_id
     local n = count()
-    send(conn_id, { type = "welcome", name = name, count = n, names = names }) -- names has you: never empty
+    send(conn_id, { type = "welcome", name = name, count = n, names = names() }) -- names has you: never empty
     broadcast({ type = "joined", name = name, count = n })
   end
 
   function handlers.say(conn_id, msg)
-    local name = members[conn_id]
-    if not name then return fail(conn_id, "join before you say something") end
+    local m = members[conn_id]
+    if not m then return fail(conn_id, "join before you say something") end
     local text, why = clean(msg.text, "text", M.MAX_TEXT, true)
     if not text then return fail(conn_id, why) end
-    broadcast({ type = "said", name = name, text = text, ts = os.time() })
+    local data = json.encode({ type = "said", name = m.name, text = text, ts = os.time() })
+    -- The room's own subscription delivers it here, before publish returns.
+    if not (room_sub and rn.publish(M.ROOM, data)) then broadcast_text(data) end
   end
 
   srv:route("GET", "/ws", function()
@@ -142,11 +304,12 @@ function M.attach(srv)
     h(conn_id, msg)
   end)
 
+  -- Its presence subscription ends with the connection (server:subscribe).
   srv:on("close", function(conn_id)
-    local name = members[conn_id]
-    if not name then return end
-    members[conn_id], taken[name] = nil, nil
-    broadcast({ type = "left", name = name, count = count() })
+    local m = members[conn_id]
+    if not m then return end
+    members[conn_id], taken[m.name] = nil, nil
+    if not present(m.name) then broadcast({ type = "left", name = m.name, count = count() }) end
   end)
 
   return srv
