@@ -198,6 +198,13 @@ describe("call_any across three nodes", function()
       assert.is_nil(res)
       assert.equal("ENOMETHOD", code)
       assert.truthy(err:find("(call_any tried 3 nodes exposing 'work')", 1, true), err)
+      -- max_failovers bounds the nodes tried.
+      rn.mesh_config.max_failovers = 1
+      res, err, code = rn.call_any("work", "nosuch", {}, 5)
+      rn.mesh_config.max_failovers = 2
+      assert.is_nil(res)
+      assert.equal("ENOMETHOD", code)
+      assert.truthy(err:find("(call_any tried 2 nodes exposing 'work')", 1, true), err)
 
       -- JSON-RPC remote_call with node_id "*" on n1: n1 and the others.
       seen = {}
@@ -278,6 +285,22 @@ describe("call_any across three nodes", function()
       local _, sum = ran(IDS, "c1")
       assert.equal(1, sum)
       call(first, "release", { "c1" })
+    end, { timeout = 90 })
+  end)
+  it("does not fail over with max_failovers = 0", function()
+    MH.run(function(m)
+      start(m)
+      local f0 = stat("call_any_failovers")
+      rn.mesh_config.max_failovers = 0
+      local out
+      rn.spawn(function() out = { rn.call_any("work", "hold", { "z1", 20 }, 20) } end)
+      local first = wait_ran(IDS, "z1")
+      m:kill(first)
+      MH.wait_until(function() return out end, "the call to fail", 10)
+      rn.mesh_config.max_failovers = 2
+      assert.is_nil(out[1])
+      assert.equal("ELINKLOST", out[3], tostring(out[2]))
+      assert.equal(0, stat("call_any_failovers") - f0)
     end, { timeout = 90 })
   end)
 end)
