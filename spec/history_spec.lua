@@ -330,11 +330,20 @@ describe("history across the mesh", function()
       assert.same({ error = "ERESYNC: epoch " .. epoch .. " of topic hist.x is gone: node a is at epoch " .. r2.epoch
         .. " (resync)", code = "ERESYNC" }, call("b", "recover", { "hist.x", "a", epoch, 9 }))
 
+      -- the same through JSON-RPC (remote_call to "$history"), as another
+      -- client would: the publisher's answer as it is
+      assert.same({ epoch = r2.epoch, messages = { { offset = 1, text = "new" } } },
+        m:call_via("b", "a", "$history", "recover", { "hist.x", json.null, json.null }))
+      assert.same({ code = "ERESYNC", message = "ERESYNC: offset 5 of topic hist.x is ahead of node a's last offset 1 "
+        .. "(resync)" }, m:call_via("b", "a", "$history", "recover", { "hist.x", r2.epoch, 5 }))
+      -- "$history" is internal: not in the registry
+      for _, e in ipairs(rn.registry()) do assert.are_not.equal("$history", e.server) end
+
       local sa = m:status("a").stats
       assert.equal(1, sa.history_stored)
-      assert.equal(2, sa.history_resyncs)
-      assert.equal(3, sa.history_recovers)
-      assert.equal(1, sa.history_recovered)
+      assert.equal(3, sa.history_resyncs)
+      assert.equal(5, sa.history_recovers)
+      assert.equal(2, sa.history_recovered)
     end, { timeout = 150 })
   end)
 
