@@ -165,6 +165,203 @@ describe("presence (unit)", function()
   end)
 end)
 
+describe("presence versions and routes (unit, fake links)", function()
+  local mesh_m = require("relaynet.mesh")
+  local routes = require("relaynet.mesh.routes")
+  local L = require("relaynet.mesh.link")
+  local PR = require("relaynet.mesh.presence")
+  local cfg = mesh_m.config
+  local saved, saved_id
+  local handles = {} -- handlers and subscriptions a test made, ended after it
+  local function keep(h) handles[#handles + 1] = h; return h end
+
+  local function fake_link(peer)
+    local link = L.new("in", nil, nil, nil)
+    link.peer, link.state, link.delta, link.sent = peer, "up", true, {}
+    link.transport = {
+      id = "fake-" .. peer,
+      send = function(text) link.sent[#link.sent + 1] = json.decode(text); return true end,
+      close = function() end,
+    }
+    require("relaynet.mesh.state").links[peer] = link
+    return link
+  end
+
+  local function advert(link, list, opts)
+    opts = opts or {}
+    local rs = {}
+    for i, r in ipairs(list) do rs[i] = { path = r[1], seq = r[3] or 1, servers = {}, topics = r[2] } end
+    routes.on_advert(link, { type = "registry_sync", from = link.peer,
+      data = { routes = rs, full = opts.full, withdraw = opts.withdraw } })
+  end
+
+  -- The presence messages sent on `link` since the last call, as "op to topic".
+  local function sent(link)
+    local out = {}
+    for _, m in ipairs(link.sent) do
+      if m.type == "presence" then out[#out + 1] = m.data.op .. " " .. m.to .. " " .. m.data.topic end
+    end
+    link.sent = {}
+    table.sort(out)
+    return out
+  end
+
+  -- A presence message from `from` (over `route`, default {from}) arriving on `link`.
+  local function msg(link, from, data, route)
+    PR.on_message(link, { type = "presence", id = from .. "-" .. math.random(1e9), from = from, to = "me",
+      ttl = 16, route = route or { from }, data = data })
+  end
+
+  local function stat(name) return mesh_m.status().stats[name] end
+
+  before_each(function()
+    mesh_m.reset()
+    saved_id = mesh_m.node_id()
+    mesh_m.set_node_id("me")
+    saved = {}
+    for k, v in pairs(cfg) do saved[k] = v end
+  end)
+  after_each(function()
+    for _, h in ipairs(handles) do h:unsubscribe() end
+    handles = {}
+    for k, v in pairs(saved) do cfg[k] = v end
+    mesh_m.reset()
+    mesh_m.set_node_id(saved_id)
+  end)
+
+  it("applies what follows on, drops what is older, asks again after a gap", function()
+    local a = fake_link("a")
+    advert(a, { { { "a" }, { "room.1" } }, { { "a", "x" }, { "chat.*", "room.1" } }, { { "a", "y" }, { "room.2" } } })
+    local ev = {}
+    local w = keep(assert(rn.on_presence("room.1", function(event, m)
+      ev[#ev + 1] = event .. " " .. m.node .. "/" .. m.id .. (m.reason and (" " .. m.reason) or "")
+    end)))
+    -- the nodes listing room.1 exactly are watched; y (room.2) is not
+    assert.same({ "watch a room.1", "watch x room.1" }, sent(a))
+    local relayed0 = stat("presence_received")
+    msg(a, "x", { op = "state", topic = "room.1", run = "r1", ver = 5, members = { { id = "m1", info = 1 } } },
+      { "x", "a" })
+    assert.same({ "join x/m1" }, ev)
+    -- a change that follows on
+    msg(a, "x", { op = "join", topic = "room.1", run = "r1", prev = 3, ver = 7, id = "m2", info = "two" },
+      { "x", "a" })
+    assert.same({ "join x/m1", "join x/m2" }, ev)
+    -- older than held: dropped (a change and a snapshot)
+    msg(a, "x", { op = "leave", topic = "room.1", run = "r1", prev = 2, ver = 4, id = "m1", reason = "closed" },
+      { "x", "a" })
+    msg(a, "x", { op = "state", topic = "room.1", run = "r1", ver = 6, members = {} }, { "x", "a" })
+    assert.equal(2, stat("presence_stale"))
+    assert.equal(2, #ev)
+    -- a gap: asked again, and the snapshot then settles it
+    msg(a, "x", { op = "leave", topic = "room.1", run = "r1", prev = 9, ver = 10, id = "m1", reason = "closed" },
+      { "x", "a" })
+    assert.equal(2, #ev)
+    assert.equal(1, stat("presence_resyncs"))
+    assert.same({ "watch x room.1" }, sent(a))
+    msg(a, "x", { op = "state", topic = "room.1", run = "r1", ver = 10,
+      members = { { id = "m2", info = "two" }, { id = "m3" } } }, { "x", "a" })
+    assert.same({ "join x/m1", "join x/m2", "leave x/m1 unsubscribed", "join x/m3" }, ev)
+    -- a still owes its snapshot: outside a coroutine that is EAGAIN
+    local r, err, code = rn.presence("room.1")
+    assert.is_nil(r)
+    assert.equal("EAGAIN", code)
+    assert.truthy(err:find("node(s) a", 1, true), err)
+    msg(a, "a", { op = "state", topic = "room.1", run = "ra", ver = 1, members = {} })
+    local list = rn.presence("room.1")
+    assert.same({ { node = "x", id = "m2", info = "two" }, { node = "x", id = "m3" } }, list)
+    -- a leave "closed"
+    msg(a, "x", { op = "leave", topic = "room.1", run = "r1", prev = 10, ver = 11, id = "m3", reason = "closed" },
+      { "x", "a" })
+    assert.equal("leave x/m3 closed", ev[#ev])
+    -- a node speaks only for itself: a route that does not start at from
+    -- or end at the link's peer is dropped
+    local spoofed0 = stat("spoofed_messages")
+    msg(a, "x", { op = "join", topic = "room.1", run = "r1", prev = 11, ver = 12, id = "evil" }, { "a" })
+    msg(a, "x", { op = "join", topic = "room.1", run = "r1", prev = 11, ver = 12, id = "evil" }, { "x", "q" })
+    assert.equal(spoofed0 + 2, stat("spoofed_messages"))
+    -- malformed: no version, unknown op
+    local bad0 = stat("bad_messages")
+    msg(a, "x", { op = "join", topic = "room.1", run = "r1", id = "m9" }, { "x", "a" })
+    msg(a, "x", { op = "shout", topic = "room.1" }, { "x", "a" })
+    assert.equal(bad0 + 2, stat("bad_messages"))
+    -- a new run of x starting from nothing replaces the old one
+    msg(a, "x", { op = "join", topic = "room.1", run = "r2", prev = 0, ver = 1, id = "n1" }, { "x", "a" })
+    assert.same({ "leave x/m2 node lost", "join x/n1" }, { ev[#ev - 1], ev[#ev] })
+    assert.truthy(stat("presence_received") > relayed0)
+    -- the route to x goes: its members leave "node lost"; back: watched again
+    advert(a, { { { "a" }, { "room.1" } } }, { full = true })
+    assert.equal("leave x/n1 node lost", ev[#ev])
+    assert.same({}, rn.presence("room.1"))
+    assert.equal(1, stat("presence_nodes_lost"))
+    sent(a)
+    advert(a, { { { "a", "x" }, { "room.1" }, 2 } }, { full = false })
+    assert.same({ "watch x room.1" }, sent(a))
+    -- the last handler ends the watch: the nodes are told
+    assert.is_true(w:unsubscribe())
+    assert.same({ "unwatch a room.1", "unwatch x room.1" }, sent(a))
+    -- a change for a topic no longer watched is answered with unwatch
+    msg(a, "x", { op = "join", topic = "room.1", run = "r2", prev = 1, ver = 2, id = "n2" }, { "x", "a" })
+    assert.same({ "unwatch x room.1" }, sent(a))
+  end)
+
+  it("answers watches and queries, sends changes to watchers, bounds them", function()
+    local a = fake_link("a")
+    advert(a, { { { "a" } }, { { "a", "x" } }, { { "a", "y" } } })
+    local h = keep(assert(rn.subscribe("room.9", function() end, { presence = { name = "me" } })))
+    local id = h.presence.id
+    msg(a, "x", { op = "watch", topic = "room.9" }, { "x", "a" })
+    local out = a.sent
+    a.sent = {}
+    assert.equal(1, #out)
+    local st = out[1]
+    assert.equal("x", st.to)
+    assert.equal("state", st.data.op)
+    assert.same({ { id = id, info = { name = "me" } } }, st.data.members)
+    -- a query is answered with its id and registers nothing
+    msg(a, "y", { op = "query", topic = "room.9", q = "q1" }, { "y", "a" })
+    out = a.sent
+    a.sent = {}
+    assert.equal("q1", out[1].data.q)
+    assert.equal(1, stat("presence_watchers"))
+    -- a leave goes to the watcher x only, with the versions that chain on
+    assert.is_true(h:unsubscribe())
+    out = a.sent
+    a.sent = {}
+    assert.equal(1, #out)
+    assert.equal("x", out[1].to)
+    assert.equal("leave", out[1].data.op)
+    assert.equal("unsubscribed", out[1].data.reason)
+    assert.equal(st.data.ver, out[1].data.prev)
+    assert.equal(st.data.ver + 1, out[1].data.ver)
+    -- the bound on watch registrations
+    cfg.max_presence_watchers = 1
+    msg(a, "y", { op = "watch", topic = "room.9" }, { "y", "a" })
+    assert.equal(1, stat("presence_watchers_refused"))
+    assert.equal(1, stat("presence_watchers"))
+    -- unwatch, and a watcher whose route goes is forgotten
+    msg(a, "x", { op = "unwatch", topic = "room.9" }, { "x", "a" })
+    assert.equal(0, stat("presence_watchers"))
+    msg(a, "y", { op = "watch", topic = "room.9" }, { "y", "a" })
+    assert.equal(1, stat("presence_watchers"))
+    advert(a, { { { "a" } } }, { full = true })
+    assert.equal(0, stat("presence_watchers"))
+  end)
+
+  it("bounds the members held from other nodes", function()
+    local a = fake_link("a")
+    advert(a, { { { "a" }, { "room.1" } } })
+    cfg.max_presence_entries = 2
+    local w = keep(assert(rn.on_presence("room.1", function() end)))
+    msg(a, "a", { op = "state", topic = "room.1", run = "r1", ver = 3,
+      members = { { id = "m1" }, { id = "m2" }, { id = "m3" } } })
+    assert.equal(1, stat("presence_dropped"))
+    assert.equal(2, stat("presence_cached"))
+    assert.equal(2, #rn.presence("room.1"))
+    w:unsubscribe()
+    assert.equal(0, stat("presence_cached"))
+  end)
+end)
+
 describe("presence across the mesh", function()
   it("lists members of three nodes, with joins and leaves, closes and lost nodes", function()
     MH.run(function(m)
@@ -229,6 +426,7 @@ describe("presence across the mesh", function()
       seen = {}
 
       -- p2 stops: p3 loses p1 and p2 ("node lost"); the tester loses p2 and p3
+      local lost0 = rn.mesh_status().stats.presence_nodes_lost
       m:stop("p2")
       wait_events("p3", { "leave p1/s1 node lost", "leave p2/s1 node lost" }, 20)
       wait_list("p3", "p3/s1=p3")
@@ -249,7 +447,7 @@ describe("presence across the mesh", function()
       for _, n in ipairs({ "p1", "p2", "p3" }) do wait_list(n, all) end
       assert.equal(all, names(assert(rn.presence("room.1"))))
       local st = rn.mesh_status().stats
-      assert.equal(2, st.presence_nodes_lost)
+      assert.equal(lost0 + 2, st.presence_nodes_lost)
       w:unsubscribe()
     end, { timeout = 150 })
   end)
