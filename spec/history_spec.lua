@@ -198,12 +198,17 @@ describe("history (one node)", function()
       l, ep, more = recover("b.two", e2, 5)
       assert.same({ { { "m4", 6, "b.two" }, { "m5", 7, "b.two" } }, e2 }, { l, ep, more })
       cfg.max_recover = 100
-      cfg.max_recover_bytes = 2 * (#"b.two" + 2)
+      cfg.max_recover_bytes = 2 * #'"m3"' -- counted JSON-encoded
       l, ep, more = recover("b.two", e2, 4)
       assert.same({ { { "m3", 5, "b.two" }, { "m4", 6, "b.two" } }, e2, true }, { l, ep, more })
       -- one message always fits, however large
       cfg.max_recover_bytes = 1
       assert.same({ { { "m5", 7, "b.two" } }, e2 }, { recover("b.two", e2, 6) })
+      -- escapes count: "\1" travels as 8 bytes ("\u0001" in quotes)
+      cfg.max_recover_bytes = 15
+      rn.publish("b.two", "\1")
+      rn.publish("b.two", "\1")
+      assert.same({ { { "\1", 8, "b.two" } }, e2, true }, { recover("b.two", e2, 7) })
     end, { timeout = 10 })
   end)
 

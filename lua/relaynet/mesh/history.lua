@@ -50,7 +50,7 @@ local DEFAULTS = {
   max_history_topics = 1024,     -- topics with a stream; a new topic past it is published without history
   max_history_patterns = 256,    -- rn.history patterns; past it: ELIMIT
   max_recover = 1000,            -- messages one recover answer carries at most (list.more says more follow)
-  max_recover_bytes = 262144,    -- bytes of messages one recover answer carries at most (one always fits)
+  max_recover_bytes = 262144,    -- bytes of messages (JSON-encoded) one recover answer carries (one always fits)
 }
 for k, v in pairs(DEFAULTS) do
   if cfg[k] == nil then cfg[k] = v end
@@ -371,9 +371,14 @@ function HI.serve_recover(topic, epoch, offset)
   local list = json.array()
   local q, i = s.q, s.head + (offset + 1 - first)
   local max, max_bytes, bytes = cfg.max_recover, cfg.max_recover_bytes, 0
+  -- The answer's size is counted as it travels: each message JSON-encoded
+  -- as a string (escapes can make it up to six times its own size), so
+  -- that an answer stays well inside a link's max_message.
   local e = q[i]
-  while e and #list < max and (#list == 0 or bytes + e.bytes <= max_bytes) do
-    bytes = bytes + e.bytes
+  while e and #list < max do
+    local size = #json.encode(e.text or e.js)
+    if #list > 0 and bytes + size > max_bytes then break end
+    bytes = bytes + size
     list[#list + 1] = { offset = e.offset, text = e.text, json = e.js }
     i = i + 1
     e = q[i]
