@@ -188,5 +188,44 @@ describe("examples/chat.lua on two nodes", function()
         assert.are.equal("chat_mesh: OK\n", out)
       end, { timeout = 90 })
     end)
+
+    it("asks a page whose name lost the tie-break for another name (chat_mesh.js --lose-name)", function()
+      MH.run(function(m)
+        m:start("c", { script = false })
+        m:start("a", { script = CHAT, peers = { "c" } })
+        m:start("b", { script = CHAT, peers = { "c" } })
+        m:wait_converged(20, { "a", "b", "c" })
+        m:kill("c")
+        local zb = join(m, "b", "Zed")
+        local t0 = os.time()
+        MH.wait_until(function() return os.time() > t0 end, "the next second", 3)
+        -- The page joins as Zed on a and says so; then the link returns.
+        local page = H.sh("node " .. H.q(H.ROOT .. "/spec/e2e/chat_mesh.js") .. " --lose-name=Zed "
+          .. H.q("http://127.0.0.1:" .. m:port_of("a") .. "/"))
+        local function output()
+          local f = io.open(page.base .. ".out")
+          local s = f and f:read("a") or ""
+          if f then f:close() end
+          return s
+        end
+        local function ended()
+          local f = io.open(page.base .. ".rc")
+          if f then f:close() end
+          return f ~= nil
+        end
+        MH.wait_until(function() return output() == "joined\n" or ended() end, "the page to join", 30)
+        if output() ~= "joined\n" then
+          local _, out, err = page:wait(5)
+          error("chat_mesh.js --lose-name ended before it joined:\n" .. out .. err)
+        end
+        m:start("c", { script = false })
+        local rc, out, err = page:wait(45)
+        assert.are.equal(0, rc, "chat_mesh.js --lose-name failed:\n" .. out .. err)
+        assert.are.equal("joined\nchat_mesh: OK\n", out)
+        -- b's Zed saw the page join under its new name, and nothing of the lost one.
+        assert.are.same({ type = "joined", name = "Zed2", count = 2 }, recv(zb))
+        zb:close_wait()
+      end, { timeout = 90 })
+    end)
   end)
 end)

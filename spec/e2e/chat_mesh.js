@@ -3,10 +3,11 @@
 // headless Chromium: one room across the nodes.
 //
 //   node spec/e2e/chat_mesh.js http://127.0.0.1:PORT_A/ http://127.0.0.1:PORT_B/ [--screenshot=/tmp/mesh.png]
+//   node spec/e2e/chat_mesh.js --lose-name=NAME http://127.0.0.1:PORT_A/
 //
-// The two URLs are two chat nodes linked to each other (spec/chat_mesh_spec.lua
-// starts them). Alice's page is served by node A and Bob's by node B (separate
-// browser contexts). The steps:
+// With two URLs, they are two chat nodes linked to each other
+// (spec/chat_mesh_spec.lua starts them). Alice's page is served by node A
+// and Bob's by node B (separate browser contexts). The steps:
 //
 //  1. Alice joins on A: "1 online".
 //  2. Bob joins on B: his page shows "2 online" and the user list [Alice, Bob]
@@ -20,6 +21,15 @@
 //     Bob's node) too.
 //  7. Every page opened exactly one WebSocket, to /ws of the node that served it.
 //
+// With --lose-name=NAME, node A has lost its link to the node where NAME
+// joined a moment earlier (the spec sees to that). The page joins as NAME on
+// A, alone in A's room, and prints "joined" on stdout; the spec then brings
+// the link back. NAME's earlier join on the other node keeps the name, so
+// the page must be told it is out of the room: the join form is back with
+// NAME filled in and a message saying another node took it, the user list
+// and count are empty and the message form is hidden. It joins as
+// NAME + "2" on the same WebSocket and must see both names, "2 online".
+//
 // Exits 0 on success, 1 with a message naming the failed step otherwise,
 // 2 on bad usage, 3 when the whole run exceeds the hard timeout.
 "use strict";
@@ -28,13 +38,21 @@ const { chromium } = require("playwright-core");
 
 const HARD_TIMEOUT_MS = 40000;
 const STEP_TIMEOUT_MS = 8000;
+// Waits that span a link coming back: the nodes redial with a backoff of up to 5 s.
+const RELINK_TIMEOUT_MS = 20000;
 
-const [urlA, urlB] = process.argv.slice(2, 4);
-const shotArg = process.argv.slice(4).find((a) => a.startsWith("--screenshot="));
+const loseArg = process.argv[2] && process.argv[2].startsWith("--lose-name=") ? process.argv[2] : null;
+const loseName = loseArg ? loseArg.slice("--lose-name=".length) : null;
+const args = process.argv.slice(loseArg ? 3 : 2);
+const [urlA, urlB] = loseArg ? [args[0], null] : args.slice(0, 2);
+const rest = args.slice(loseArg ? 1 : 2);
+const shotArg = rest.find((a) => a.startsWith("--screenshot="));
 const screenshot = shotArg ? shotArg.slice("--screenshot=".length) : null;
-const badArg = process.argv.slice(4).find((a) => !/^--screenshot=./.test(a));
-if (!urlA || !urlB || !/^http:\/\//.test(urlA) || !/^http:\/\//.test(urlB) || urlA === urlB || badArg) {
-  console.error("usage: node chat_mesh.js http://host:portA/ http://host:portB/ [--screenshot=file.png]");
+const badArg = rest.find((a) => !/^--screenshot=./.test(a));
+const isUrl = (u) => typeof u === "string" && /^http:\/\//.test(u);
+if (badArg || !isUrl(urlA) || (loseArg ? !/^[A-Za-z]{1,20}$/.test(loseName) : !isUrl(urlB) || urlA === urlB)) {
+  console.error("usage: node chat_mesh.js http://host:portA/ http://host:portB/ [--screenshot=file.png]\n" +
+    "       node chat_mesh.js --lose-name=NAME http://host:portA/ [--screenshot=file.png]");
   process.exit(2);
 }
 
@@ -49,12 +67,12 @@ setTimeout(() => {
 
 // Waits until some element matching `selector` has exactly `text` as its
 // trimmed textContent.
-async function waitText(page, selector, text) {
+async function waitText(page, selector, text, timeout) {
   try {
     await page.waitForFunction(
       ([sel, want]) => Array.from(document.querySelectorAll(sel)).some((e) => e.textContent.trim() === want),
       [selector, text],
-      { timeout: STEP_TIMEOUT_MS, polling: 50 },
+      { timeout: timeout || STEP_TIMEOUT_MS, polling: 50 },
     );
   } catch (e) {
     const seen = await page.$$eval(selector, (els) => els.map((e) => e.textContent.trim())).catch(() => []);
@@ -192,7 +210,61 @@ async function main() {
   if (pageErrors.length) throw new Error("JavaScript errors on the page:\n  " + pageErrors.join("\n  "));
 }
 
-main().then(async () => {
+async function expectEqual(actual, expected, what) {
+  const a = JSON.stringify(await actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
+}
+
+// --lose-name: the page whose join loses the name when the link returns.
+async function loseMain() {
+  step = "launching chromium";
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    timeout: 15000,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+
+  step = `${loseName} joins on node A, cut off from the other node`;
+  const p = await openAndJoin(urlA, loseName);
+  await waitText(p.page, "#messages li.notice.join", `You joined as ${loseName}`);
+  await waitText(p.page, "#count", "1 online");
+  await waitUsers(p.page, [loseName]);
+  console.log("joined");
+
+  step = "the link returns: the other node's earlier join keeps the name";
+  const told = `You left the room: the name ${loseName} was taken on node b at the same time; ` +
+    "join again under another name.";
+  await waitText(p.page, "#messages li.notice.error", told, RELINK_TIMEOUT_MS);
+  await waitText(p.page, "#join-error", `Someone on another node took the name ${loseName} at the same time. ` +
+    "Pick another name to join again.");
+  await expectEqual(p.page.isVisible("#join-form"), true, "the join form is visible");
+  await expectEqual(p.page.isVisible("#say-form"), false, "the message form is hidden");
+  await expectEqual(p.page.inputValue("#name"), loseName, "the name field");
+  await expectEqual(p.page.$$eval("#users li", (els) => els.length), 0, "entries in the user list");
+  await expectEqual(p.page.textContent("#count"), "", "the count");
+
+  if (screenshot) {
+    step = "taking a screenshot";
+    await p.page.screenshot({ path: screenshot });
+  }
+
+  step = `joining again as ${loseName}2 on the same WebSocket`;
+  await p.page.fill("#name", loseName + "2");
+  await p.page.click("#join");
+  await waitText(p.page, "#messages li.notice.join", `You joined as ${loseName}2`);
+  await waitText(p.page, "#count", "2 online");
+  await waitUsers(p.page, [loseName, loseName + "2"]);
+  await expectEqual(p.page.isVisible("#say-form"), true, "the message form is visible");
+  checkSockets(loseName, p);
+
+  step = "checking for page errors";
+  if (pageErrors.length) throw new Error("JavaScript errors on the page:\n  " + pageErrors.join("\n  "));
+}
+
+(loseArg ? loseMain() : main()).then(async () => {
   await browser.close();
   console.log("chat_mesh: OK");
   process.exit(0);
