@@ -141,7 +141,8 @@ describe("JSON-RPC pub/sub across the mesh", function()
         { op = "call", ws = "a", req = req(10, "unsubscribe", { subscription = 5 }) },
         { op = "call", ws = "a", req = req(11, "unsubscribe", {}) },
         { op = "http", url = http1, req = req(12, "publish", { "chat.x", 1 }) },
-        { op = "notes", ws = "a", n = 0 },
+        { op = "notes", ws = "a", n = 1 },
+        -- s1 would have been notified in the same step as s2: nothing more
         { op = "quiet", ws = "a" },
         -- bad params
         { op = "call", ws = "a", req = req(20, "subscribe", json.array({})) },
@@ -188,10 +189,8 @@ describe("JSON-RPC pub/sub across the mesh", function()
       assert.equal(einval(10, "'subscription' must be a string (the id subscribe returned)"), r[15])
       assert.equal(einval(11, "unsubscribe needs a 'subscription'"), r[16])
       assert.equal(result(12, "1"), r[17]) -- s2 (chat.>) still gets it
-      assert.same({}, r[18])
-      local quiet = r[19]
-      assert.equal(1, #quiet)
-      assert.equal(note("s2", "chat.x", "1"), quiet[1])
+      assert.same({ note("s2", "chat.x", "1") }, r[18])
+      assert.same({}, r[19])
 
       assert.equal(einval(20, "subscribe needs a 'topic'"), r[20])
       assert.equal(einval(21, "topic 'a..b' has an empty token"), r[21])
@@ -365,6 +364,37 @@ describe("JSON-RPC pub/sub across the mesh", function()
       assert.same({ note("s1", "lua.x.y", '{"from":"lua"}'), note("s1", "lua.z", '"two"'), note("s1", "lua.z", "3") },
         res2.results[5])
     end, { timeout = 120 })
+  end)
+end)
+
+describe("JSON-RPC notifications with history", function()
+  it("carry the message's epoch and offset", function()
+    H.run(function()
+      assert(rn.history("hist.*", { size = 10 }))
+      local srv = H.listen()
+      local url = "ws://127.0.0.1:" .. srv.port .. "/rpc"
+      local ok, r = pcall(client, {
+        { op = "open", ws = "a", url = url },
+        { op = "call", ws = "a", req = req(1, "subscribe", { "hist.>" }) },
+        { op = "call", ws = "a", req = req(2, "publish", { "hist.a", "m1" }) },
+        { op = "call", ws = "a", req = req(3, "publish", { "hist.a", { k = { 1, 2 } } }) },
+        { op = "notes", ws = "a", n = 2 },
+        { op = "close", ws = "a" },
+      }, 60)
+      rn.history("hist.*", false)
+      srv:close()
+      assert(ok, r)
+      assert.equal(result(1, '"s1"'), r[2])
+      local notes = r[5]
+      local e1, o1 = notes[1]:match('^{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"s1",' ..
+        '"topic":"hist.a","result":"m1","epoch":"([^"]+)","offset":(%d+)}}$')
+      assert.truthy(e1, notes[1])
+      local e2, o2 = notes[2]:match('^{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"s1",' ..
+        '"topic":"hist.a","result":{"k":%[1,2%]},"epoch":"([^"]+)","offset":(%d+)}}$')
+      assert.truthy(e2, notes[2])
+      assert.equal(e1, e2)
+      assert.equal(tonumber(o1) + 1, tonumber(o2))
+    end, { timeout = 60 })
   end)
 end)
 
