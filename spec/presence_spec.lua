@@ -338,12 +338,32 @@ describe("presence versions and routes (unit, fake links)", function()
     msg(a, "y", { op = "watch", topic = "room.9" }, { "y", "a" })
     assert.equal(1, stat("presence_watchers_refused"))
     assert.equal(1, stat("presence_watchers"))
-    -- unwatch, and a watcher whose route goes is forgotten
+    -- unwatch
     msg(a, "x", { op = "unwatch", topic = "room.9" }, { "x", "a" })
     assert.equal(0, stat("presence_watchers"))
     msg(a, "y", { op = "watch", topic = "room.9" }, { "y", "a" })
     assert.equal(1, stat("presence_watchers"))
+    a.sent = {}
+    -- a watcher whose route goes keeps its registration for a while and is
+    -- owed a snapshot: a change meanwhile finds no route, and the snapshot
+    -- goes out when the route is back
     advert(a, { { { "a" } } }, { full = true })
+    assert.equal(1, stat("presence_watchers"))
+    local h2 = keep(assert(rn.subscribe("room.9", function() end, { presence = "again" })))
+    assert.same({}, a.sent)
+    advert(a, { { { "a", "y" }, nil, 2 } }, { full = false })
+    out = a.sent
+    a.sent = {}
+    assert.equal(1, #out)
+    assert.equal("y", out[1].to)
+    assert.equal("state", out[1].data.op)
+    assert.same({ { id = h2.presence.id, info = "again" } }, out[1].data.members)
+    -- unreachable for longer than PR.GONE: forgotten
+    advert(a, { { { "a" } } }, { full = true })
+    local gone = PR.GONE
+    PR.GONE = 0
+    PR._sweep()
+    PR.GONE = gone
     assert.equal(0, stat("presence_watchers"))
   end)
 
@@ -450,5 +470,41 @@ describe("presence across the mesh", function()
       assert.equal(lost0 + 2, st.presence_nodes_lost)
       w:unsubscribe()
     end, { timeout = 150 })
+  end)
+
+  it("drops a killed node's members on the others and takes them back (triangle)", function()
+    MH.run(function(m)
+      mesh = m
+      m:start_topology("full", { "p1", "p2", "p3" }, { script = NODE })
+      m:wait_converged(20)
+      local all = "p1/s1=p1 p2/s1=p2 p3/s1=p3"
+      for _, id in ipairs({ "p1", "p2" }) do
+        assert.is_true(call(id, "watch", { "room.1" }))
+        wait_list(id, all)
+      end
+      wait_events("p1", { "join p2/s1", "join p3/s1" })
+      wait_events("p2", { "join p1/s1", "join p3/s1" })
+      assert.equal("s2", call("p3", "join", { "room.1", { name = "second" } }))
+      wait_list("p1", all .. " p3/s2=second")
+      call("p1", "clear")
+      call("p2", "clear")
+
+      -- SIGKILL: no goodbye; the links drop and so do p3's members
+      m:kill("p3")
+      wait_events("p1", { "leave p3/s1 node lost", "leave p3/s2 node lost" }, 30)
+      wait_events("p2", { "leave p3/s1 node lost", "leave p3/s2 node lost" }, 30)
+      wait_list("p1", "p1/s1=p1 p2/s1=p2")
+      call("p1", "clear")
+      call("p2", "clear")
+
+      -- back as a new process: its start-up member joins everywhere
+      m:restart("p3")
+      wait_events("p1", { "join p3/s1" }, 30)
+      wait_events("p2", { "join p3/s1" }, 30)
+      for _, id in ipairs({ "p1", "p2", "p3" }) do wait_list(id, all) end
+      local st = assert(m:status("p1")).stats
+      assert.equal(1, st.presence_nodes_lost)
+      assert.equal(0, st.presence_dropped)
+    end, { timeout = 120 })
   end)
 end)

@@ -111,15 +111,20 @@ local n_handlers = 0
 -- for `node` that found no route to it (a route is often learned a moment
 -- later on one side than the other); the snapshot goes out when the route
 -- appears. retry: the timer that sends again the watches left unanswered.
+-- gone[node] = since when `node` has had no route (its registrations go
+-- after PR.GONE seconds; sweep is that timer).
 local st
 
 local function fresh_state()
   return { links = S.links, cache = {}, n_cache = 0, pending = {}, waiters = {}, watchers = {}, n_watchers = 0,
-    queries = {}, n_queries = 0, known = {}, changed = {}, timer = nil, owed = {}, n_owed = 0, retry = nil }
+    queries = {}, n_queries = 0, known = {}, changed = {}, timer = nil, owed = {}, n_owed = 0, retry = nil,
+    gone = {}, sweep = nil }
 end
 st = fresh_state()
 
 -- The per-run state, emptied when the mesh's per-run state was reset.
+local sweep
+
 local function state()
   if st.links ~= S.links then st = fresh_state() end
   return st
@@ -502,6 +507,44 @@ end
 
 -- Route changes ----------------------------------------------------------------------
 
+--- Seconds the watch registrations of an unreachable node are kept.
+PR.GONE = 60
+
+-- Forgets a node's watch registrations and owed snapshots.
+local function forget_watcher(dest)
+  local s = state()
+  local o = s.owed[dest]
+  if o then
+    for _ in pairs(o) do s.n_owed = s.n_owed - 1 end
+    s.owed[dest] = nil
+  end
+  for topic, set in pairs(s.watchers) do
+    if set[dest] then
+      set[dest] = nil
+      s.n_watchers = s.n_watchers - 1
+      if next(set) == nil then s.watchers[topic] = nil end
+    end
+  end
+end
+
+-- Forgets the watch registrations of the nodes unreachable for GONE
+-- seconds; runs while any node is unreachable.
+function sweep()
+  local s = state()
+  s.sweep = nil
+  local t = now()
+  for dest, since in pairs(s.gone) do
+    if S.best[dest] then
+      s.gone[dest] = nil
+    elseif t - since >= PR.GONE then
+      s.gone[dest] = nil
+      forget_watcher(dest)
+    end
+  end
+  if next(s.gone) and W.running() then s.sweep = sched.after(PR.GONE / 4, sweep) end
+end
+PR._sweep = sweep -- for the unit spec
+
 -- Handles the destinations whose selected route changed (see the top).
 local function flush()
   local s = state()
@@ -512,18 +555,14 @@ local function flush()
     local b = S.best[dest]
     if not b then
       s.known[dest] = nil
-      local o = s.owed[dest]
-      if o then
-        for _ in pairs(o) do s.n_owed = s.n_owed - 1 end
-        s.owed[dest] = nil
-      end
+      -- dest's watch registrations stay for PR.GONE seconds, each owed a
+      -- snapshot: if dest comes back in time (also when its own route to
+      -- this node never went), it gets the members as they are by then.
       for topic, set in pairs(s.watchers) do
-        if set[dest] then
-          set[dest] = nil
-          s.n_watchers = s.n_watchers - 1
-          if next(set) == nil then s.watchers[topic] = nil end
-        end
+        if set[dest] then owe(dest, topic) end
       end
+      s.gone[dest] = now()
+      if not s.sweep and W.running() then s.sweep = sched.after(PR.GONE, sweep) end
       local topics = {}
       for topic, c in pairs(s.cache) do if c[dest] then topics[#topics + 1] = topic end end
       table.sort(topics)
@@ -546,6 +585,7 @@ local function flush()
     else
       local moved = s.known[dest] ~= b.next
       s.known[dest] = b.next
+      s.gone[dest] = nil
       local o = s.owed[dest]
       if o then
         s.owed[dest] = nil
