@@ -108,6 +108,41 @@ describe("JSON-RPC notifications (unit)", function()
   end)
 end)
 
+describe("JSON-RPC publish rate over HTTP (unit)", function()
+  it("keeps one bucket per address, and a bounded number of them", function()
+    local jsonrpc = require("relaynet.jsonrpc")
+    local ps = require("relaynet.rpc_pubsub")
+    local cfg = rn.mesh_config
+    local old = { cfg.max_publish_rate, cfg.max_publish_burst, ps.MAX_ADDRESSES }
+    cfg.max_publish_rate, cfg.max_publish_burst, ps.MAX_ADDRESSES = 0.001, 1, 2
+    ps.reset_rates()
+    local refused0 = ps.stats.publishes_refused
+    local function pub(addr)
+      return json.decode(jsonrpc.handle(json.encode(req(1, "publish", { "unit.rate", 1 })),
+        { transport = "http", addr = addr }))
+    end
+    local ok, err = pcall(function()
+      assert.equal(0, pub("10.0.0.1").result)
+      local e = pub("10.0.0.1").error
+      assert.equal(-32010, e.code)
+      assert.equal("ELIMIT: address 10.0.0.1 publishes faster than 0.001 per second " ..
+        "(mesh_config.max_publish_rate, burst 1)", e.message)
+      assert.equal(0, pub("10.0.0.2").result) -- another address, another bucket
+      assert.is_table(pub("10.0.0.2").error)
+      -- a third address: no bucket is full, so all are forgotten
+      assert.equal(0, pub("10.0.0.3").result)
+      assert.equal(0, pub("10.0.0.1").result)
+      assert.equal(refused0 + 2, ps.stats.publishes_refused)
+      -- 0 turns the bound off
+      cfg.max_publish_rate = 0
+      for _ = 1, 5 do assert.equal(0, pub("10.0.0.1").result) end
+    end)
+    cfg.max_publish_rate, cfg.max_publish_burst, ps.MAX_ADDRESSES = old[1], old[2], old[3]
+    ps.reset_rates()
+    assert(ok, err)
+  end)
+end)
+
 describe("JSON-RPC pub/sub across the mesh", function()
   it("subscribes, notifies across nodes and over HTTP, unsubscribes (python3-websockets)", function()
     MH.run(function(m)
