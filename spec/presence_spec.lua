@@ -367,9 +367,82 @@ describe("presence versions and routes (unit, fake links)", function()
     assert.equal(0, stat("presence_watchers"))
   end)
 
+  it("fetches a topic it does not watch: answers, partial answers, timeouts", function()
+    H.run(function()
+      local a = fake_link("a")
+      advert(a, { { { "a" } }, { { "a", "x" }, { "room.5" } }, { { "a", "y" }, { "room.5" } } })
+      -- x and y answer: the lists are merged, this node's own member too
+      local mine = keep(assert(rn.subscribe("room.5", function() end, { presence = "local" })))
+      rn.after(0.05, function()
+        local qs = {}
+        for _, m in ipairs(a.sent) do
+          if m.type == "presence" and m.data.op == "query" then qs[m.to] = m.data.q end
+        end
+        a.sent = {}
+        msg(a, "x", { op = "state", topic = "room.5", run = "rx", ver = 2, q = qs.x,
+          members = { { id = "m1", info = "x1" } } }, { "x", "a" })
+        -- an answer to another query id, or from a node not asked, is dropped
+        msg(a, "y", { op = "state", topic = "room.5", run = "ry", ver = 1, q = "other",
+          members = { { id = "bad" } } }, { "y", "a" })
+        msg(a, "y", { op = "state", topic = "room.5", run = "ry", ver = 1, q = qs.y,
+          members = { { id = "m2", info = "y1" } } }, { "y", "a" })
+      end)
+      local list, err = rn.presence("room.5", 3)
+      assert(list, err)
+      assert.same({
+        { node = "me", id = mine.presence.id, info = "local" },
+        { node = "x", id = "m1", info = "x1" },
+        { node = "y", id = "m2", info = "y1" },
+      }, list)
+      -- no answer from y: ETIMEDOUT names it
+      rn.after(0.05, function()
+        for _, m in ipairs(a.sent) do
+          if m.type == "presence" and m.to == "x" then
+            msg(a, "x", { op = "state", topic = "room.5", run = "rx", ver = 2, q = m.data.q, members = {} },
+              { "x", "a" })
+          end
+        end
+        a.sent = {}
+      end)
+      local t0 = rn.now()
+      local r, e2, code = rn.presence("room.5", 0.3)
+      assert.is_nil(r)
+      assert.equal("ETIMEDOUT", code)
+      assert.truthy(e2:find("from node(s) y within 0.3 s", 1, true), e2)
+      assert.truthy(rn.now() - t0 >= 0.29)
+      -- a node whose route goes while it is asked is no longer waited for
+      rn.after(0.05, function()
+        advert(a, { { { "a" } }, { { "a", "x" }, { "room.5" } } }, { full = true })
+      end)
+      rn.after(0.1, function()
+        for _, m in ipairs(a.sent) do
+          if m.type == "presence" and m.to == "x" then
+            msg(a, "x", { op = "state", topic = "room.5", run = "rx", ver = 2, q = m.data.q, members = {} },
+              { "x", "a" })
+          end
+        end
+      end)
+      a.sent = {}
+      list = assert(rn.presence("room.5", 3))
+      assert.same({ { node = "me", id = mine.presence.id, info = "local" } }, list)
+      -- the bound on fetches in flight
+      cfg.max_presence_queries = 0
+      r, e2, code = rn.presence("room.5", 1)
+      assert.is_nil(r)
+      assert.equal("ELIMIT", code)
+      assert.truthy(e2:find("max_presence_queries", 1, true), e2)
+      cfg.max_presence_queries = 256
+    end, { timeout = 10 })
+  end)
+
   it("bounds the members held from other nodes", function()
     local a = fake_link("a")
     advert(a, { { { "a" }, { "room.1" } } })
+    -- outside a coroutine, a topic that has to be fetched is EAGAIN
+    local r, err, code = rn.presence("room.1")
+    assert.is_nil(r)
+    assert.equal("EAGAIN", code)
+    assert.truthy(err:find("call rn.presence in a coroutine", 1, true), err)
     cfg.max_presence_entries = 2
     local w = keep(assert(rn.on_presence("room.1", function() end)))
     msg(a, "a", { op = "state", topic = "room.1", run = "r1", ver = 3,
