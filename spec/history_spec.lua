@@ -212,6 +212,53 @@ describe("history (one node)", function()
     end, { timeout = 10 })
   end)
 
+  it("holds live frames while a WebSocket subscription recovers", function()
+    H.run(function()
+      local me = rn.node_id()
+      local got = {}
+      subscribe("w.*", got)
+      assert.is_true(rn.history("w.*", { size = 10 }))
+      for i = 1, 3 do rn.publish("w.a", "m" .. i) end
+      local e = got[1][4].epoch
+      local sent = {}
+      local fn, start = HI.recover_frames("w.a", { node = me, epoch = e, offset = 1 },
+        function(frame) sent[#sent + 1] = json.decode(frame) end)
+      -- frames that arrive before the recovery ends are held: one it will
+      -- recover (offset 3), one after it, one of another stream
+      fn('{"live":3}', "w.a", me, e, 3)
+      fn('{"live":4}', "w.a", me, e, 4)
+      fn('{"other":1}', "w.a", "x", "other-epoch", 1)
+      assert.same({}, sent)
+      start()
+      assert.same({
+        { topic = "w.a", from = me, message = "m2", epoch = e, offset = 2 },
+        { topic = "w.a", from = me, message = "m3", epoch = e, offset = 3 },
+        { live = 4 }, { other = 1 },
+      }, sent)
+      fn('{"live":5}', "w.a", me, e, 5)
+      assert.same({ live = 5 }, sent[5])
+      -- a failure is one frame, and then everything held goes out
+      sent = {}
+      fn, start = HI.recover_frames("w.a", { node = me, epoch = "gone", offset = 0 },
+        function(frame) sent[#sent + 1] = json.decode(frame) end)
+      fn('{"live":6}', "w.a", me, e, 6)
+      start()
+      assert.same({ { topic = "w.a", from = me, code = "ERESYNC",
+        error = "ERESYNC: epoch gone of topic w.a is gone: node " .. me .. " is at epoch " .. e .. " (resync)" },
+        { live = 6 } }, sent)
+      -- at most max_recover frames are held
+      cfg.max_recover = 1
+      sent = {}
+      fn, start = HI.recover_frames("w.a", { node = me, epoch = e, offset = 3 },
+        function(frame) sent[#sent + 1] = json.decode(frame) end)
+      fn('{"live":7}', "w.a", me, e, 7)
+      fn('{"live":8}', "w.a", me, e, 8)
+      assert.equal(1, stat("history_held_dropped"))
+      start()
+      assert.same({ { live = 7 } }, sent)
+    end, { timeout = 10 })
+  end)
+
   it("raises on misuse", function()
     local function raises(want, fn, ...)
       local ok, err = pcall(fn, ...)
@@ -230,6 +277,12 @@ describe("history (one node)", function()
     raises("relaynet.recover: offset must be a non-negative integer", rn.recover, "a.b", "n", "e", -1)
     raises("relaynet.recover: an epoch needs an offset", rn.recover, "a.b", "n", "e")
     raises("relaynet.recover: timeout must be a positive number", rn.recover, "a.b", "n", "e", 1, 0)
+    raises("relaynet.subscribe: recover: EINVAL: expected {node = , epoch = , offset = }", HI.recover_frames,
+      "a.b", "x", print)
+    raises("relaynet.subscribe: recover: an epoch needs an offset", HI.recover_frames,
+      "a.b", { node = "n", epoch = "e" }, print)
+    raises("relaynet.subscribe: recover: offset must be a non-negative integer", HI.recover_frames,
+      "a.b", { node = "n", epoch = "e", offset = 1.5 }, print)
   end)
 end)
 
@@ -373,6 +426,34 @@ describe("history across the mesh", function()
       -- a topic without history: no position
       assert.equal(1, rn.publish("room.2", { n = 2 }))
       assert.same({ topic = "room.2", from = "tester", message = { n = 2 } }, recv())
+
+      -- subscribing with recovery: what a published after the position
+      -- comes first (after the ack: it is fetched from a), then live frames
+      assert.equal(1, call("a", "publish", { "room.1", "m", 2 })) -- offsets 2, 3
+      assert.same({ topic = "room.1", from = "a", message = "m1", epoch = f.epoch, offset = 2 }, recv())
+      assert.same({ topic = "room.1", from = "a", message = "m2", epoch = f.epoch, offset = 3 }, recv())
+      local c2 = assert(rn.ws_connect("ws://127.0.0.1:" .. m:port_of("b") .. "/", { timeout = 5 }))
+      local function recv2()
+        local text = assert(c2:receive(5))
+        return assert(json.decode(text))
+      end
+      assert(c2:send("rsub room.1 a " .. f.epoch .. " 1"))
+      assert.same({ ack = "rsub", topic = "room.1", ok = true }, recv2())
+      assert.same({ topic = "room.1", from = "a", message = "m1", epoch = f.epoch, offset = 2 }, recv2())
+      assert.same({ topic = "room.1", from = "a", message = "m2", epoch = f.epoch, offset = 3 }, recv2())
+      assert.equal(1, call("a", "publish", { "room.1", "live" }))
+      assert.same({ topic = "room.1", from = "a", message = "live", epoch = f.epoch, offset = 4 }, recv2())
+      -- a position that cannot be recovered: one error frame, then live frames
+      assert(c2:send("rsub room.3 a " .. f.epoch .. " 1"))
+      assert.same({ ack = "rsub", topic = "room.3", ok = true }, recv2())
+      assert.same({ topic = "room.3", from = "a", code = "ERESYNC", error = "ERESYNC: epoch " .. f.epoch
+        .. " of topic room.3 is gone: node a holds no messages of it (resync)" }, recv2())
+      -- misuse is refused: a pattern cannot be recovered
+      assert(c2:send("rsub room.* a " .. f.epoch .. " 1"))
+      local ack = recv2()
+      assert.is_false(ack.ok)
+      assert.truthy(ack.error:find("relaynet.subscribe: recover: EINVAL: ", 1, true), ack.error)
+      c2:close()
       c:close()
     end, { timeout = 90 })
   end)

@@ -267,6 +267,9 @@ end
 --- `topic` (an exact topic), with its connection id as member id, until it
 --- unsubscribes or closes (README "Presence"); EINVAL for info that cannot
 --- be sent. Subscribing again to the same topic changes nothing.
+--- opts.recover = {node, epoch, offset} (an exact topic; README "History
+--- and recovery") first sends what `node` published to `topic` after that
+--- position, then the live frames (mesh/history.lua, recover_frames).
 function Server:subscribe(conn_id, topic, opts)
   check_server(self, "subscribe")
   if type(topic) ~= "string" then error("relaynet.subscribe: topic must be a string", 2) end
@@ -284,11 +287,19 @@ function Server:subscribe(conn_id, topic, opts)
       tostring(conn_id), n)
   end
   local box = rec.box
-  local h, err, code = mesh.subscribe_frames(topic, function(frame) core.conn_send(box, frame, false) end,
-    "relaynet.subscribe", opts, rec.id)
+  local frame_fn = function(frame) core.conn_send(box, frame, false) end
+  local start
+  if type(opts) == "table" and opts.recover ~= nil then
+    -- Recovered frames are sent later, from a coroutine: not after a close.
+    frame_fn, start = mesh.recover_frames(topic, opts.recover, function(frame)
+      if not rec.closed then core.conn_send(box, frame, false) end
+    end)
+  end
+  local h, err, code = mesh.subscribe_frames(topic, frame_fn, "relaynet.subscribe", opts, rec.id)
   if not h then return nil, err, code end
   if not subs then subs = {}; rec.pubsub = subs end
   subs[topic] = h
+  if start then start() end
   return true
 end
 

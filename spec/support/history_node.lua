@@ -2,8 +2,9 @@
 -- exposes server "hs", which sets history patterns (rn.history), subscribes,
 -- unsubscribes and publishes on this node, reports what its subscriptions
 -- received with each message's position, and recovers (rn.recover) for the
--- test. It answers WebSocket text messages "sub PATTERN" on its server by
--- calling server:subscribe for that connection, with an ack.
+-- test. It answers WebSocket text messages "sub PATTERN" (and "rsub TOPIC
+-- NODE EPOCH OFFSET", with recovery) on its server by calling
+-- server:subscribe for that connection, with an ack.
 
 local rn = require("relaynet")
 
@@ -70,6 +71,15 @@ rn.expose("hs", hs)
 local srv = assert(rn.server())
 srv:on("message", function(id, text)
   local pattern = tostring(text):match("^sub (.+)$")
-  local ok, err = srv:subscribe(id, pattern)
-  srv:ws_send(id, rn.json.encode({ ack = "sub", pattern = pattern, ok = ok or false, error = err }))
+  if pattern then
+    local ok, err = srv:subscribe(id, pattern)
+    srv:ws_send(id, rn.json.encode({ ack = "sub", pattern = pattern, ok = ok or false, error = err }))
+    return
+  end
+  -- "rsub TOPIC NODE EPOCH OFFSET": subscribe with recovery from that position
+  local topic, node, epoch, offset = tostring(text):match("^rsub (%S+) (%S+) (%S+) (%d+)$")
+  local good, ok, err = pcall(srv.subscribe, srv, id, topic,
+    { recover = { node = node, epoch = epoch, offset = math.tointeger(tonumber(offset)) } })
+  if not good then ok, err = false, tostring(ok) end
+  srv:ws_send(id, rn.json.encode({ ack = "rsub", topic = topic, ok = ok or false, error = err }))
 end)

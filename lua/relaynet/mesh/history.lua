@@ -28,6 +28,7 @@
 -- at most once per second, on the next publish, recover or status.
 
 local json = require("relaynet.json")
+local sched = require("relaynet.sched")
 local core = require("relaynet.core")
 local S = require("relaynet.mesh.state")
 local I = require("relaynet.mesh.ident")
@@ -67,6 +68,7 @@ local stats = {
   recovers = 0,        -- recover requests answered here (served)
   recovered = 0,       -- messages in those answers
   resyncs = 0,         -- recover requests answered ERESYNC here
+  held_dropped = 0,    -- live frames dropped while a WebSocket subscription recovered
   topics = 0,          -- streams now
   messages = 0,        -- messages kept now
   bytes = 0,           -- bytes of messages kept now
@@ -394,38 +396,57 @@ SV.internal["$history"] = {
 
 -- the recovering side ---------------------------------------------------------------
 
--- The answer `r` of serve_recover as rn.recover's results.
-local function results(r, topic)
-  if type(r) ~= "table" then return fail("EINVAL", "a malformed recover answer for topic %s", topic) end
+-- Checks the answer `r` of serve_recover (from the wire): r | nil, msg, code.
+local function checked(r, topic)
+  local bad = "a malformed recover answer for topic %s"
+  if type(r) ~= "table" then return fail("EINVAL", bad, topic) end
   if r.code ~= nil then
     local code = type(r.code) == "string" and r.code:match("^E%u+$") or "EINVAL"
     local msg = type(r.message) == "string" and r.message or (code .. ": recover failed")
     return nil, msg, code
   end
   local msgs = r.messages
-  if type(msgs) ~= "table" then return fail("EINVAL", "a malformed recover answer for topic %s", topic) end
-  local list = {}
+  if type(msgs) ~= "table" or (r.epoch ~= nil and not W.is_name(r.epoch, 64)) then
+    return fail("EINVAL", bad, topic)
+  end
   for i = 1, #msgs do
     local m = msgs[i]
-    local v
-    if type(m) ~= "table" or math.type(m.offset) ~= "integer" then
-      return fail("EINVAL", "a malformed recover answer for topic %s", topic)
+    if type(m) ~= "table" or math.type(m.offset) ~= "integer"
+        or (type(m.text) == "string") == (type(m.json) == "string") then
+      return fail("EINVAL", bad, topic)
     end
-    if type(m.text) == "string" then
-      v = m.text
-    elseif type(m.json) == "string" then
-      local err
-      v, err = json.decode(m.json)
-      if v == nil and err then return fail("EINVAL", "a malformed message in the recover answer for %s", topic) end
-      if v == json.null then v = nil end
-    else
-      return fail("EINVAL", "a malformed recover answer for topic %s", topic)
-    end
-    list[i] = { message = v, offset = m.offset, topic = topic }
   end
-  list.epoch = type(r.epoch) == "string" and r.epoch or nil
-  list.more = r.more == true or nil
-  return list
+  return r
+end
+
+-- Asks `node` for the messages of `topic` after (epoch, offset): its
+-- checked answer { epoch, messages = [{offset, text | json}], more } | nil,
+-- msg, code. Suspends unless `node` is this node.
+local function fetch(topic, node, epoch, offset, timeout)
+  if node == I.node_id() then return checked(HI.serve_recover(topic, epoch, offset), topic) end
+  local r, err, code = C.call(nil, node, "$history", "recover",
+    { topic, epoch == nil and json.null or epoch, offset == nil and json.null or offset, n = 3 }, timeout)
+  if err then
+    if code == "ENOSERVER" or code == "ENOMETHOD" then
+      return fail("ENOHISTORY", "node %s keeps no history (it has no $history server)", node)
+    end
+    return nil, err, code
+  end
+  return checked(r, topic)
+end
+
+-- Raises (at `level`) unless the arguments name a position to recover from.
+local function check_position(what, topic, node, epoch, offset, level)
+  local ok, why = P.check_topic(topic)
+  if not ok then error(what .. ": EINVAL: " .. tostring(why), level) end
+  if not I.valid_id(node) then error(what .. ": from_node must be a node id string", level) end
+  if epoch ~= nil and not W.is_name(epoch, 64) then
+    error(what .. ": epoch must be a string (as in pos.epoch) or nil", level)
+  end
+  if offset ~= nil and (math.type(offset) ~= "integer" or offset < 0) then
+    error(what .. ": offset must be a non-negative integer", level)
+  end
+  if epoch ~= nil and offset == nil then error(what .. ": an epoch needs an offset", level) end
 end
 
 --- rn.recover(topic, from_node, epoch, offset [, timeout]): the messages
@@ -440,29 +461,86 @@ end
 --- Raises on misuse. Suspends unless from_node is this node.
 function HI.recover(topic, node, epoch, offset, timeout, level)
   level = (level or 1) + 1
-  local ok, why = P.check_topic(topic)
-  if not ok then error("relaynet.recover: EINVAL: " .. tostring(why), level) end
-  if type(node) ~= "string" then error("relaynet.recover: from_node must be a node id string", level) end
-  if epoch ~= nil and not W.is_name(epoch, 64) then
-    error("relaynet.recover: epoch must be a string (as in pos.epoch) or nil", level)
-  end
-  if offset ~= nil and (math.type(offset) ~= "integer" or offset < 0) then
-    error("relaynet.recover: offset must be a non-negative integer", level)
-  end
-  if epoch ~= nil and offset == nil then error("relaynet.recover: an epoch needs an offset", level) end
+  check_position("relaynet.recover", topic, node, epoch, offset, level + 1)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
     error("relaynet.recover: timeout must be a positive number of seconds", level)
   end
-  if node == I.node_id() then return results(HI.serve_recover(topic, epoch, offset), topic) end
-  local r, err, code = C.call(nil, node, "$history", "recover",
-    { topic, epoch == nil and json.null or epoch, offset == nil and json.null or offset, n = 3 }, timeout)
-  if err then
-    if code == "ENOSERVER" or code == "ENOMETHOD" then
-      return fail("ENOHISTORY", "node %s keeps no history (it has no $history server)", node)
+  local r, err, code = fetch(topic, node, epoch, offset, timeout)
+  if not r then return nil, err, code end
+  local msgs, list = r.messages, {}
+  for i = 1, #msgs do
+    local m = msgs[i]
+    local v = m.text
+    if v == nil then
+      local derr
+      v, derr = json.decode(m.json)
+      if v == nil and derr then return fail("EINVAL", "a malformed message in the recover answer for %s", topic) end
+      if v == json.null then v = nil end
     end
-    return nil, err, code
+    list[i] = { message = v, offset = m.offset, topic = topic }
   end
-  return results(r, topic)
+  list.epoch = r.epoch
+  list.more = r.more == true or nil
+  return list
+end
+
+--- For server:subscribe(conn_id, topic, {recover = {node, epoch, offset}}):
+--- returns fn, start. fn(frame, topic, from, epoch, offset) is the
+--- subscription's frame function: it hands frames to send(frame), but
+--- holds them (at most max_recover; more are dropped and counted in
+--- stats.history_held_dropped) until recovery has ended. start() runs the
+--- recovery in a coroutine of its own: the messages `pos.node` published to
+--- `topic` after pos.offset of pos.epoch go to send() first, as frames like
+--- the live ones (with "epoch" and "offset"), answer after answer while
+--- `more` says so; a failure goes as one frame {"topic":T,"from":NODE,
+--- "error":"CODE: ...","code":CODE}. Then the held frames follow, less
+--- those from pos.node's stream that were recovered already. Raises
+--- (EINVAL, at `level`) when `pos` does not name a position or `topic` has
+--- wildcards.
+function HI.recover_frames(topic, pos, send, level)
+  level = (level or 1) + 1
+  local what = "relaynet.subscribe: recover"
+  if type(pos) ~= "table" then error(what .. ": EINVAL: expected {node = , epoch = , offset = }", level) end
+  check_position(what, topic, pos.node, pos.epoch, pos.offset, level + 1)
+  local node, epoch, last = pos.node, pos.epoch, pos.offset
+  local held, n_held, recovering = {}, 0, true
+  local function fn(frame, _, from, e, o)
+    if not recovering then return send(frame) end
+    if n_held >= cfg.max_recover then
+      stats.held_dropped = stats.held_dropped + 1
+      return
+    end
+    n_held = n_held + 1
+    held[n_held] = { frame, from, e, o }
+  end
+  local function run()
+    local head = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(node) .. ','
+    while true do
+      local r, err, code = fetch(topic, node, epoch, last)
+      if not r then
+        send(head .. '"error":' .. json.encode(err) .. ',"code":' .. json.encode(code) .. '}')
+        break
+      end
+      local msgs = r.messages
+      epoch = r.epoch or epoch
+      for i = 1, #msgs do
+        local m = msgs[i]
+        last = m.offset
+        send(head .. '"message":' .. (m.json or json.encode(m.text)) .. ',"epoch":' .. json.encode(epoch)
+          .. ',"offset":' .. m.offset .. '}')
+      end
+      if not r.more or #msgs == 0 then break end
+    end
+    recovering = false
+    for i = 1, n_held do
+      local h = held[i]
+      -- The client has everything of that epoch up to `last` now.
+      if not (h[2] == node and h[3] ~= nil and h[3] == epoch and h[4] <= (last or 0)) then send(h[1]) end
+    end
+    held = nil
+  end
+  local function start() sched.go(run) end
+  return fn, start
 end
 
 --- Drops every stream and pattern and zeroes the counters (for unit specs).

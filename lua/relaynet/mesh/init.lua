@@ -168,7 +168,8 @@ function M.subscribe(pattern, fn, opts)
 end
 
 --- The same for a WebSocket connection (server:subscribe): fn(frame, topic,
---- from) gets the text frame {"topic":T,"from":NODE,"message":M}; it is
+--- from, epoch, offset) gets the text frame {"topic":T,"from":NODE,"message":M}
+--- (with history also "epoch" and "offset", given as arguments too); it is
 --- called directly and must neither suspend nor raise. opts.presence makes
 --- it a member, with id `member_id` (the connection's id).
 function M.subscribe_frames(pattern, fn, what, opts, member_id)
@@ -211,6 +212,14 @@ end
 --- (ERESYNC, ENOHISTORY, or remote_call's failures).
 function M.recover(topic, node, epoch, offset, timeout)
   return HI.recover(topic, node, epoch, offset, timeout, 2)
+end
+
+--- For server:subscribe(conn_id, topic, {recover = pos}): the frame
+--- function to subscribe with and the function that starts the recovery
+--- (mesh/history.lua, recover_frames). Raises at the caller of
+--- server:subscribe when `pos` is not a position.
+function M.recover_frames(topic, pos, send)
+  return HI.recover_frames(topic, pos, send, 3)
 end
 
 -- peers ---------------------------------------------------------------------------

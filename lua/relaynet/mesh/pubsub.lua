@@ -157,7 +157,7 @@ local function deliver_local(topic, t, from, text, js, epoch, offset)
         end
         -- A frame function is relaynet's own (server:subscribe): it neither
         -- suspends nor raises, so it runs without a coroutine of its own.
-        h.fn(frame, topic, from)
+        h.fn(frame, topic, from, epoch, offset)
       else
         if value == nil then
           if text then
