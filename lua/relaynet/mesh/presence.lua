@@ -26,9 +26,10 @@
 -- Routes: routes.lua calls R.on_best(dest) when the selected route to dest
 -- changes; that is handled on the next loop turn (flush): a destination that
 -- is gone takes its members from the caches (leaves with reason "node
--- lost") and its watch registrations here; one that appears, or whose next
--- hop changed, is watched (again) for every watched topic it lists, and the
--- snapshot it answers brings its members back as joins.
+-- lost"), and its watch registrations here are kept for PR.GONE seconds
+-- with a snapshot owed; one that appears, or whose next hop changed, is
+-- sent what it is owed and is watched (again) for every watched topic it
+-- lists, and the snapshot it answers brings its members back as joins.
 --
 -- Events: fn(event, member) runs in a coroutine of its own (sched.handle)
 -- for every change of this node's view of the topic after fn was
@@ -122,9 +123,9 @@ local function fresh_state()
 end
 st = fresh_state()
 
--- The per-run state, emptied when the mesh's per-run state was reset.
-local sweep
+local sweep -- the timer function that forgets long-unreachable watchers (below)
 
+-- The per-run state, emptied when the mesh's per-run state was reset.
 local function state()
   if st.links ~= S.links then st = fresh_state() end
   return st
