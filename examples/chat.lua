@@ -123,6 +123,42 @@ function M.start(port, host)
   return M.attach(srv)
 end
 
+-- The process has one subscription to M.ROOM and one presence handler of
+-- M.MEMBERS, shared by every chat server it runs: each server's room is an
+-- entry of `rooms` (fields srv, deliver, presence), dropped once its server
+-- is closed, so servers started and closed over and over leave nothing
+-- behind but these two.
+local rooms = {}
+local room_sub, presence_sub
+
+-- The rooms whose server is open (a closed server's methods raise: README,
+-- "Errors"); the others leave `rooms`.
+local function live_rooms()
+  local live = {}
+  for i = #rooms, 1, -1 do
+    if pcall(rooms[i].srv.stats, rooms[i].srv) then
+      table.insert(live, 1, rooms[i])
+    else
+      table.remove(rooms, i)
+    end
+  end
+  return live
+end
+
+-- Makes the shared subscription and handler once (again after a failure).
+local function share()
+  if not room_sub then
+    room_sub = rn.subscribe(M.ROOM, function(data)
+      for _, r in ipairs(live_rooms()) do r.deliver(data) end
+    end)
+  end
+  if not presence_sub and rn.on_presence then
+    presence_sub = rn.on_presence(M.MEMBERS, function(event, member)
+      for _, r in ipairs(live_rooms()) do r.presence(event, member) end
+    end)
+  end
+end
+
 --- Adds the chat's page, /ws protocol and handlers to server `srv`.
 function M.attach(srv)
   -- This room instance's token, carried in its members' presence info so
@@ -176,9 +212,10 @@ function M.attach(srv)
     send(conn_id, { type = "error", message = message })
   end
 
-  -- Messages: every instance subscribes to the room's topic and hands what
-  -- is published there to its members. A "said" frame is published as its
-  -- JSON text and forwarded as it came, after a check that it is one.
+  -- Messages: what is published to the room's topic (the shared
+  -- subscription) reaches every room, which hands it to its members. A
+  -- "said" frame is published as its JSON text and forwarded as it came,
+  -- after a check that it is one.
   local function deliver(data)
     if type(data) ~= "string" then return end
     local msg = json.decode(data)
@@ -187,7 +224,6 @@ function M.attach(srv)
     end
     broadcast_text(data)
   end
-  local room_sub = rn.subscribe(M.ROOM, deliver)
 
   -- Takes the name away from local member conn_id, whose join lost the
   -- tie-break to `winner` (see the header): it is told so and may join again.
@@ -236,18 +272,21 @@ function M.attach(srv)
     if not present(r.name) then broadcast({ type = "left", name = r.name, count = count() }) end
   end
 
-  if rn.on_presence then
-    -- Events from now on, then the members already there; a member that
-    -- leaves while the list is on its way is not taken from it.
-    local gone = {}
-    rn.on_presence(M.MEMBERS, function(event, member)
-      if event == "join" then
-        remote_join(member)
-      elseif event == "leave" then
-        if gone and type(member.node) == "string" then gone[member.node .. "/" .. tostring(member.id)] = true end
-        remote_leave(member)
-      end
-    end)
+  -- Events from now on (the shared handler), then the members already
+  -- there; a member that leaves while the list is on its way is not taken
+  -- from it.
+  local gone = {}
+  local function on_presence(event, member)
+    if event == "join" then
+      remote_join(member)
+    elseif event == "leave" then
+      if gone and type(member.node) == "string" then gone[member.node .. "/" .. tostring(member.id)] = true end
+      remote_leave(member)
+    end
+  end
+  rooms[#rooms + 1] = { srv = srv, deliver = deliver, presence = on_presence }
+  share()
+  if presence_sub then
     rn.spawn(function()
       local list = rn.presence(M.MEMBERS)
       for _, member in ipairs(list or {}) do
@@ -257,6 +296,8 @@ function M.attach(srv)
       end
       gone = nil
     end)
+  else
+    gone = nil
   end
 
   local handlers = {}

@@ -63,6 +63,60 @@ local function join_seeing(m, id, name, other)
   return c
 end
 
+describe("examples/chat.lua as one room", function()
+  local chat = dofile(CHAT)
+
+  it("settles one name by the earlier join, then the lower node id, then the instance", function()
+    local function j(since, node, inst) return { since = since, node = node, chat = inst } end
+    assert.is_true(chat.earlier(j(10, "b", "x"), j(11, "a", "x")))
+    assert.is_false(chat.earlier(j(11, "a", "x"), j(10, "b", "x")))
+    assert.is_true(chat.earlier(j(10, "a", "y"), j(10, "b", "x")))
+    assert.is_false(chat.earlier(j(10, "b", "x"), j(10, "a", "y")))
+    assert.is_true(chat.earlier(j(10, "a", "x"), j(10, "a", "y")))
+    assert.is_false(chat.earlier(j(10, "a", "x"), j(10, "a", "x")))
+  end)
+
+  it("spans two chat servers in one process (one node, two instances)", function()
+    H.run(function()
+      local s1 = assert(chat.start(0, "127.0.0.1"))
+      local s2 = assert(chat.start(0, "127.0.0.1"))
+      local function url(s) return "ws://127.0.0.1:" .. s.port .. "/ws" end
+      local function connect_join(s, name)
+        local c = assert(rn.ws_connect(url(s)))
+        send(c, { type = "join", name = name })
+        return c
+      end
+      local a = connect_join(s1, "Ann")
+      assert.are.same({ type = "welcome", name = "Ann", count = 1, names = { "Ann" } }, recv(a))
+      assert.are.same({ type = "joined", name = "Ann", count = 1 }, recv(a))
+      local b = connect_join(s2, "Ben")
+      assert.are.same({ type = "welcome", name = "Ben", count = 2, names = { "Ann", "Ben" } }, recv(b))
+      assert.are.same({ type = "joined", name = "Ben", count = 2 }, recv(b))
+      assert.are.same({ type = "joined", name = "Ben", count = 2 }, recv(a))
+      local dup = connect_join(s2, "Ann")
+      assert.are.same({ type = "error", message = "the name Ann is already taken" }, recv(dup))
+      send(a, { type = "say", text = "one room" })
+      for _, c in ipairs({ a, b }) do
+        local said = recv(c)
+        assert.are.same({ type = "said", name = "Ann", text = "one room", ts = said.ts }, said)
+      end
+      a:close_wait()
+      assert.are.same({ type = "left", name = "Ann", count = 1 }, recv(b))
+      b:close_wait()
+      dup:close_wait()
+      s1:close()
+      s2:close()
+      -- Servers come and go; the process keeps one room subscription and
+      -- one presence handler for all of them.
+      for _ = 1, 3 do assert(chat.start(0, "127.0.0.1")):close() end
+      local st = rn.mesh_status().stats
+      assert.are.equal(1, st.subscriptions)
+      assert.are.equal(1, st.presence_handlers)
+      assert.are.equal(0, st.presence_members)
+    end)
+  end)
+end)
+
 describe("examples/chat.lua on two nodes", function()
   it("is one room: joins, counts, names, messages and leaves cross nodes; names are unique", function()
     MH.run(function(m)
