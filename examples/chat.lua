@@ -39,10 +39,12 @@
 -- or on both sides of a lost link. When a node then sees the same name on
 -- another node, the earlier join keeps it: the lower `since` (Unix seconds
 -- of the join, by the joining node's clock), then the lower node id, then
--- the lower instance token. Every node applies the same rule to the same
--- presence info, so exactly one keeps the name; the node of each other one
--- takes it back and sends that connection the error with joined=false.
--- The room saw the name joined once and never sees it leave for this.
+-- the lower `chat` (a random token per chat server: the servers of one
+-- process share the room too). Every node applies the same rule to the
+-- same presence info, so exactly one keeps the name; the node of each
+-- other one takes it back and sends that connection the error with
+-- joined=false. The room saw the name joined once and never sees it leave
+-- for this.
 --
 -- Each person in the room is one presence subscription on their node, so
 -- the node's pub/sub bounds apply: past mesh_config.max_presence_members
