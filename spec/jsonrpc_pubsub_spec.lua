@@ -87,27 +87,6 @@ local function start(m)
   m:wait_converged(20)
 end
 
-describe("JSON-RPC notifications (unit)", function()
-  it("copy the message out of the mesh's frame, with its position when it has one", function()
-    local tail_of = require("relaynet.rpc_pubsub")._tail_of
-    local function frame(m, pos)
-      return '{"topic":"t.a","from":"n1","message":' .. m .. (pos or "") .. "}"
-    end
-    local cases = {
-      { "1", nil }, { "-12", nil }, { '"s"', nil }, { "null", nil }, { "[1,2]", nil }, { "{}", nil },
-      { '{"a":1,"epoch":"x","offset":5}', nil },
-      { '"\\",\"epoch\":\"x\",\"offset\":5"', nil },
-      { "1", ',"epoch":"e1","offset":0' }, { '{"k":[1]}', ',"epoch":"e-2","offset":123' },
-      { '{"epoch":"x","offset":5}', ',"epoch":"e3","offset":7' },
-    }
-    for _, c in ipairs(cases) do
-      assert.equal(',"topic":"t.a","result":' .. c[1] .. (c[2] or "") .. "}}", tail_of(frame(c[1], c[2]), "t.a", "n1"))
-    end
-    -- a frame of another form gives nothing
-    assert.is_nil(tail_of('{"topic":"t.b","from":"n1","message":1}', "t.a", "n1"))
-  end)
-end)
-
 describe("JSON-RPC publish rate over HTTP (unit)", function()
   it("keeps one bucket per address, and a bounded number of them", function()
     local jsonrpc = require("relaynet.jsonrpc")

@@ -10,8 +10,8 @@
 --                arrives as the notification
 --                {"jsonrpc":"2.0","method":"subscription","params":
 --                 {"subscription":ID,"topic":TOPIC,"result":MSG}}
---                where MSG is the published string or JSON value, copied
---                from the mesh's frame without being decoded (when the
+--                where MSG is the published string or JSON value, its
+--                JSON text as the mesh carries it, never decoded (when the
 --                topic keeps history, params also carry the message's
 --                "epoch" and "offset", as server:subscribe's frames do).
 --                A notification the connection's send queue cannot take is
@@ -55,7 +55,7 @@ local P = require("relaynet.mesh.pubsub_match")
 local M = {}
 
 local E = jsonrpc.ERRORS
-local format, sub, find = string.format, string.sub, string.find
+local format, sub = string.format, string.sub
 local NULL = json.null
 local ARRAY_MT = getmetatable(json.array({}))
 
@@ -210,55 +210,20 @@ end
 
 -- notifications -------------------------------------------------------------------
 --
--- The mesh hands a WebSocket subscription the frame
--- {"topic":T,"from":NODE,"message":M}, built once per message per node;
--- with history (mesh/history.lua) it ends ,"epoch":E,"offset":N} instead.
--- The message's JSON text M is cut out of it (once per frame, remembered
--- for the other subscriptions the same message reaches) and put into each
--- subscription's notification, followed by the epoch and offset when the
--- frame has them. M is one JSON value, so a frame whose text before its
--- last "}" ends with a digit after ,"epoch":"...","offset": has a position:
--- no value M can end that way.
-
-local last_frame, last_tail = nil, nil
-local POSITION = ',"epoch":"[^"\\]*","offset":%-?%d+$'
-
--- ',"topic":T,"result":M}}' (or with ,"epoch":E,"offset":N before the
--- braces) for the frame, or nil when it is not of the form above.
-local function tail_of(frame, topic, from)
-  if frame == last_frame then return last_tail end
-  local et = json.encode(topic)
-  local prefix = '{"topic":' .. et .. ',"from":' .. json.encode(from) .. ',"message":'
-  local tail
-  if sub(frame, 1, #prefix) == prefix then
-    local body = sub(frame, #prefix + 1, -2)
-    local pos = ""
-    if find(body, "%d$") then
-      local last = sub(body, -200)
-      local at = find(last, POSITION)
-      if at then
-        pos = sub(last, at)
-        body = sub(body, 1, #body - #pos)
-      end
-    end
-    tail = ',"topic":' .. et .. ',"result":' .. body .. pos .. "}}"
-  end
-  last_frame, last_tail = frame, tail
-  return tail
-end
-
---- The notification tail of a frame (spec/jsonrpc_pubsub_spec.lua).
-M._tail_of = tail_of
+-- The mesh calls a WebSocket subscription's frame function with the
+-- message's JSON text (mesh/pubsub.lua) and, with history
+-- (mesh/history.lua), its epoch and offset; the notification is built from
+-- those: {"jsonrpc":"2.0","method":"subscription","params":{"subscription":
+-- ID,"topic":T,"result":M[,"epoch":E,"offset":N]}}.
 
 -- The frame function of subscription `id` on connection `rec`: called
 -- directly by the mesh, it must neither suspend nor raise.
 local function notifier(rec, id)
   local start = '{"jsonrpc":"2.0","method":"subscription","params":{"subscription":' .. json.encode(id)
-  return function(frame, topic, from)
+  return function(_, topic, _, epoch, offset, mjs)
     if rec.closed then return end
-    local tail = tail_of(frame, topic, from)
-    if not tail then return end
-    local ok = conn.send_raw(rec, start .. tail)
+    local pos = epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or ""
+    local ok = conn.send_raw(rec, start .. ',"topic":' .. json.encode(topic) .. ',"result":' .. mjs .. pos .. "}}")
     if ok then
       stats.notifications = stats.notifications + 1
     else

@@ -144,20 +144,22 @@ local function deliver_local(topic, t, from, text, js, epoch, offset)
     end
   end
   if not list then return false end
-  local value, frame, pos
+  local value, frame, pos, mjs
   local stats = S.stats
   for i = 1, #list do
     local h = list[i]
     if h.active then
       if h.raw then
         if not frame then
-          frame = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":'
-            .. (js or json.encode(text))
+          mjs = js or json.encode(text)
+          frame = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":' .. mjs
             .. (epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or '') .. '}'
         end
-        -- A frame function is relaynet's own (server:subscribe): it neither
-        -- suspends nor raises, so it runs without a coroutine of its own.
-        h.fn(frame, topic, from, epoch, offset)
+        -- A frame function is relaynet's own (server:subscribe, JSON-RPC
+        -- subscribe): it neither suspends nor raises, so it runs without a
+        -- coroutine of its own. It also gets the message's JSON text, so a
+        -- notification of another shape needs no parsing of the frame.
+        h.fn(frame, topic, from, epoch, offset, mjs)
       else
         if value == nil then
           if text then
