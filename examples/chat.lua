@@ -133,12 +133,11 @@ end
 local rooms = {}
 local room_sub, presence_sub
 
--- The rooms whose server is open (a closed server's methods raise: README,
--- "Errors"); the others leave `rooms`.
+-- The rooms whose server is open; the others leave `rooms`.
 local function live_rooms()
   local live = {}
   for i = #rooms, 1, -1 do
-    if pcall(rooms[i].srv.stats, rooms[i].srv) then
+    if not rooms[i].srv:is_closed() then
       table.insert(live, 1, rooms[i])
     else
       table.remove(rooms, i)

@@ -334,6 +334,12 @@ function Server:stats()
   return self._box:stats()
 end
 
+--- True once close() was called (the one server method that never raises
+--- on a closed server, besides close itself).
+function Server:is_closed()
+  return self._closed == true
+end
+
 --- Stops accepting (new requests and upgrades get 503) and closes this
 --- server's WebSockets with 1001. libwebsockets 4.1.6 cannot close a
 --- listening vhost, so the port itself stays bound until rn.run() returns.
