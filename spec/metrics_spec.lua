@@ -161,6 +161,129 @@ describe("GET /metrics", function()
     end, { timeout = 60 })
   end)
 
+  it("counts pub/sub, presence, history and call_any traffic between two nodes", function()
+    H.run(function()
+      local srv = H.listen({})
+      local port = MH.free_ports(1)[1]
+      local node = H.sh("exec " .. MH.LUA .. " " .. H.q(H.ROOT .. "/bin/relaynet") .. " " ..
+        H.q(H.ROOT .. "/spec/support/pubsub_node.lua") .. " --port " .. port .. " --host 127.0.0.1 " ..
+        "--node-id metrics-ps --log-level warn --add-peer " .. H.q("ws://127.0.0.1:" .. srv.port .. "/ws/p2p"))
+      local handle, watch
+      local ok, err = pcall(function()
+        local function call(method, args)
+          local res, e, code = rn.remote_call("metrics-ps", "ps", method, args, 5)
+          assert(e == nil, method .. ": " .. tostring(e) .. " " .. tostring(code))
+          return res
+        end
+        local function topics_of(routes, id)
+          for _, r in ipairs(routes) do
+            if r.node == id then return table.concat(r.topics or {}, ",") end
+          end
+        end
+        assert(rn.wait_route("metrics-ps", 20))
+        MH.wait_until(function()
+          for _, r in ipairs(rn.registry()) do
+            if r.server == "ps" and r.node == "metrics-ps" then return true end
+          end
+        end, "server ps of the node in the registry", 10)
+        -- the node process counts from zero; this one from before the traffic
+        local t0 = metrics(srv.port)
+
+        -- the node subscribes; this node publishes three messages to it
+        assert.is_true(call("subscribe", { "mx.n.>" }))
+        MH.wait_until(function() return topics_of(rn.routes(), "metrics-ps") == "mx.n.>" end,
+          "the node's pattern in its route", 10)
+        for i = 1, 3 do assert.equal(1, rn.publish("mx.n.a", "m" .. i)) end
+        MH.wait_until(function() return #call("received", { "mx.n.>" }) == 3 end, "3 deliveries on the node", 10)
+
+        -- this node subscribes as a presence member and watches the topic;
+        -- the node publishes two messages to it
+        local got = 0
+        handle = assert(rn.subscribe("mx.t", function() got = got + 1 end, { presence = { name = "t" } }))
+        watch = assert(rn.on_presence("mx.t", function() end))
+        MH.wait_until(function()
+          local status, body = H.curl(H.q("http://127.0.0.1:" .. port .. "/routes"))
+          return status == 200 and topics_of(rn.json.decode(body), rn.node_id()) == "mx.t"
+        end, "this node's pattern in the node's route", 10)
+        call("publish", { "mx.t", "hi", 2 })
+        MH.wait_until(function() return got == 2 end, "2 deliveries here", 10)
+
+        -- a history topic that keeps 2 of 3 messages, and a recover of them
+        assert(rn.history("mx.h.*", { size = 2 }))
+        for i = 1, 3 do assert.equal(0, rn.publish("mx.h.a", "h" .. i)) end
+        local list = assert(rn.recover("mx.h.a", rn.node_id(), nil, nil))
+        assert.equal(2, #list)
+
+        -- a load-balanced call (to the node, the only one exposing ps)
+        assert.equal(3, #assert(rn.call_any("ps", "received", { "mx.n.>" }, 5)))
+        local t1 = metrics(srv.port)
+        local n1 = metrics(port)
+        local function d(key) return t1[key] - t0[key] end
+
+        -- pub/sub, both sides
+        assert.equal(6, d("relaynet_pubsub_publishes_total"))
+        assert.equal(3, d('relaynet_pubsub_messages_total{event="sent"}'))
+        assert.equal(2, d('relaynet_pubsub_messages_total{event="received"}'))
+        assert.equal(0, d('relaynet_pubsub_messages_total{event="relayed"}'))
+        assert.equal(2, d("relaynet_pubsub_deliveries_total"))
+        assert.equal(1, d("relaynet_pubsub_subscriptions"))
+        assert.equal(1, d("relaynet_pubsub_subscription_patterns"))
+        assert.equal(1, d("relaynet_pubsub_interest_entries"))
+        local want_node = {
+          relaynet_pubsub_publishes_total = 2,
+          ['relaynet_pubsub_messages_total{event="sent"}'] = 2,
+          ['relaynet_pubsub_messages_total{event="relayed"}'] = 0,
+          ['relaynet_pubsub_messages_total{event="received"}'] = 3,
+          relaynet_pubsub_deliveries_total = 3,
+          ['relaynet_pubsub_dropped_total{reason="no_route"}'] = 0,
+          ['relaynet_pubsub_dropped_total{reason="no_interest"}'] = 0,
+          ['relaynet_pubsub_dropped_total{reason="out_of_order"}'] = 0,
+          relaynet_pubsub_refused_total = 0,
+          relaynet_pubsub_interest_dropped_total = 0,
+          relaynet_pubsub_subscriptions = 1,
+          relaynet_pubsub_subscription_patterns = 1,
+          relaynet_pubsub_interest_entries = t1.relaynet_pubsub_subscription_patterns,
+          ['relaynet_presence_changes_total{change="join"}'] = 0,
+          relaynet_presence_members = 0,
+          relaynet_history_stored_total = 0,
+          relaynet_call_any_calls_total = 0,
+        }
+        for key, v in pairs(want_node) do assert.equal(v, n1[key], key) end
+
+        -- presence here
+        assert.equal(1, d('relaynet_presence_changes_total{change="join"}'))
+        assert.equal(0, d('relaynet_presence_changes_total{change="leave"}'))
+        assert.equal(1, d("relaynet_presence_members"))
+        assert.equal(1, d("relaynet_presence_handlers"))
+        assert.equal(0, d('relaynet_presence_refused_total{kind="call"}'))
+
+        -- history here: 3 stored, 1 trimmed, 2 kept and recovered
+        assert.equal(3, d("relaynet_history_stored_total"))
+        assert.equal(1, d('relaynet_history_dropped_total{reason="trimmed"}'))
+        assert.equal(0, d('relaynet_history_dropped_total{reason="expired"}'))
+        assert.equal(1, d("relaynet_history_topics"))
+        assert.equal(2, d("relaynet_history_messages"))
+        assert.equal(2 * #"h1" + 2 * #"mx.h.a", d("relaynet_history_bytes"))
+        assert.equal(1, d("relaynet_history_recovers_total"))
+        assert.equal(2, d("relaynet_history_recovered_messages_total"))
+        assert.equal(0, d("relaynet_history_resyncs_total"))
+
+        -- call_any here: one call, one pick, no failover
+        assert.equal(1, d("relaynet_call_any_calls_total"))
+        assert.equal(1, d("relaynet_call_any_picks_total"))
+        assert.equal(0, d("relaynet_call_any_failovers_total"))
+        assert.equal(0, d("relaynet_call_any_no_server_total"))
+      end)
+      if watch then watch:unsubscribe() end
+      if handle then handle:unsubscribe() end
+      rn.history("mx.h.*", false)
+      os.execute("pkill -TERM -P " .. node.pid .. " >/dev/null 2>&1")
+      node:wait(20)
+      srv:close()
+      assert(ok, err)
+    end, { timeout = 90 })
+  end)
+
   it("is protected like the other views: 403 to another address, 401 without the token", function()
     H.run(function()
       local addr = outside_address()

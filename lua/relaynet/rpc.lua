@@ -121,6 +121,7 @@ metrics.collector(function(page)
   page:gauge("relaynet_mesh_routes", "Destinations (nodes) this node has a route to.", s.destinations)
   page:gauge("relaynet_mesh_route_entries", "Routes held over every neighbour.", s.route_entries)
   page:gauge("relaynet_mesh_calls_in_flight", "Remote calls this node waits for.", s.pending_calls)
+  page:mesh_families(s) -- pub/sub, presence, history, call_any (metrics.MESH_FAMILIES)
 end)
 
 -- /rpc over WebSocket: every frame runs in its own handler coroutine.
