@@ -131,9 +131,13 @@ local LABEL = "subscriber of "
 -- Delivers one message to this node's matching subscriptions. `t` is the
 -- topic's token list; `text` (a string message) or `js` (the JSON text of
 -- another value) is the message; `epoch` and `offset` its position in the
--- publisher's history (mesh/history.lua), nil without history. Returns
--- true when a subscription matched.
-local function deliver_local(topic, t, from, text, js, epoch, offset)
+-- publisher's history (mesh/history.lua), nil without history. `remote`:
+-- `js` came from another node and is decoded before anything is delivered,
+-- so that text that is not exactly one JSON value (which could close the
+-- message early and add members of its own to a frame or a JSON-RPC
+-- notification) reaches no subscriber (stats.bad_messages). Returns true
+-- when a subscription matched.
+local function deliver_local(topic, t, from, text, js, epoch, offset, remote)
   local list
   local mine = S.my_topics
   for i = 1, #mine do
@@ -146,6 +150,14 @@ local function deliver_local(topic, t, from, text, js, epoch, offset)
   if not list then return false end
   local value, frame, pos, mjs
   local stats = S.stats
+  if remote and js then
+    local v, err = json.decode(js)
+    if v == nil and err then
+      stats.bad_messages = stats.bad_messages + 1
+      return true
+    end
+    value = v
+  end
   for i = 1, #list do
     local h = list[i]
     if h.active then
@@ -365,7 +377,7 @@ function U.on_publish(link, env)
     return
   end
   local t = P.check_topic(data.topic)
-  if not t or not deliver_local(data.topic, t, env.from, data.text, data.json, data.epoch, data.offset) then
+  if not t or not deliver_local(data.topic, t, env.from, data.text, data.json, data.epoch, data.offset, true) then
     stats.pubsub_no_interest = stats.pubsub_no_interest + 1
   end
 end
