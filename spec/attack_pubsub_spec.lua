@@ -16,6 +16,7 @@ local MH = require("mesh_harness")
 local json = require("relaynet.json")
 
 local PUBSUB_NODE = H.ROOT .. "/spec/support/pubsub_node.lua"
+local PRESENCE_NODE = H.ROOT .. "/spec/support/presence_node.lua"
 
 local function stats_of(m, id)
   local st = assert(m:status(id), "no /status from " .. id)
@@ -119,6 +120,37 @@ describe("attacks on pub/sub from a mesh peer", function()
       assert.same({ topic = "att.x", from = "n1", message = "still here" }, json.decode(frames[2]))
       ws:close()
       rpc:close()
+      evil.c:close()
+    end, { timeout = 60 })
+  end)
+
+  it("a peer cannot make up members of nodes that have no route", function()
+    MH.run(function(m)
+      m:start("n1", { script = PRESENCE_NODE })
+      assert.is_true(m:call_via("n1", "n1", "pr", "watch", { "room.1" }))
+      local evil = evil_peer(m, "n1", "evil")
+      -- Snapshots and joins that claim to come from nodes n1 has no route
+      -- to (ghosts the peer relays): n1 watches room.1, so before the fix
+      -- it held every ghost's members and listed them, and each ghost also
+      -- left an entry behind that no route change would ever remove.
+      for i = 1, 50 do
+        local ghost = "ghost" .. i
+        evil:send({ type = "presence", from = ghost, to = "n1", ttl = 8, route = { ghost, "evil" },
+          data = { op = "state", topic = "room.1", run = "r" .. i, ver = 5,
+            members = { { id = "g" .. i, info = { name = "ghost" } } } } })
+        evil:send({ type = "presence", from = ghost, to = "n1", ttl = 8, route = { ghost, "evil" },
+          data = { op = "join", topic = "room.1", run = "r" .. i, ver = 7, prev = 5, id = "h" .. i } })
+        evil:send({ type = "presence", from = ghost .. "x", to = "n1", ttl = 8, route = { ghost .. "x", "evil" },
+          data = { op = "leave", topic = "room.1", run = "r" .. i, ver = 7, prev = 0, id = "x" } })
+      end
+      evil:sync()
+      local list = assert(m:call_via("n1", "n1", "pr", "list", { "room.1" }))
+      assert.same({ { node = "n1", id = "s1", info = { name = "n1" } } }, list)
+      local st = stats_of(m, "n1")
+      assert.equal(0, st.presence_cached)
+      assert.equal(150, st.presence_unrouted)
+      -- No join event reached the handler either.
+      assert.same({}, m:call_via("n1", "n1", "pr", "events", { "room.1" }))
       evil.c:close()
     end, { timeout = 60 })
   end)

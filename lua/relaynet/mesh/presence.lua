@@ -83,6 +83,7 @@ local stats = {
   watchers_refused = 0, -- watch registrations refused (max_presence_watchers)
   nodes_lost = 0,       -- (topic, node) views dropped because the node became unreachable
   timeouts = 0,         -- rn.presence calls that timed out
+  unrouted = 0,         -- state, join and leave messages dropped: no route to their node
 }
 PR.stats = stats
 
@@ -748,6 +749,13 @@ function PR.on_message(link, env)
   stats.received = stats.received + 1
   local data, from = env.data, env.from
   local op = data.op
+  -- A view is only held of a node with a route here: its loss (R.on_best)
+  -- is what drops the view again, and a neighbour cannot make up members
+  -- of nodes that do not exist (each would stay held for good).
+  if (op == "join" or op == "leave" or (op == "state" and data.q == nil)) and not S.best[from] then
+    stats.unrouted = stats.unrouted + 1
+    return
+  end
   if op == "watch" then
     on_watch(from, data, false)
   elseif op == "query" then
