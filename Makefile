@@ -176,7 +176,7 @@ bench-callgrind: build
 # preloaded into every Lua process (see ASAN_SKIP for the specs that cannot).
 .PHONY: fuzz fuzz-build fuzz-replay fuzz-deps test-asan
 FUZZ_SECONDS   ?= 150
-FUZZ_HARNESSES ?= json_decode json_roundtrip ws_receive http_request
+FUZZ_HARNESSES ?= json_decode json_roundtrip mesh_scan ws_receive http_request
 FUZZ_PKGS      := clang libclang-rt-14-dev dpkg-dev liblua5.4-dev
 
 fuzz-deps: build/.fuzz-deps-ok

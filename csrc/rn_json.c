@@ -379,4 +379,5 @@ void rn__json_open_lua(lua_State *L) {
   lua_setfield(L, -2, "json_encode");
   lua_pushcfunction(L, rn__json_decode);
   lua_setfield(L, -2, "json_decode");
+  rn__jsonscan_open_lua(L);
 }

@@ -69,7 +69,7 @@ CORE_DIR=${FUZZ_CSRC:-csrc} # another tree of csrc/ (e.g. a snapshot) may be fuz
 CORE_SRC=$(ls "$CORE_DIR"/*.c)
 FZ="-fsanitize=fuzzer $CFLAGS -Wall -Wextra -Wno-unused-parameter -std=gnu99 $LUA_CFLAGS -I$CORE_DIR"
 # FUZZ_ONLY="h1 h2" builds only those harnesses.
-for h in ${FUZZ_ONLY:-json_decode json_roundtrip ws_receive http_request}; do
+for h in ${FUZZ_ONLY:-json_decode json_roundtrip mesh_scan ws_receive http_request}; do
   case $h in
     ws_receive) $CC $FZ "fuzz/$h.c" "$CORE_DIR/rn_buf.c" "$CORE_DIR/rn_recv.c" "$CORE_DIR/rn_close.c" \
                   "$CORE_DIR/rn_sendq.c" "$CORE_DIR/rn_utf8.c" -o "$OUT/$h" $LUA_LIBS ;;

@@ -12,7 +12,7 @@
 set -u
 mode=${1:-fuzz}
 [ $# -gt 0 ] && shift
-harnesses=${*:-json_decode json_roundtrip ws_receive http_request}
+harnesses=${*:-json_decode json_roundtrip mesh_scan ws_receive http_request}
 secs=${FUZZ_SECONDS:-150}
 B=build/fuzz
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
@@ -22,6 +22,7 @@ status=0
 seed_dir() {
   case $1 in
     json_*) echo fuzz/corpus/json ;;
+    mesh_*) echo fuzz/corpus/mesh ;;
     ws_*) echo fuzz/corpus/ws ;;
     http_*) echo fuzz/corpus/http ;;
   esac

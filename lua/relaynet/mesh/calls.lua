@@ -18,7 +18,8 @@ local W = require("relaynet.mesh.wire")
 local R = require("relaynet.mesh.routes")
 local SV = require("relaynet.mesh.serve")
 local metrics = require("relaynet.metrics")
-local hrtime = require("relaynet.core").hrtime
+local core = require("relaynet.core")
+local hrtime = core.hrtime
 
 local cfg = S.config
 local contains, is_name, now, fail = W.contains, W.is_name, W.now, W.fail
@@ -36,6 +37,10 @@ C.ERROR_CODES = {
 local ERROR_CODES = C.ERROR_CODES
 
 -- forwards -------------------------------------------------------------------------
+
+local mesh_scan, mesh_splice_call = core.mesh_scan, core.mesh_splice_call
+local JSON_DEPTH = json.MAX_DEPTH
+local scan = {} -- core.mesh_scan's result, reused: read before anything else runs
 
 -- Forgets a relayed call (answered, expired, refused by a dead link).
 local function drop_forward(key, f)
@@ -65,7 +70,12 @@ end
 --- EBUSY, EINVAL, ELINKLOST) and a relayed call is remembered in `forwards`
 --- until its response; a route_message that cannot be passed on is dropped,
 --- counted only.
-local function forward(link, env, call)
+--- With `text` (the relay fast path, C.relay_text), `env` is the scan of
+--- that text (core.mesh_scan: the same routing fields, data.timeout_ms as
+--- env.timeout_ms, and the spans to rewrite) and the call goes on as that
+--- text with its ttl, timeout_ms, timestamp and route spliced in: the rest
+--- of the envelope (the arguments) is neither decoded nor encoded.
+local function forward(link, env, call, text)
   local stats, me = S.stats, I.node_id()
   local ttl = math.min(math.tointeger(env.ttl), cfg.max_ttl) - 1
   if ttl <= 0 then
@@ -89,9 +99,9 @@ local function forward(link, env, call)
     end
     return
   end
-  local remaining, per_link
+  local remaining, per_link, tmo
   if call then
-    remaining = math.min(env.data.timeout_ms / 1000, cfg.max_timeout)
+    remaining = math.min((text and env.timeout_ms or env.data.timeout_ms) / 1000, cfg.max_timeout)
     if remaining ~= remaining or remaining <= 0 then
       return reply(link, env, nil, "ETIMEDOUT: the call's deadline passed at " .. me, "ETIMEDOUT")
     end
@@ -104,12 +114,18 @@ local function forward(link, env, call)
       return reply(link, env, nil, string.format("EBUSY: node %s relays too many calls already (%s)",
         me, what), "EBUSY")
     end
-    env.data.timeout_ms = math.floor(remaining * 1000)
+    tmo = math.floor(remaining * 1000)
+    if not text then env.data.timeout_ms = tmo end
   end
-  env.ttl = ttl
-  env.route[#env.route + 1] = me
-  env.timestamp = nil
-  local text, eerr = encode_envelope(env)
+  local eerr
+  if text then
+    text = mesh_splice_call(text, env, ttl, me, tmo, math.floor(now() * 1000))
+  else
+    env.ttl = ttl
+    env.route[#env.route + 1] = me
+    env.timestamp = nil
+    text, eerr = encode_envelope(env)
+  end
   if not text then
     -- Something decoded that cannot be encoded again: the sender's fault. A
     -- call is answered once; neither is logged per message, except for a
@@ -388,6 +404,20 @@ function C.on_call(link, env)
   return relay(link, env, true, SV.serve_call)
 end
 
+-- A server_response for node `to` (answering its call `reply_to`) that this
+-- node relayed: passed on toward the caller as the text it came as (never
+-- encoded again), when it came from the hop the call was forwarded to.
+local function pass_response(link, to, reply_to, text)
+  local key = call_key(to, reply_to)
+  local f = S.forwards[key]
+  if not f or f.to ~= link.peer then
+    S.stats.unknown_replies = S.stats.unknown_replies + 1
+    return
+  end
+  drop_forward(key, f)
+  send_text(S.links[f.from], text)
+end
+
 --- server_response: wakes the caller waiting on this node, or passes the
 --- text on unchanged toward the caller when this node relayed the call.
 function C.on_response(link, env, text)
@@ -414,16 +444,43 @@ function C.on_response(link, env, text)
     end
     return
   end
-  local key = call_key(env.to, env.reply_to)
-  local f = S.forwards[key]
-  if not f or f.to ~= link.peer then
-    stats.unknown_replies = stats.unknown_replies + 1
-    return
+  return pass_response(link, env.to, env.reply_to, text)
+end
+
+--- The relay fast path, for a text that arrived on `link` while it is up.
+--- core.mesh_scan (csrc/rn_jsonscan.c) reads the envelope without decoding
+--- it and vouches for a server_call or server_response that is not for
+--- this node and passes the shape checks of on_call (valid_call) or
+--- on_response; such a text is relayed as on_call and on_response would
+--- (the same checks, counters and answers, in the same order), the call
+--- with its routing fields spliced into its text. Returns true when it
+--- handled the text; false when the text takes the decoding road
+--- (link.lua's receive): anything for this node, of another type,
+--- malformed or unusual (an escape in a routing field, a field twice, a
+--- ttl written as 16.0), so that road still counts and answers all of that
+--- as it always did.
+function C.relay_text(link, text)
+  local sc = scan
+  local kind = mesh_scan(text, sc, I.node_id(), link.peer, JSON_DEPTH)
+  if kind == 1 then
+    if sc.nroute > cfg.max_ttl * 2 then return false end
+    if sc.has_me then
+      S.stats.dropped_loops = S.stats.dropped_loops + 1
+      return true
+    end
+    if not sc.route_ends then
+      S.stats.spoofed_messages = S.stats.spoofed_messages + 1
+      reply(link, sc, nil, "EINVAL: the route of the call does not start at its sender or does not end at node "
+        .. tostring(link.peer), "EINVAL")
+      return true
+    end
+    forward(link, sc, true, text)
+    return true
+  elseif kind == 2 then
+    pass_response(link, sc.to, sc.reply_to, text)
+    return true
   end
-  drop_forward(key, f)
-  -- A response travels unchanged: pass on the text as it came, rather than
-  -- encoding the decoded envelope again.
-  send_text(S.links[f.from], text)
+  return false
 end
 
 -- route_message: a payload delivered to a node's message handler -------------------

@@ -82,8 +82,18 @@ end
 --- The key of a call in the forward and dedup tables: the caller's node id
 --- and its call id, length-prefixed so that no two (caller, id) pairs give
 --- the same key whatever bytes they contain.
+--- The length prefix of each caller is kept (at most 1,024 callers, then
+--- the cache starts again): formatting the length costs more than the rest.
+local key_prefix, n_prefix = {}, 0
 function I.call_key(caller, id)
-  return #caller .. ":" .. caller .. id
+  local p = key_prefix[caller]
+  if not p then
+    if n_prefix >= 1024 then key_prefix, n_prefix = {}, 0 end
+    p = #caller .. ":" .. caller
+    key_prefix[caller] = p
+    n_prefix = n_prefix + 1
+  end
+  return p .. id
 end
 
 return I
