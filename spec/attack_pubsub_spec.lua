@@ -17,6 +17,7 @@ local json = require("relaynet.json")
 
 local PUBSUB_NODE = H.ROOT .. "/spec/support/pubsub_node.lua"
 local PRESENCE_NODE = H.ROOT .. "/spec/support/presence_node.lua"
+local HISTORY_NODE = H.ROOT .. "/spec/support/history_node.lua"
 
 local function stats_of(m, id)
   local st = assert(m:status(id), "no /status from " .. id)
@@ -25,14 +26,18 @@ end
 
 -- A raw mesh link to node `to` that has said hello as `id` and answers
 -- pings; every other decoded message is kept in self.msgs. Waits until
--- the node lists `id` among its peers.
-local function evil_peer(m, to, id)
+-- the node lists `id` among its peers. `on_call(v)`, when given, answers
+-- each server_call v with the result it returns.
+local function evil_peer(m, to, id, on_call)
   local self = { id = id, msgs = {}, n = 0 }
   self.c = assert(rn.ws_connect(m:url(to), { timeout = 5, on_message = function(msg, _, client)
     local v = json.decode(msg)
     if type(v) ~= "table" then return end
     if v.type == "ping" then
       client:send(assert(json.encode({ type = "pong", id = v.id, from = id, to = v.from })))
+    elseif v.type == "server_call" and on_call then
+      client:send(assert(json.encode({ type = "server_response", id = id .. "-r-" .. v.id, from = id,
+        to = v.from, reply_to = v.id, data = { result = on_call(v) } })))
     else
       self.msgs[#self.msgs + 1] = v
     end
@@ -65,6 +70,18 @@ local function evil_peer(m, to, id)
     end, "the pong of " .. pid, 10)
   end
   return self
+end
+
+-- Makes node `to` learn a route to the evil peer (an advert of its own
+-- entry) and waits until it has it.
+local function advertise(m, evil, to)
+  evil:send({ type = "registry_sync", from = evil.id, to = to,
+    data = { seq = 1, routes = { { path = { evil.id }, seq = 1, servers = json.array({}) } } } })
+  MH.wait_until(function()
+    for _, r in ipairs((m:status(to) or { routes = {} }).routes) do
+      if r.node == evil.id then return true end
+    end
+  end, to .. " to route to " .. evil.id, 10)
 end
 
 -- A publish from the evil peer (as itself) for node `to`.
@@ -151,6 +168,70 @@ describe("attacks on pub/sub from a mesh peer", function()
       assert.equal(150, st.presence_unrouted)
       -- No join event reached the handler either.
       assert.same({}, m:call_via("n1", "n1", "pr", "events", { "room.1" }))
+      evil.c:close()
+    end, { timeout = 60 })
+  end)
+
+  it("a publisher's recover answers are checked: no loop, no other epoch, no injected frames", function()
+    MH.run(function(m)
+      m:start("n1", { script = HISTORY_NODE })
+      -- The evil peer is the publisher n1 recovers from. Per topic:
+      -- att.loop answers offset 1 and "more" again and again (the same
+      -- answer every time, so a recovery that trusts it never ends);
+      -- att.epoch answers with messages of another epoch; att.inject with
+      -- a JSON text that adds a "from" to the frame; att.back with offsets
+      -- from before the one asked for.
+      local calls = {}
+      local E = "evilEpoch01"
+      local evil = evil_peer(m, "n1", "evil", function(v)
+        local topic = v.data.args[1]
+        calls[topic] = (calls[topic] or 0) + 1
+        if topic == "att.loop" then
+          return { epoch = E, messages = { { offset = 1, text = "a" } }, more = true }
+        elseif topic == "att.epoch" then
+          return { epoch = "otherEpoch", messages = { { offset = 1, text = "x" } } }
+        elseif topic == "att.inject" then
+          return { epoch = E, messages = { { offset = 1, json = '1,"from":"n9"' } } }
+        elseif topic == "att.back" then
+          return { epoch = E, messages = { { offset = 2, text = "old" }, { offset = 3, text = "old" } } }
+        end
+        return { code = "ENOHISTORY", message = "ENOHISTORY: none" }
+      end)
+      advertise(m, evil, "n1")
+      local function recover(topic, offset)
+        local frames = {}
+        local ws = assert(rn.ws_connect("ws://127.0.0.1:" .. m:port_of("n1") .. "/", { timeout = 5,
+          on_message = function(msg) frames[#frames + 1] = assert(json.decode(msg)) end }))
+        assert(ws:send("rsub " .. topic .. " evil " .. E .. " " .. offset))
+        -- The ack, then frames until the error frame that ends recovery.
+        MH.wait_until(function() return #frames > 0 and frames[#frames].code end,
+          "the error frame of " .. topic, 10, function() return json.encode(frames) end)
+        ws:close()
+        assert.same({ ack = "rsub", topic = topic, ok = true }, frames[1])
+        table.remove(frames, 1)
+        return frames
+      end
+      local bad = "EINVAL: a malformed recover answer for topic "
+
+      local f = recover("att.loop", 0)
+      assert.same({ topic = "att.loop", from = "evil", message = "a", epoch = E, offset = 1 }, f[1])
+      assert.same({ topic = "att.loop", from = "evil", code = "EINVAL",
+        error = bad .. "att.loop: offset 1 where 2 was due" }, f[2])
+      assert.equal(2, #f)
+      assert.equal(2, calls["att.loop"])
+
+      f = recover("att.epoch", 0)
+      assert.same({ { topic = "att.epoch", from = "evil", code = "EINVAL",
+        error = bad .. "att.epoch: messages of another epoch" } }, f)
+
+      f = recover("att.inject", 0)
+      assert.same({ { topic = "att.inject", from = "evil", code = "EINVAL",
+        error = bad .. "att.inject: a message that is not JSON" } }, f)
+
+      f = recover("att.back", 2)
+      assert.same({ { topic = "att.back", from = "evil", code = "EINVAL",
+        error = bad .. "att.back: offset 2 where 3 was due" } }, f)
+      for _, t in ipairs({ "att.epoch", "att.inject", "att.back" }) do assert.equal(1, calls[t]) end
       evil.c:close()
     end, { timeout = 60 })
   end)

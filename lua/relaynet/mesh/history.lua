@@ -396,8 +396,14 @@ SV.internal["$history"] = {
 
 -- the recovering side ---------------------------------------------------------------
 
--- Checks the answer `r` of serve_recover (from the wire): r | nil, msg, code.
-local function checked(r, topic)
+-- Checks the answer `r` of serve_recover (from the wire) to a request for
+-- what follows (`epoch`, `offset`): r | nil, msg, code. The answer must be
+-- what serve_recover gives: the asked epoch (any, when none was asked),
+-- offsets that go on one by one from the asked one, and JSON texts that
+-- are exactly one JSON value (each decoded into m.value), so that a
+-- publisher that answers otherwise can neither keep a recovery going
+-- round in circles nor add members of its own to the frames built from it.
+local function checked(r, topic, epoch, offset)
   local bad = "a malformed recover answer for topic %s"
   if type(r) ~= "table" then return fail("EINVAL", bad, topic) end
   if r.code ~= nil then
@@ -409,11 +415,25 @@ local function checked(r, topic)
   if type(msgs) ~= "table" or (r.epoch ~= nil and not W.is_name(r.epoch, 64)) then
     return fail("EINVAL", bad, topic)
   end
+  if #msgs > 0 and (r.epoch == nil or (epoch ~= nil and r.epoch ~= epoch)) then
+    return fail("EINVAL", bad .. ": messages of another epoch", topic)
+  end
+  local prev = epoch ~= nil and offset or nil
   for i = 1, #msgs do
     local m = msgs[i]
     if type(m) ~= "table" or math.type(m.offset) ~= "integer"
         or (type(m.text) == "string") == (type(m.json) == "string") then
       return fail("EINVAL", bad, topic)
+    end
+    if (prev and m.offset ~= prev + 1) or m.offset < 1 then
+      return fail("EINVAL", bad .. ": offset %d where %s was due", topic, m.offset,
+        prev and tostring(prev + 1) or "one of at least 1")
+    end
+    prev = m.offset
+    if m.json then
+      local v, err = json.decode(m.json)
+      if v == nil and err then return fail("EINVAL", bad .. ": a message that is not JSON", topic) end
+      m.value = v
     end
   end
   return r
@@ -423,7 +443,7 @@ end
 -- checked answer { epoch, messages = [{offset, text | json}], more } | nil,
 -- msg, code. Suspends unless `node` is this node.
 local function fetch(topic, node, epoch, offset, timeout)
-  if node == I.node_id() then return checked(HI.serve_recover(topic, epoch, offset), topic) end
+  if node == I.node_id() then return checked(HI.serve_recover(topic, epoch, offset), topic, epoch, offset) end
   local r, err, code = C.call(nil, node, "$history", "recover",
     { topic, epoch == nil and json.null or epoch, offset == nil and json.null or offset, n = 3 }, timeout)
   if err then
@@ -432,7 +452,7 @@ local function fetch(topic, node, epoch, offset, timeout)
     end
     return nil, err, code
   end
-  return checked(r, topic)
+  return checked(r, topic, epoch, offset)
 end
 
 -- Raises (at `level`) unless the arguments name a position to recover from.
@@ -472,9 +492,7 @@ function HI.recover(topic, node, epoch, offset, timeout, level)
     local m = msgs[i]
     local v = m.text
     if v == nil then
-      local derr
-      v, derr = json.decode(m.json)
-      if v == nil and derr then return fail("EINVAL", "a malformed message in the recover answer for %s", topic) end
+      v = m.value
       if v == json.null then v = nil end
     end
     list[i] = { message = v, offset = m.offset, topic = topic }
