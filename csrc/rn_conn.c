@@ -440,6 +440,50 @@ static int rn_broadcast(lua_State *L) {
   return 1;
 }
 
+/* core.conn_send_many(data, conns, n) -> count: data as one text message to
+ * each of conns[1..n] (connection objects), one refcounted message shared by
+ * their queues as in core.broadcast (the pub/sub fan-out to WebSocket
+ * subscribers, mesh/pubsub.lua). A connection that is released or not open,
+ * or whose send_queue or server budget refuses the message, misses it, as
+ * core.conn_send would refuse it; count is how many took it. */
+static int rn_conn_send_many(lua_State *L) {
+  rn_loop *l = rn__loop_get(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  lua_Integer i, n;
+  int count = 0, top;
+  rn_msg *m;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = luaL_checkinteger(L, 3);
+  lua_settop(L, 3);
+  if (!l->running || n <= 0) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  m = rn__msg_new(data, len, 0);
+  if (!m)
+    return luaL_error(L, "out of memory");
+  top = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    rn_conn *c;
+    int queued;
+    lua_rawgeti(L, 2, i);
+    c = *rn__conn_box(L, top + 1); /* raises on anything but a connection */
+    lua_settop(L, top);
+    if (!c || !c->wsi || c->state != RN_CS_OPEN)
+      continue;
+    if (rn__send_refused(c, len))
+      continue;
+    c->refcnt++; /* a failed write may close it synchronously */
+    if (rn__sendq_push(c, m, 0, &queued) == 0)
+      count++;
+    rn__conn_unref(c);
+  }
+  rn__msg_unref(m);
+  lua_pushinteger(L, count);
+  return 1;
+}
+
 void rn__conn_open_lua(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", rn_conn_send},
@@ -467,6 +511,9 @@ void rn__conn_open_lua(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, rn_conn_send, 1);
   lua_setfield(L, -3, "conn_send");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, rn_conn_send_many, 1);
+  lua_setfield(L, -3, "conn_send_many");
   lua_pop(L, 1);
   lua_pushcfunction(L, rn_broadcast);
   lua_setfield(L, -2, "broadcast");

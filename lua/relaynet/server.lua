@@ -297,6 +297,9 @@ function Server:subscribe(conn_id, topic, opts)
   end
   local h, err, code = mesh.subscribe_frames(topic, frame_fn, "relaynet.subscribe", opts, rec.id)
   if not h then return nil, err, code end
+  -- A plain subscription's frames may go out with those of the others in
+  -- one core.conn_send_many (mesh/pubsub.lua): frame_fn is just conn_send.
+  if not start and not (type(opts) == "table" and opts.presence ~= nil) then h.box = box end
   if not subs then subs = {}; rec.pubsub = subs end
   subs[topic] = h
   if start then start() end

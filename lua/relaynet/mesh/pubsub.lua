@@ -51,6 +51,8 @@ local U = {}
 -- Subscriptions (persistent across runs, like exposed servers):
 -- subs[pattern] = { [handle] = true }, n_by[pattern] its size, n_subs all.
 local subs, n_by, n_subs = {}, {}, 0
+-- box_sets[pattern]: its subscriptions split for delivery (box_set below).
+local box_sets = {}
 
 -- This process's publisher identity: run names it, seq numbers its publishes.
 local run, pub_seq = nil, 0
@@ -78,6 +80,7 @@ function Handle:unsubscribe()
   local p = self.pattern
   local set = subs[p]
   set[self] = nil
+  box_sets[p] = nil
   n_subs = n_subs - 1
   n_by[p] = n_by[p] - 1
   if n_by[p] == 0 then
@@ -117,6 +120,7 @@ function U.subscribe(pattern, fn, raw, level, what)
   local h = setmetatable({ pattern = pattern, fn = fn, raw = raw or false, active = true }, Handle)
   if new then subs[pattern], n_by[pattern] = {}, 0 end
   subs[pattern][h] = true
+  box_sets[pattern] = nil
   n_by[pattern] = n_by[pattern] + 1
   n_subs = n_subs + 1
   if new then topics_changed() end
@@ -127,6 +131,38 @@ end
 function U.count() return n_subs end
 
 local LABEL = "subscriber of "
+local conn_send_many = require("relaynet.core").conn_send_many
+
+-- The subscriptions of a pattern split for delivery: the connections of
+-- plain server:subscribe subscriptions (handles with a `box`, set by
+-- relaynet.server), whose frame goes to all of them in one
+-- core.conn_send_many with one shared buffer, and the other handles. Built
+-- on first use, dropped whenever the pattern's subscriptions change
+-- (box_sets, declared with subs).
+
+local function box_set(p)
+  local c = box_sets[p]
+  if c then return c end
+  c = { boxes = {}, n = 0, other = {} }
+  for h in pairs(subs[p]) do
+    if h.raw and h.box then
+      c.n = c.n + 1
+      c.boxes[c.n] = h.box
+    else
+      c.other[#c.other + 1] = h
+    end
+  end
+  box_sets[p] = c
+  return c
+end
+
+-- The WebSocket text frame of a message for topic `topic` from node `from`
+-- (mjs: the message's JSON text), with its history position when it has
+-- one (README "Pub/sub").
+local function frame_of(topic, from, mjs, epoch, offset)
+  return '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":' .. mjs
+    .. (epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or '') .. '}'
+end
 
 -- Delivers one message to this node's matching subscriptions. `t` is the
 -- topic's token list; `text` (a string message) or `js` (the JSON text of
@@ -138,13 +174,19 @@ local LABEL = "subscriber of "
 -- notification) reaches no subscriber (stats.bad_messages). Returns true
 -- when a subscription matched.
 local function deliver_local(topic, t, from, text, js, epoch, offset, remote)
-  local list
+  local list, sets
   local mine = S.my_topics
   for i = 1, #mine do
     local p = mine[i]
     if P.match_tokens(p, t) then
       list = list or {}
-      for h in pairs(subs[p]) do list[#list + 1] = h end
+      local c = box_set(p)
+      local other = c.other
+      for j = 1, #other do list[#list + 1] = other[j] end
+      if c.n > 0 then
+        sets = sets or {}
+        sets[#sets + 1] = c
+      end
     end
   end
   if not list then return false end
@@ -158,14 +200,23 @@ local function deliver_local(topic, t, from, text, js, epoch, offset, remote)
     end
     value = v
   end
+  if sets then
+    -- the connections of plain server:subscribe subscriptions, at once
+    mjs = js or json.encode(text)
+    frame = frame_of(topic, from, mjs, epoch, offset)
+    for k = 1, #sets do
+      local c = sets[k]
+      conn_send_many(frame, c.boxes, c.n)
+      stats.pubsub_delivered = stats.pubsub_delivered + c.n
+    end
+  end
   for i = 1, #list do
     local h = list[i]
     if h.active then
       if h.raw then
         if not frame then
           mjs = js or json.encode(text)
-          frame = '{"topic":' .. json.encode(topic) .. ',"from":' .. json.encode(from) .. ',"message":' .. mjs
-            .. (epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or '') .. '}'
+          frame = frame_of(topic, from, mjs, epoch, offset)
         end
         -- A frame function is relaynet's own (server:subscribe, JSON-RPC
         -- subscribe): it neither suspends nor raises, so it runs without a
