@@ -54,6 +54,19 @@ local function evil_peer(m, to, id, on_call)
     if env.id == nil then env.id = id .. "-" .. self.n end
     return assert(self.c:send(assert(json.encode(env))))
   end
+  -- Waits until a kept message satisfies pred; returns it (and removes it).
+  function self.expect(_, pred, what)
+    local found
+    MH.wait_until(function()
+      for i, v in ipairs(self.msgs) do
+        if pred(v) then
+          found = table.remove(self.msgs, i)
+          return true
+        end
+      end
+    end, what, 10)
+    return found
+  end
   -- Sends a ping and waits for its pong: everything sent before it has
   -- been handled by the node.
   function self.sync(_)
@@ -168,6 +181,44 @@ describe("attacks on pub/sub from a mesh peer", function()
       assert.equal(150, st.presence_unrouted)
       -- No join event reached the handler either.
       assert.same({}, m:call_via("n1", "n1", "pr", "events", { "room.1" }))
+      evil.c:close()
+    end, { timeout = 60 })
+  end)
+
+  it("watches in the name of nodes without a route do not use up the watch registrations", function()
+    MH.run(function(m)
+      m:start("n1", { script = PRESENCE_NODE })
+      m:call_via("n1", "n1", "pr", "config", { "max_presence_watchers", 50 })
+      local evil = evil_peer(m, "n1", "evil")
+      -- Before the fix each made-up watcher was registered for good (no
+      -- route change ever came to forget it): 50 of them took every
+      -- registration, and a real watcher was refused.
+      for i = 1, 60 do
+        local ghost = "ghost" .. i
+        evil:send({ type = "presence", from = ghost, to = "n1", ttl = 8, route = { ghost, "evil" },
+          data = { op = "watch", topic = "room.g" .. i } })
+      end
+      evil:sync()
+      local st = stats_of(m, "n1")
+      assert.equal(0, st.presence_watchers)
+      assert.equal(0, st.presence_watchers_refused)
+      -- A watcher with a route is registered, gets the snapshot and then
+      -- the changes.
+      advertise(m, evil, "n1")
+      evil:send({ type = "presence", from = "evil", to = "n1", ttl = 8, route = { "evil" },
+        data = { op = "watch", topic = "room.1" } })
+      local snap = evil:expect(function(v)
+        return v.type == "presence" and v.data.op == "state" and v.data.topic == "room.1"
+      end, "n1's snapshot of room.1")
+      assert.same({ { id = "s1", info = { name = "n1" } } }, snap.data.members)
+      local id = m:call_via("n1", "n1", "pr", "join", { "room.1", { name = "second" } })
+      local join = evil:expect(function(v)
+        return v.type == "presence" and v.data.op == "join" and v.data.topic == "room.1"
+      end, "the join of " .. tostring(id))
+      assert.equal(id, join.data.id)
+      st = stats_of(m, "n1")
+      assert.equal(1, st.presence_watchers)
+      assert.equal(0, st.presence_watchers_refused)
       evil.c:close()
     end, { timeout = 60 })
   end)

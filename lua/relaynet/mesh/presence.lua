@@ -191,11 +191,11 @@ end
 local function owe(node, topic, q)
   local s = state()
   local o = s.owed[node]
-  if not o then o = {}; s.owed[node] = o end
-  if o[topic] == nil then
+  if not (o and o[topic] ~= nil) then
     if s.n_owed >= cfg.max_presence_watchers then return end
     s.n_owed = s.n_owed + 1
   end
+  if not o then o = {}; s.owed[node] = o end
   o[topic] = q or true
 end
 
@@ -512,6 +512,21 @@ end
 --- Seconds the watch registrations of an unreachable node are kept.
 PR.GONE = 60
 
+-- Registers `node` as a watcher of `topic` here (at most
+-- max_presence_watchers registrations; past it presence_watchers_refused).
+local function register(node, topic)
+  local s = state()
+  local set = s.watchers[topic]
+  if set and set[node] then return end
+  if s.n_watchers >= cfg.max_presence_watchers then
+    stats.watchers_refused = stats.watchers_refused + 1
+    return
+  end
+  if not set then set = {}; s.watchers[topic] = set end
+  set[node] = true
+  s.n_watchers = s.n_watchers + 1
+end
+
 -- Forgets a node's watch registrations and owed snapshots.
 local function forget_watcher(dest)
   local s = state()
@@ -593,6 +608,8 @@ local function flush()
         s.owed[dest] = nil
         for topic, q in pairs(o) do
           s.n_owed = s.n_owed - 1
+          -- A watch that came before the route registers now.
+          if q == true then register(dest, topic) end
           send(dest, snapshot(topic, q ~= true and q or nil))
         end
       end
@@ -625,19 +642,21 @@ end
 local function on_watch(from, data, query)
   local s = state()
   local topic = data.topic
-  if not query then
-    local set = s.watchers[topic]
-    if not (set and set[from]) then
-      if s.n_watchers >= cfg.max_presence_watchers then
-        stats.watchers_refused = stats.watchers_refused + 1
-      else
-        if not set then set = {}; s.watchers[topic] = set end
-        set[from] = true
-        s.n_watchers = s.n_watchers + 1
-      end
-    end
-  end
   local q = query and data.q or nil
+  if not S.best[from] then
+    -- No route to the asker (yet: a route is often learned a moment later
+    -- on one side than the other; or never: a name a neighbour made up).
+    -- Nothing is registered: the snapshot is owed, and a watch registers
+    -- when the route appears (flush). An asker that gets no route within
+    -- PR.GONE seconds is forgotten (sweep).
+    owe(from, topic, q)
+    if s.owed[from] and not s.gone[from] then
+      s.gone[from] = now()
+      if not s.sweep and W.running() then s.sweep = sched.after(PR.GONE, sweep) end
+    end
+    return
+  end
+  if not query then register(from, topic) end
   if not send(from, snapshot(topic, q)) then owe(from, topic, q) end
 end
 
