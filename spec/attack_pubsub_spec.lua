@@ -223,6 +223,34 @@ describe("attacks on pub/sub from a mesh peer", function()
     end, { timeout = 60 })
   end)
 
+  it("rn.presence calls that time out on a node that never answers leave nothing behind", function()
+    MH.run(function(m)
+      m:start("n1", { script = PRESENCE_NODE })
+      local evil = evil_peer(m, "n1", "evil")
+      -- The peer lists room.1 among its subscription patterns, so n1 asks
+      -- it for its members when it watches the topic; it never answers.
+      evil:send({ type = "registry_sync", from = "evil", to = "n1", data = { seq = 1, routes = {
+        { path = { "evil" }, seq = 1, servers = json.array({}), topics = json.array({ "room.1" }) } } } })
+      MH.wait_until(function()
+        for _, r in ipairs((m:status("n1") or { routes = {} }).routes) do
+          if r.node == "evil" then return true end
+        end
+      end, "n1 to route to evil", 10)
+      assert.is_true(m:call_via("n1", "n1", "pr", "watch", { "room.1" }))
+      evil:expect(function(v) return v.type == "presence" and v.data.op == "watch" end, "n1's watch")
+      for _ = 1, 20 do
+        local r = m:call_via("n1", "n1", "pr", "list", { "room.1", 0.05 })
+        assert.equal("ETIMEDOUT", r.code)
+        assert.truthy(r.error:find("from node(s) evil", 1, true), r.error)
+      end
+      -- Before the fix every one of them stayed in the list of waiters.
+      local st = stats_of(m, "n1")
+      assert.equal(20, st.presence_timeouts)
+      assert.equal(0, st.presence_waiting)
+      evil.c:close()
+    end, { timeout = 60 })
+  end)
+
   it("a publisher's recover answers are checked: no loop, no other epoch, no injected frames", function()
     MH.run(function(m)
       m:start("n1", { script = HISTORY_NODE })

@@ -909,8 +909,18 @@ function PR.presence(topic, timeout, level)
       end
       local ws = s.waiters[topic]
       if not ws then ws = {}; s.waiters[topic] = ws end
-      local ok, err, code = sched.wait("relaynet.presence", timeout, function(co, wid) ws[#ws + 1] = { co, wid } end)
+      local w
+      local ok, err, code = sched.wait("relaynet.presence", timeout, function(co, wid)
+        w = { co, wid }
+        ws[#ws + 1] = w
+      end)
       if not ok then
+        -- A wait that timed out (or was cancelled) leaves the list: with a
+        -- node that never answers, the list would otherwise only grow.
+        for i = #ws, 1, -1 do
+          if ws[i] == w then table.remove(ws, i) end
+        end
+        if #ws == 0 and state().waiters[topic] == ws then state().waiters[topic] = nil end
         if code == "ETIMEDOUT" then
           stats.timeouts = stats.timeouts + 1
           p = state().pending[topic]
@@ -975,10 +985,14 @@ end
 --- Figures for mesh_status().stats: the counters above as presence_<name>,
 --- and presence_members (members here), presence_cached (other nodes'
 --- members held), presence_watchers (watch registrations held here),
---- presence_handlers (on_presence handlers here).
+--- presence_handlers (on_presence handlers here), presence_waiting
+--- (rn.presence calls waiting now).
 function PR.status(out)
   for k, v in pairs(stats) do out["presence_" .. k] = v end
   local s = state()
+  local waiting = s.n_queries
+  for _, ws in pairs(s.waiters) do waiting = waiting + #ws end
+  out.presence_waiting = waiting
   out.presence_members = n_mine
   out.presence_cached = s.n_cache
   out.presence_watchers = s.n_watchers
