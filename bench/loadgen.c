@@ -17,6 +17,7 @@
  *           [--conns N] [--inflight K] [--size BYTES] [--duration S]
  *           [--warmup S] [--count M] [--server-pid PID] [--binary]
  *           [--ca FILE | --no-verify]
+ *           [--recv-urls URL,URL,...] [--recv-size BYTES] [--server-pids PID,PID,...]
  *
  * Modes (each prints one JSON line on stdout):
  *   echo            N connections each keep K messages in flight; every echo
@@ -34,7 +35,15 @@
  *                   the sender sends is expected on every receiver (the
  *                   server broadcasts what it receives). The sender keeps K
  *                   broadcasts in flight: a broadcast completes when the last
- *                   receiver has it. Reports deliveries/s.
+ *                   receiver has it. Reports deliveries/s. With
+ *                   --recv-urls the receivers are spread over those
+ *                   servers in turn (connection i to URL i mod n) and the
+ *                   sender alone uses --url; --recv-size is the length each
+ *                   delivery must have (default: --size), for servers that
+ *                   wrap the message (a pub/sub frame).
+ *
+ * --server-pids sums the CPU time of several server processes (a mesh of
+ * nodes) over the measured window; RSS figures are those of the first.
  *
  * The mask key is random per connection (not per frame) and every message
  * of a connection is the same prebuilt masked frame, so the client spends
@@ -84,6 +93,20 @@ static struct {
 } opt = {"127.0.0.1", 0, "/", 1, 1, 16, 5.0, 1.0, 0, M_ECHO, 0, 0, 128, 1.0, 0, "", NULL, 0};
 
 static SSL_CTX *tls_ctx; /* set when opt.tls */
+
+/* Where connections go: eps[0] is --url; eps[1..] are --recv-urls. */
+#define MAX_EPS 16
+typedef struct endpoint {
+  char host[64];
+  char tls_host[256];
+  int port;
+  char path[256];
+} endpoint;
+static endpoint eps[MAX_EPS];
+static int n_eps = 1;
+static size_t recv_size;      /* --recv-size (0: --size) */
+static int server_pids[64];  /* --server-pids */
+static int n_server_pids;
 
 static void die(const char *fmt, ...) {
   va_list ap;
@@ -174,7 +197,24 @@ static uint64_t rnd(void) {
 /* ---- /proc readers -------------------------------------------------------- */
 
 /* utime + stime of a process, in seconds; -1 when unreadable. */
+static double proc_cpu_one(int pid);
+
+/* CPU seconds of the server: --server-pids summed, else --server-pid. */
 static double proc_cpu(int pid) {
+  double sum = 0, v;
+  int i;
+  if (n_server_pids == 0)
+    return proc_cpu_one(pid);
+  for (i = 0; i < n_server_pids; i++) {
+    v = proc_cpu_one(server_pids[i]);
+    if (v < 0)
+      return -1;
+    sum += v;
+  }
+  return sum;
+}
+
+static double proc_cpu_one(int pid) {
   char path[64], buf[2048], *p;
   FILE *f;
   size_t n;
@@ -241,6 +281,7 @@ typedef struct conn {
   uv_connect_t creq;
   uv_timer_t timer; /* churn: close-handshake deadline */
   int idx, role, state;
+  int ep; /* its endpoint (eps[]) */
   int timer_on;
   SSL *ssl;           /* TLS: the session, over memory BIOs */
   uint64_t t_connect; /* when the connect began (churn: open latency) */
@@ -513,7 +554,7 @@ static void message_done(conn *c, uint64_t len, uint64_t now, int *to_send) {
     break;
   case R_RECV: {
     long long m = c->received; /* this receiver now has broadcasts 1..m */
-    if (len != opt.size)
+    if (len != (recv_size ? recv_size : opt.size))
       errors++;
     total_msgs++;
     total_bytes += (long long)len;
@@ -864,7 +905,7 @@ static void send_upgrade(conn *c) {
   len = snprintf(reqbuf, sizeof reqbuf,
                  "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                 opt.path, opt.tls_host, opt.port, c->key);
+                 eps[c->ep].path, eps[c->ep].tls_host, eps[c->ep].port, c->key);
   c->state = S_HANDSHAKE;
   c->hlen = 0;
   owned = malloc((size_t)len);
@@ -890,7 +931,7 @@ static void start_conn(conn *c) {
   uv_tcp_init(loop, &c->tcp);
   c->tcp.data = c;
   c->creq.data = c;
-  uv_ip4_addr(opt.host, opt.port, &addr);
+  uv_ip4_addr(eps[c->ep].host, eps[c->ep].port, &addr);
   opening++;
   if (uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&addr, on_connect) != 0) {
     opening--;
@@ -1159,7 +1200,7 @@ static void usage(void) {
   exit(2);
 }
 
-static void parse_url(const char *url) {
+static void parse_url(const char *url, endpoint *ep) {
   const char *p = url, *slash, *colon;
   size_t hl;
   if (!strncmp(p, "wss://", 6)) {
@@ -1177,22 +1218,22 @@ static void parse_url(const char *url) {
   if (!colon)
     die("the URL needs a port: %s", url);
   hl = (size_t)(colon - p);
-  if (hl >= sizeof opt.host)
+  if (hl >= sizeof ep->host)
     die("host too long");
-  memcpy(opt.host, p, hl);
-  opt.host[hl] = 0;
-  memcpy(opt.tls_host, p, hl);
-  opt.tls_host[hl] = 0;
-  if (!strcmp(opt.host, "localhost"))
-    strcpy(opt.host, "127.0.0.1");
-  opt.port = atoi(colon + 1);
-  snprintf(opt.path, sizeof opt.path, "%s", *slash ? slash : "/");
+  memcpy(ep->host, p, hl);
+  ep->host[hl] = 0;
+  memcpy(ep->tls_host, p, hl);
+  ep->tls_host[hl] = 0;
+  if (!strcmp(ep->host, "localhost"))
+    strcpy(ep->host, "127.0.0.1");
+  ep->port = atoi(colon + 1);
+  snprintf(ep->path, sizeof ep->path, "%s", *slash ? slash : "/");
 }
 
 int main(int argc, char **argv) {
   int i;
   struct rlimit rl;
-  const char *url = NULL;
+  const char *url = NULL, *recv_urls = NULL, *pids = NULL;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1210,6 +1251,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--binary")) opt.binary = 1;
     else if (!strcmp(a, "--ca")) { NEED(); opt.ca = v; }
     else if (!strcmp(a, "--no-verify")) opt.no_verify = 1;
+    else if (!strcmp(a, "--recv-urls")) { NEED(); recv_urls = v; }
+    else if (!strcmp(a, "--recv-size")) { NEED(); recv_size = (size_t)strtoull(v, NULL, 10); }
+    else if (!strcmp(a, "--server-pids")) { NEED(); pids = v; }
     else if (!strcmp(a, "--mode")) {
       NEED();
       if (!strcmp(v, "echo")) opt.mode = M_ECHO;
@@ -1222,7 +1266,32 @@ int main(int argc, char **argv) {
   }
   if (!url || opt.conns < 1 || opt.inflight < 1 || opt.connect_parallel < 1)
     usage();
-  parse_url(url);
+  parse_url(url, &eps[0]);
+  /* opt keeps the first endpoint's host for TLS (SNI and the name checked) */
+  snprintf(opt.host, sizeof opt.host, "%s", eps[0].host);
+  snprintf(opt.tls_host, sizeof opt.tls_host, "%s", eps[0].tls_host);
+  opt.port = eps[0].port;
+  snprintf(opt.path, sizeof opt.path, "%s", eps[0].path);
+  if (recv_urls) {
+    char buf[4096], *tok, *save = NULL;
+    snprintf(buf, sizeof buf, "%s", recv_urls);
+    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+      if (n_eps >= MAX_EPS)
+        die("at most %d --recv-urls", MAX_EPS - 1);
+      parse_url(tok, &eps[n_eps++]);
+    }
+  }
+  if (pids) {
+    char buf[1024], *tok, *save = NULL;
+    snprintf(buf, sizeof buf, "%s", pids);
+    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+      if (n_server_pids >= (int)(sizeof server_pids / sizeof server_pids[0]))
+        die("too many --server-pids");
+      server_pids[n_server_pids++] = atoi(tok);
+    }
+    if (!opt.server_pid)
+      opt.server_pid = server_pids[0];
+  }
   if (opt.tls) {
     if (!opt.ca && !opt.no_verify)
       die("wss:// needs --ca FILE (the CA that signed the server's certificate) or --no-verify");
@@ -1266,6 +1335,7 @@ int main(int argc, char **argv) {
     c->role = opt.mode == M_ECHO ? R_ECHO : opt.mode == M_IDLE ? R_IDLE : opt.mode == M_CHURN ? R_CHURN : R_RECV;
     if (opt.mode == M_BCAST && i == nconns - 1)
       c->role = R_SEND;
+    c->ep = c->role == R_RECV && n_eps > 1 ? 1 + i % (n_eps - 1) : 0;
     if (c->role == R_ECHO || c->role == R_SEND) {
       c->mask = (uint32_t)rnd();
       c->frame = build_frame(opt.binary ? 2 : 1, payload, opt.size, c->mask, &c->framelen);

@@ -34,6 +34,9 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LOADGEN = os.path.join(BENCH, "build", "loadgen")
 RPC_SCRIPT = "bench/peers/rn_rpc_bench.lua"  # remote_call nodes and the Lua caller
+FANOUT_SCRIPT = "bench/peers/rn_fanout.lua"  # publish fan-out nodes
+FANOUT_TOPIC = "bench.fanout"
+FANOUT_NODES = ["fan-a", "fan-b", "fan-c"]
 RESULTS = os.path.join(BENCH, "results")
 # The throw-away CA and server certificate (localhost, 127.0.0.1) that
 # bench/setup.sh makes with openssl, for the wss scenarios.
@@ -139,6 +142,8 @@ SERVERS = {
         "label": "relaynet (Lua 5.4)",
         "echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
         "broadcast": lambda port, tmp: ["lua5.4", "bench/peers/rn_broadcast.lua", str(port)],
+        # the fan-out scenario's local floor: the same broadcast server
+        "fanout": lambda port, tmp: ["lua5.4", "bench/peers/rn_broadcast.lua", str(port)],
         # remote_call scenarios (driven by the Lua caller, not loadgen): the
         # floor's echo server, and one mesh node of the chain
         "rpc-echo": lambda port, tmp: ["lua5.4", "examples/echo.lua", str(port)],
@@ -149,6 +154,15 @@ SERVERS = {
                                        "examples/echo.lua", str(port)],
         "remote_call": lambda port, tmp, node_id, peer: (
             ["lua5.4", "bin/relaynet", RPC_SCRIPT, "node", "--host", "127.0.0.1", "--port", str(port),
+             "--node-id", node_id] + (["--add-peer", peer] if peer else [])),
+        "env": rn_env,
+    },
+    # Publish fan-out over three mesh nodes (run_fanout): subscribers on
+    # every node, the publisher on the first.
+    "relaynet-mesh3": {
+        "label": "relaynet, pub/sub over 3 nodes",
+        "fanout": lambda port, tmp, node_id, peer: (
+            ["lua5.4", "bin/relaynet", FANOUT_SCRIPT, "--host", "127.0.0.1", "--port", str(port),
              "--node-id", node_id] + (["--add-peer", peer] if peer else [])),
         "env": rn_env,
     },
@@ -224,6 +238,29 @@ def broadcast_scenarios(quick, dur, warm):
             "timeout": 120,
         })
     return out
+
+
+def fanout_scenarios(quick, dur, warm):
+    """Publish fan-out across the mesh against the local ws_broadcast, same
+    run, interleaved: `relaynet` is bench/peers/rn_broadcast.lua (one
+    process, srv:ws_broadcast to every connection); `relaynet-mesh3` is
+    three bench/peers/rn_fanout.lua nodes in a line (fan-b dials fan-a,
+    fan-c dials fan-b), every connection subscribed with server:subscribe,
+    the receivers spread over the three nodes in turn and the sender on
+    fan-a, whose messages are published (rn.publish). Both: the same number
+    of receivers plus the sender, 16 B messages, 4 in flight; every node on
+    the server core; server CPU summed over the nodes."""
+    n = 300 if quick else 10000
+    frame = len('{"topic":"%s","from":"%s","message":"%s"}' % (FANOUT_TOPIC, FANOUT_NODES[0], "x" * 16))
+    return [{
+        "name": f"fanout {n:,} recv",
+        "kind": "fanout",
+        "args": ["--mode", "broadcast-recv", "--conns", str(n), "--inflight", "4", "--size", "16",
+                 "--duration", str(dur), "--warmup", str(warm)],
+        "frame_size": frame,
+        "metric": "deliveries_per_s", "unit": "deliveries/s", "better": "higher",
+        "servers": ["relaynet", "relaynet-mesh3"], "timeout": 180,
+    }]
 
 
 def idle_scenarios(quick, dur, warm):
@@ -397,6 +434,8 @@ class Runner:
     def run_one(self, scen, server):
         if scen.get("caller"):
             return self.run_rpc(scen, server)
+        if scen["kind"] == "fanout" and server == "relaynet-mesh3":
+            return self.run_fanout(scen, server)
         spec = SERVERS[server]
         port = self.next_port()
         cmd = spec[scen["kind"]](port, self.tmp)
@@ -489,6 +528,55 @@ class Runner:
             if r.returncode != 0 and "error" not in res:
                 res["error"] = f"the Lua caller exited with {r.returncode}"
             dead = [n[0] for n, p in zip(nodes, procs) if p.poll() is not None]
+            if dead and "error" not in res:
+                res["error"] = f"node(s) exited during the run: {', '.join(dead)} (see {self.log.name})"
+            res["other_cpu_pct"] = round(100.0 * ((s1 - s0) - (c1 - c0)) / max(1e-9, w1 - w0), 1)
+            return res
+        finally:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.wait()
+
+    def run_fanout(self, scen, server):
+        """The mesh fan-out: three nodes in a line on the server core,
+        loadgen's receivers spread over them, its sender on the first."""
+        spec = SERVERS[server]
+        env = spec["env"]()
+        env["RN_FANOUT_EXPECT"] = str(len(FANOUT_NODES))
+        ports = [self.next_port() for _ in FANOUT_NODES]
+        procs = []
+        try:
+            for i, (nid, port) in enumerate(zip(FANOUT_NODES, ports)):
+                peer = f"ws://127.0.0.1:{ports[i - 1]}/ws/p2p" if i > 0 else None
+                cmd = spec["fanout"](port, self.tmp, nid, peer)
+                self.log.write(f"--- {scen['name']}: {server}: {nid}: {' '.join(cmd)}\n")
+                self.log.flush()
+                proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+                procs.append(proc)
+                if not wait_port(port, proc):
+                    return {"error": f"{server} {nid} did not start (see {self.log.name})"}
+            time.sleep(0.5)
+            pids = [p.pid for p in procs]
+            urls = ",".join(f"ws://127.0.0.1:{p}/" for p in ports)
+            lg = (["taskset", "-c", CLIENT_CPU, LOADGEN, "--url", f"ws://127.0.0.1:{ports[0]}/",
+                   "--recv-urls", urls, "--recv-size", str(scen["frame_size"]),
+                   "--server-pids", ",".join(map(str, pids))] + scen["args"])
+            c0, s0, w0 = cpu_snapshot(pids)
+            try:
+                r = subprocess.run(lg, cwd=ROOT, capture_output=True, text=True, timeout=scen.get("timeout", 60))
+            except subprocess.TimeoutExpired:
+                return {"error": "loadgen timed out"}
+            c1, s1, w1 = cpu_snapshot(pids)
+            line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+            try:
+                res = json.loads(line)
+            except ValueError:
+                return {"error": f"loadgen failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
+            if r.stderr.strip():
+                res["stderr"] = r.stderr.strip()[-300:]
+            dead = [n for n, p in zip(FANOUT_NODES, procs) if p.poll() is not None]
             if dead and "error" not in res:
                 res["error"] = f"node(s) exited during the run: {', '.join(dead)} (see {self.log.name})"
             res["other_cpu_pct"] = round(100.0 * ((s1 - s0) - (c1 - c0)) / max(1e-9, w1 - w0), 1)
@@ -631,6 +719,25 @@ def rpc_table(scenarios, med, allruns):
                 fmt_num(r.get("server_cpu_pct")), fmt_num(per_msg_us(r, scen)), " / ".join(per_node) or "-",
                 fmt_num(100 * r.get("client_cpu_s", 0) / secs), errs))
     lines.append("")
+    # Issue 12: a relay's CPU per forwarded message (a call and its response
+    # are two messages, so half its CPU per call) against the target's CPU
+    # per served call, from the per-node figures of each chain.
+    relay_lines = []
+    for scen in scenarios:
+        r = (med.get(scen["name"]) or {}).get("relaynet")
+        if not r or not scen.get("relays") or not r.get("msgs") or not r.get("nodes"):
+            continue
+        us = [n["cpu_s"] / r["msgs"] * 1e6 if n.get("cpu_s") is not None else None for n in r["nodes"]]
+        if None in us or len(us) < 2:
+            continue
+        relay = sum(us[:-1]) / len(us[:-1])
+        relay_lines.append(f"{scen['name']}: relay {relay:.1f} us/call = {relay / 2:.1f} us per forwarded "
+                           f"message, target {us[-1]:.1f} us/call, ratio {relay / 2 / us[-1]:.2f}x per message "
+                           f"({relay / us[-1]:.2f}x per call)")
+    if relay_lines:
+        lines.append("Relay CPU per forwarded message (a call and its response: half the relay's us per call) "
+                     "against the target's CPU per served call; target <= 0.30x. " + "; ".join(relay_lines) + ".")
+        lines.append("")
     checks = [(c, x) for c, x in checks if x]
     if checks:
         lines.append("Targets: remote_call 0 hops >= 0.50x the floor's calls/s; each added hop keeps >= 0.75x "
@@ -837,6 +944,7 @@ def main():
 
     nofile = raise_nofile()
     scenarios = (echo_scenarios(args.quick, dur, warm) + broadcast_scenarios(args.quick, dur, warm)
+                 + fanout_scenarios(args.quick, dur, warm)
                  + idle_scenarios(args.quick, dur, warm) + churn_scenarios(args.quick, dur, warm)
                  + tls_scenarios(args.quick, dur, warm)
                  + remote_call_scenarios(args.quick, dur, warm))  # HOOK: remote_call (0/1/3 hops)

@@ -20,6 +20,10 @@
 --   common: --conc N (16) --size BYTES (16) --duration S (3) --warmup S (1)
 --           --timeout S (5, per call) --server-pids PID,PID,... --roles NAME,...
 --           --ready-timeout S (20) --clk-tck N (100, USER_HZ of /proc/PID/stat)
+--           --count N (0: off): instead of warm-up and duration, make exactly
+--           N calls (after the first one that proves the route) and exit
+--           once all are answered; bench/callgrind_mesh.sh uses it so that
+--           the instructions of two counts can be subtracted.
 --
 -- The callers print one JSON line with loadgen's keys (msgs, msgs_per_s,
 -- lat_p50_us, lat_p99_us, lat_max_us, seconds, client_cpu_s, server_cpu_s,
@@ -65,7 +69,7 @@ if mode ~= "caller" and mode ~= "echo-caller" then
 end
 
 local opt = { conc = 16, size = 16, duration = 3, warmup = 1, timeout = 5, ready_timeout = 20,
-  hops = 1, pids = {}, roles = {}, clk_tck = 100 }
+  hops = 1, pids = {}, roles = {}, clk_tck = 100, count = 0 }
 do
   local i = 2
   while arg[i] do
@@ -74,7 +78,7 @@ do
       io.stderr:write("rn_rpc_bench: " .. arg[i] .. " needs a value\n")
       os.exit(2)
     end
-    if k == "conc" or k == "size" or k == "hops" then opt[k] = math.tointeger(tonumber(v))
+    if k == "conc" or k == "size" or k == "hops" or k == "count" then opt[k] = math.tointeger(tonumber(v))
     elseif k == "duration" or k == "warmup" or k == "timeout" then opt[k] = tonumber(v)
     elseif k == "ready-timeout" then opt.ready_timeout = tonumber(v)
     elseif k == "clk-tck" then opt.clk_tck = tonumber(v)
@@ -89,7 +93,7 @@ do
     end
     i = i + 2
   end
-  for _, k in ipairs({ "conc", "size", "duration", "warmup", "timeout", "hops" }) do
+  for _, k in ipairs({ "conc", "size", "duration", "warmup", "timeout", "hops", "count" }) do
     if not opt[k] or opt[k] < 0 then
       io.stderr:write("rn_rpc_bench: bad --" .. k .. "\n")
       os.exit(2)
@@ -158,9 +162,15 @@ local function count_error(code, msg)
   if not first_error then first_error = tostring(msg) end
 end
 
+local issued = 0         -- calls started (--count mode)
+
 -- one round trip; `once(payload)` returns the answer or nil, msg, code
 local function worker(once)
   while not stop do
+    if opt.count > 0 then
+      if issued >= opt.count then break end
+      issued = issued + 1
+    end
     local t0 = hrtime()
     local r, msg, code = once(payload)
     local t1 = hrtime()
@@ -205,11 +215,20 @@ local function measure(once, extra)
       running = running - 1
     end)
   end
-  rn.sleep(opt.warmup)
-  local c0, sc0 = os.clock(), nodes_cpu()
-  m0 = hrtime()
-  rn.sleep(opt.duration)
-  m1 = hrtime()
+  local c0, sc0
+  if opt.count > 0 then
+    -- exactly opt.count calls: the window is all of them
+    c0, sc0 = os.clock(), nodes_cpu()
+    m0 = hrtime()
+    while running > 0 do rn.sleep(0.005) end
+    m1 = hrtime() + 1e-9
+  else
+    rn.sleep(opt.warmup)
+    c0, sc0 = os.clock(), nodes_cpu()
+    m0 = hrtime()
+    rn.sleep(opt.duration)
+    m1 = hrtime()
+  end
   local c1, sc1 = os.clock(), nodes_cpu()
   stop = true
   -- let the calls in flight finish (at most one per worker, each bounded
