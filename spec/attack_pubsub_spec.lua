@@ -27,7 +27,8 @@ end
 -- A raw mesh link to node `to` that has said hello as `id` and answers
 -- pings; every other decoded message is kept in self.msgs. Waits until
 -- the node lists `id` among its peers. `on_call(v)`, when given, answers
--- each server_call v with the result it returns.
+-- each server_call v with the result it returns (nil: no answer yet;
+-- self:answer(v, result) sends one).
 local function evil_peer(m, to, id, on_call)
   local self = { id = id, msgs = {}, n = 0 }
   self.c = assert(rn.ws_connect(m:url(to), { timeout = 5, on_message = function(msg, _, client)
@@ -36,8 +37,8 @@ local function evil_peer(m, to, id, on_call)
     if v.type == "ping" then
       client:send(assert(json.encode({ type = "pong", id = v.id, from = id, to = v.from })))
     elseif v.type == "server_call" and on_call then
-      client:send(assert(json.encode({ type = "server_response", id = id .. "-r-" .. v.id, from = id,
-        to = v.from, reply_to = v.id, data = { result = on_call(v) } })))
+      local result = on_call(v)
+      if result ~= nil then self:answer(v, result) end
     else
       self.msgs[#self.msgs + 1] = v
     end
@@ -49,6 +50,10 @@ local function evil_peer(m, to, id, on_call)
       if p.id == id then return true end
     end
   end, to .. " to take " .. id .. " as a peer", 10)
+  function self.answer(_, v, result)
+    assert(self.c:send(assert(json.encode({ type = "server_response", id = id .. "-r-" .. v.id, from = id,
+      to = v.from, reply_to = v.id, data = { result = result } }))))
+  end
   function self.send(_, env)
     self.n = self.n + 1
     if env.id == nil then env.id = id .. "-" .. self.n end
@@ -311,6 +316,51 @@ describe("attacks on pub/sub from a mesh peer", function()
       assert.same({ { topic = "att.back", from = "evil", code = "EINVAL",
         error = bad .. "att.back: offset 2 where 3 was due" } }, f)
       for _, t in ipairs({ "att.epoch", "att.inject", "att.back" }) do assert.equal(1, calls[t]) end
+      evil.c:close()
+    end, { timeout = 60 })
+  end)
+
+  it("a recovery stops when its connection has closed", function()
+    MH.run(function(m)
+      m:start("n1", { script = HISTORY_NODE })
+      -- att.more: every answer says "more" and carries the next offset, so
+      -- the recovery goes on for as long as the publisher likes; the
+      -- second call is held until the client has gone.
+      local E = "evilEpoch01"
+      local log, held = {}, nil
+      local evil = evil_peer(m, "n1", "evil", function(v)
+        local topic, offset = v.data.args[1], v.data.args[3]
+        log[#log + 1] = topic
+        if topic == "att.more" then
+          if #log == 2 then
+            held = v
+            return nil
+          end
+          return { epoch = E, messages = { { offset = offset + 1, text = "m" .. (offset + 1) } }, more = true }
+        end
+        return { code = "ENOHISTORY", message = "ENOHISTORY: none" }
+      end)
+      advertise(m, evil, "n1")
+      local url = "ws://127.0.0.1:" .. m:port_of("n1") .. "/"
+      local frames = {}
+      local c1 = assert(rn.ws_connect(url, { timeout = 5, on_message = function(msg)
+        frames[#frames + 1] = assert(json.decode(msg))
+      end }))
+      assert(c1:send("rsub att.more evil " .. E .. " 0"))
+      MH.wait_until(function() return held end, "the second recover call", 10)
+      assert.same({ topic = "att.more", from = "evil", message = "m1", epoch = E, offset = 1 }, frames[2])
+      c1:close()
+      MH.wait_until(function() return stats_of(m, "n1").subscriptions == 0 end, "n1 to see the close", 10)
+      evil:answer(held, { epoch = E, messages = { { offset = 2, text = "m2" } }, more = true })
+      -- Another recovery on a new connection: its call reaches the peer
+      -- only after a WebSocket handshake and a message, long after the one
+      -- the closed connection's recovery would have made at once.
+      local c2 = assert(rn.ws_connect(url, { timeout = 5 }))
+      assert(c2:send("rsub att.marker evil " .. E .. " 0"))
+      MH.wait_until(function() return log[#log] == "att.marker" end, "the marker's recover call", 10,
+        function() return #log .. " recover calls, first " .. table.concat(log, " ", 1, math.min(#log, 10)) end)
+      assert.same({ "att.more", "att.more", "att.marker" }, log)
+      c2:close()
       evil.c:close()
     end, { timeout = 60 })
   end)

@@ -292,7 +292,9 @@ function Server:subscribe(conn_id, topic, opts)
   if type(opts) == "table" and opts.recover ~= nil then
     -- Recovered frames are sent later, from a coroutine: not after a close.
     frame_fn, start = mesh.recover_frames(topic, opts.recover, function(frame)
-      if not rec.closed then core.conn_send(box, frame, false) end
+      if rec.closed then return false end -- the recovery stops
+      core.conn_send(box, frame, false)
+      return true
     end)
   end
   local h, err, code = mesh.subscribe_frames(topic, frame_fn, "relaynet.subscribe", opts, rec.id)

@@ -510,9 +510,11 @@ end
 --- recovery in a coroutine of its own: the messages `pos.node` published to
 --- `topic` after pos.offset of pos.epoch go to send() first, as frames like
 --- the live ones (with "epoch" and "offset"), answer after answer while
---- `more` says so; a failure goes as one frame {"topic":T,"from":NODE,
---- "error":"CODE: ...","code":CODE}. Then the held frames follow, less
---- those from pos.node's stream that were recovered already. Raises
+--- `more` says so and send() does not return false (false: the connection
+--- is gone, and so is the recovery); a failure goes as one frame
+--- {"topic":T,"from":NODE,"error":"CODE: ...","code":CODE}. Then the held
+--- frames follow, less those from pos.node's stream that were recovered
+--- already. Raises
 --- (EINVAL, at `level`) when `pos` does not name a position or `topic` has
 --- wildcards.
 function HI.recover_frames(topic, pos, send, level)
@@ -541,13 +543,15 @@ function HI.recover_frames(topic, pos, send, level)
       end
       local msgs = r.messages
       epoch = r.epoch or epoch
+      local gone = false
       for i = 1, #msgs do
         local m = msgs[i]
         last = m.offset
-        send(head .. '"message":' .. (m.json or json.encode(m.text)) .. ',"epoch":' .. json.encode(epoch)
-          .. ',"offset":' .. m.offset .. '}')
+        gone = send(head .. '"message":' .. (m.json or json.encode(m.text)) .. ',"epoch":' .. json.encode(epoch)
+          .. ',"offset":' .. m.offset .. '}') == false
       end
-      if not r.more or #msgs == 0 then break end
+      -- The connection is gone: nobody is left to recover for.
+      if gone or not r.more or #msgs == 0 then break end
     end
     recovering = false
     for i = 1, n_held do
