@@ -159,6 +159,56 @@ describe("attacks on pub/sub from a mesh peer", function()
     end, { timeout = 60 })
   end)
 
+  it("a JSON-RPC client cannot end another's subscriptions, nor hurt the node with long or deep params", function()
+    MH.run(function(m)
+      m:start("n1", { script = PUBSUB_NODE })
+      local url = "ws://127.0.0.1:" .. m:port_of("n1") .. "/rpc"
+      local function client()
+        local self = { got = {} }
+        self.c = assert(rn.ws_connect(url, { timeout = 5, max_message = 4 * 1024 * 1024,
+          on_message = function(msg) self.got[#self.got + 1] = assert(json.decode(msg)) end }))
+        -- Sends `text` and waits for the answer with id `id`.
+        function self.call(_, id, text)
+          assert(self.c:send(text))
+          local found
+          MH.wait_until(function()
+            for i, v in ipairs(self.got) do
+              if v.id == id then
+                found = table.remove(self.got, i)
+                return true
+              end
+            end
+          end, "the answer " .. tostring(id), 10)
+          return found
+        end
+        return self
+      end
+      local a, b = client(), client()
+      assert.equal("s1", a:call(1, '{"jsonrpc":"2.0","id":1,"method":"subscribe","params":["att.y"]}').result)
+      -- B names A's id: it was never issued on B, so it is -32602 and A's
+      -- subscription stays.
+      local r = b:call(2, '{"jsonrpc":"2.0","id":2,"method":"unsubscribe","params":["s1"]}')
+      assert.equal(-32602, r.error.code)
+      assert.equal("EINVAL", r.error.data.code)
+      -- A topic of 64 KiB, and a message nested 100,000 deep.
+      r = b:call(3, '{"jsonrpc":"2.0","id":3,"method":"subscribe","params":["' .. string.rep("a", 65536) .. '"]}')
+      assert.equal(-32602, r.error.code)
+      assert.truthy(r.error.message:find("at most 256", 1, true), r.error.message)
+      local deep = string.rep("[", 100000) .. string.rep("]", 100000)
+      assert(b.c:send('{"jsonrpc":"2.0","id":4,"method":"publish","params":["att.y",' .. deep .. ']}'))
+      MH.wait_until(function() return #b.got > 0 end, "the answer to the deep message", 10)
+      assert.equal(-32700, b.got[1].error.code)
+      -- A still gets what is published, B's connection still works.
+      assert.equal(1, b:call(5, '{"jsonrpc":"2.0","id":5,"method":"publish","params":["att.y","ok"]}').result)
+      MH.wait_until(function() return #a.got > 0 end, "A's notification", 10)
+      assert.same({ jsonrpc = "2.0", method = "subscription",
+        params = { subscription = "s1", topic = "att.y", result = "ok" } }, a.got[1])
+      assert.equal(1, stats_of(m, "n1").rpc_pubsub_subscriptions)
+      a.c:close()
+      b.c:close()
+    end, { timeout = 60 })
+  end)
+
   it("a peer cannot make up members of nodes that have no route", function()
     MH.run(function(m)
       m:start("n1", { script = PRESENCE_NODE })
