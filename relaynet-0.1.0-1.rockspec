@@ -40,7 +40,7 @@ build = {
     ["relaynet.core"] = {
       sources = { "csrc/rn_addr.c", "csrc/rn_buf.c", "csrc/rn_client.c", "csrc/rn_close.c",
                   "csrc/rn_conn.c", "csrc/rn_crypto.c", "csrc/rn_error.c", "csrc/rn_event.c",
-                  "csrc/rn_http.c", "csrc/rn_json.c", "csrc/rn_jsondec.c", "csrc/rn_limits.c",
+                  "csrc/rn_http.c", "csrc/rn_json.c", "csrc/rn_jsondec.c", "csrc/rn_jsonscan.c", "csrc/rn_limits.c",
                   "csrc/rn_log.c", "csrc/rn_loop.c", "csrc/rn_module.c", "csrc/rn_protect.c",
                   "csrc/rn_recv.c", "csrc/rn_sendq.c", "csrc/rn_server.c", "csrc/rn_status.c",
                   "csrc/rn_tls.c", "csrc/rn_utf8.c" },
