@@ -560,6 +560,8 @@ int rn__conn_tls_binding(lua_State *L, rn_conn *c);
 #define RN_JSON_DEPTH_CAP 63
 void rn__json_open_lua(lua_State *L);
 int rn__json_decode(lua_State *L);
+const char *rn__json_ws(const char *p, const char *e);
+int rn__json_hex4(const char *p, const char *e, unsigned *out);
 /* rn_jsonscan.c: core.mesh_scan and core.mesh_splice_call, the relay's fast path
  * (a mesh envelope's routing fields read without decoding it; registered by
  * rn__json_open_lua). */

@@ -36,12 +36,20 @@ static int rn__jfail(rn_jdec *d, const char *msg, const char *at) {
   return -1;
 }
 
-static void rn__jskip_ws(rn_jdec *d) {
-  while (d->p < d->e && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
-    d->p++;
+/* The first byte at or after p (before e) that is not JSON white space. */
+const char *rn__json_ws(const char *p, const char *e) {
+  while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    p++;
+  return p;
 }
 
-static int rn__jhex4(const char *p, const char *e, unsigned *out) {
+static void rn__jskip_ws(rn_jdec *d) {
+  d->p = rn__json_ws(d->p, d->e);
+}
+
+/* Reads the four hex digits of a \u escape at p (before e) into *out: 0, or
+ * -1 when there are not four hex digits. */
+int rn__json_hex4(const char *p, const char *e, unsigned *out) {
   unsigned v = 0;
   int i;
   if (e - p < 4)
@@ -114,12 +122,12 @@ static int rn__jdec_string(lua_State *L, rn_jdec *d) {
       unsigned cp, lo;
       char u8[4];
       int n;
-      if (rn__jhex4(q + 2, d->e, &cp) < 0) {
+      if (rn__json_hex4(q + 2, d->e, &cp) < 0) {
         rn__jbuf_drop(L, &b);
         return rn__jfail(d, "invalid \\u escape in a string", q);
       }
       if (cp >= 0xD800 && cp <= 0xDBFF) {
-        if (d->e - (q + 6) < 6 || q[6] != '\\' || q[7] != 'u' || rn__jhex4(q + 8, d->e, &lo) < 0 ||
+        if (d->e - (q + 6) < 6 || q[6] != '\\' || q[7] != 'u' || rn__json_hex4(q + 8, d->e, &lo) < 0 ||
             lo < 0xDC00 || lo > 0xDFFF) {
           rn__jbuf_drop(L, &b);
           return rn__jfail(d, "unpaired surrogate in a \\u escape", q);

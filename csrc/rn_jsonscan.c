@@ -49,25 +49,7 @@ typedef struct rn_jscan {
 } rn_jscan;
 
 static void rn__jsws(rn_jscan *d) {
-  while (d->p < d->e && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
-    d->p++;
-}
-
-static int rn__jshex4(const char *p, const char *e, unsigned *out) {
-  unsigned v = 0;
-  int i;
-  if (e - p < 4)
-    return -1;
-  for (i = 0; i < 4; i++) {
-    char c = p[i];
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-    else return -1;
-  }
-  *out = v;
-  return 0;
+  d->p = rn__json_ws(d->p, d->e);
 }
 
 /* Bytes that end the plain run of a string: the quote, the backslash and
@@ -112,10 +94,10 @@ static int rn__jsstring(rn_jscan *d, const char **start, size_t *len, int *escap
       break;
     case 'u': {
       unsigned cp, lo;
-      if (rn__jshex4(q + 2, d->e, &cp) < 0)
+      if (rn__json_hex4(q + 2, d->e, &cp) < 0)
         return -1;
       if (cp >= 0xD800 && cp <= 0xDBFF) {
-        if (d->e - (q + 6) < 6 || q[6] != '\\' || q[7] != 'u' || rn__jshex4(q + 8, d->e, &lo) < 0 ||
+        if (d->e - (q + 6) < 6 || q[6] != '\\' || q[7] != 'u' || rn__json_hex4(q + 8, d->e, &lo) < 0 ||
             lo < 0xDC00 || lo > 0xDFFF)
           return -1;
         q += 6;
