@@ -22,7 +22,7 @@ local core = require("relaynet.core")
 local hrtime = core.hrtime
 
 local cfg = S.config
-local contains, is_name, now, fail = W.contains, W.is_name, W.now, W.fail
+local is_name, now, fail = W.is_name, W.now, W.fail
 local encode_envelope, send_text = W.encode_envelope, W.send_text
 local respond, reply, call_key = W.respond, W.reply, I.call_key
 
@@ -159,29 +159,19 @@ local function forward(link, env, call, text)
   end
 end
 
--- Drops `env` when this node is already on its route (a loop), or when its
--- route does not start at its sender or does not end at the neighbour it
--- came from (stats.spoofed_messages; a call is answered with EINVAL):
--- every hop appends itself, so the first hop checks `from` against the
--- link's (authenticated) peer, and each later one that the previous hop is
--- the link's. Delivers it with deliver(link, env) when it is for this node,
--- else forwards it.
+-- Drops `env` when its route fails W.route_ok (a spoofed call is answered
+-- with EINVAL). Delivers it with deliver(link, env) when it is for this
+-- node, else forwards it.
 local function relay(link, env, call, deliver)
-  local me = I.node_id()
-  local route = env.route
-  if contains(route, me) then
-    S.stats.dropped_loops = S.stats.dropped_loops + 1
-    return
-  end
-  if route[1] ~= env.from or route[#route] ~= link.peer then
-    S.stats.spoofed_messages = S.stats.spoofed_messages + 1
-    if call then
+  local ok, why = W.route_ok(link, env)
+  if not ok then
+    if call and why == "spoofed" then
       reply(link, env, nil, "EINVAL: the route of the call does not start at its sender or does not end at node "
         .. tostring(link.peer), "EINVAL")
     end
     return
   end
-  if env.to == me then return deliver(link, env) end
+  if env.to == I.node_id() then return deliver(link, env) end
   return forward(link, env, call)
 end
 

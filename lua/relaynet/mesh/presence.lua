@@ -737,16 +737,9 @@ function PR.on_message(link, env)
     ss.bad_messages = ss.bad_messages + 1
     return
   end
+  if not W.route_ok(link, env) then return end
   local me = I.node_id()
   local route = env.route
-  if contains(route, me) then
-    ss.dropped_loops = ss.dropped_loops + 1
-    return
-  end
-  if route[1] ~= env.from or route[#route] ~= link.peer then
-    ss.spoofed_messages = ss.spoofed_messages + 1
-    return
-  end
   if env.to ~= me then
     local ttl = math.min(env.ttl, cfg.max_ttl) - 1
     if ttl <= 0 then

@@ -378,16 +378,9 @@ function U.on_publish(link, env)
     stats.bad_messages = stats.bad_messages + 1
     return
   end
+  if not W.route_ok(link, env) then return end
   local me = I.node_id()
   local route = env.route
-  if contains(route, me) then
-    stats.dropped_loops = stats.dropped_loops + 1
-    return
-  end
-  if route[1] ~= env.from or route[#route] ~= link.peer then
-    stats.spoofed_messages = stats.spoofed_messages + 1
-    return
-  end
   local data = env.data
   local nodes = data.nodes
   local here, groups = false, nil

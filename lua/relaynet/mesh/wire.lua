@@ -41,6 +41,26 @@ function W.is_name(s, max)
   return type(s) == "string" and #s > 0 and #s <= (max or 128)
 end
 
+--- Checks the route of a routed message `env` (every hop appends itself)
+--- that arrived on `link`: false when this node is on it already (a loop,
+--- counted in stats.dropped_loops); false, "spoofed" when it does not start
+--- at env.from or does not end at the neighbour it came from
+--- (stats.spoofed_messages): the first hop checks `from` against the
+--- link's authenticated peer, each later one that the previous hop is the
+--- link's. True otherwise.
+function W.route_ok(link, env)
+  local route = env.route
+  if W.contains(route, I.node_id()) then
+    S.stats.dropped_loops = S.stats.dropped_loops + 1
+    return false
+  end
+  if route[1] ~= env.from or route[#route] ~= link.peer then
+    S.stats.spoofed_messages = S.stats.spoofed_messages + 1
+    return false, "spoofed"
+  end
+  return true
+end
+
 --- The failure triple of the mesh API: nil, "CODE: message", CODE.
 function W.fail(code, fmt, ...)
   return nil, code .. ": " .. string.format(fmt, ...), code
