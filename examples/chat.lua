@@ -125,13 +125,18 @@ function M.start(port, host)
   return M.attach(srv)
 end
 
--- The process has one subscription to M.ROOM and one presence handler of
--- M.MEMBERS, shared by every chat server it runs: each server's room is an
--- entry of `rooms` (fields srv, deliver, presence), dropped once its server
--- is closed, so servers started and closed over and over leave nothing
--- behind but these two.
+-- The process has one subscription to M.ROOM, one presence handler of
+-- M.MEMBERS and one plain subscription to M.MEMBERS, shared by every chat
+-- server it runs: each server's room is an entry of `rooms` (fields srv,
+-- deliver, presence), dropped once its server is closed, so servers started
+-- and closed over and over leave nothing behind but these three. The plain
+-- subscription (nothing is published there) makes every chat node list
+-- M.MEMBERS in its route entry from the start, so the other nodes watch it
+-- before its first person joins: that join then reaches them as a change,
+-- right behind anything said after it, instead of waiting for the node's
+-- next advert and a snapshot.
 local rooms = {}
-local room_sub, presence_sub
+local room_sub, presence_sub, members_sub
 
 -- The rooms whose server is open; the others leave `rooms`.
 local function live_rooms()
@@ -153,6 +158,7 @@ local function share()
       for _, r in ipairs(live_rooms()) do r.deliver(data) end
     end)
   end
+  if not members_sub then members_sub = rn.subscribe(M.MEMBERS, function() end) end
   if not presence_sub and rn.on_presence then
     presence_sub = rn.on_presence(M.MEMBERS, function(event, member)
       for _, r in ipairs(live_rooms()) do r.presence(event, member) end

@@ -106,11 +106,12 @@ describe("examples/chat.lua as one room", function()
       dup:close_wait()
       s1:close()
       s2:close()
-      -- Servers come and go; the process keeps one room subscription and
-      -- one presence handler for all of them.
+      -- Servers come and go; the process keeps one room subscription, one
+      -- plain subscription to the members' topic and one presence handler
+      -- for all of them.
       for _ = 1, 3 do assert(chat.start(0, "127.0.0.1")):close() end
       local st = rn.mesh_status().stats
-      assert.are.equal(1, st.subscriptions)
+      assert.are.equal(2, st.subscriptions)
       assert.are.equal(1, st.presence_handlers)
       assert.are.equal(0, st.presence_members)
     end)
@@ -166,6 +167,24 @@ describe("examples/chat.lua on two nodes", function()
       assert.are.same({ type = "joined", name = "Bob", count = 2 }, recv(alice))
       for _, c in ipairs({ alice, dup, dup2 }) do c:close_wait() end
     end, { timeout = 90 })
+  end)
+
+  it("shows a node's first person joined on the other node before anything they say", function()
+    MH.run(function(m)
+      two_nodes(m)
+      local alice = join(m, "a", "Alice")
+      -- Each chat node lists chat.members from its start, so a watches b
+      -- before anyone joins there (b holds a's watch registration).
+      MH.wait_until(function() local st = m:status("b"); return st and (st.stats.presence_watchers or 0) >= 1 end,
+        "b to hold a's presence watch", 20)
+      local bob = assert(rn.ws_connect(ws_url(m, "b")))
+      send(bob, { type = "join", name = "Bob" })
+      send(bob, { type = "say", text = "first words" })
+      assert.are.same({ type = "joined", name = "Bob", count = 2 }, recv(alice))
+      local said = recv(alice)
+      assert.are.same({ type = "said", name = "Bob", text = "first words", ts = said.ts }, said)
+      for _, c in ipairs({ alice, bob }) do c:close_wait() end
+    end, { timeout = 60 })
   end)
 
   it("takes a node's people out of the room when its link is lost, back when it returns, " ..
