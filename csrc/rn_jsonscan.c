@@ -1,9 +1,9 @@
 /*
- * relaynet core: the mesh envelope scanner and the text splice behind the
- * relay fast path (lua/relaynet/mesh/calls.lua relay_text; docs/DESIGN.md
- * "Relaying without decoding").
+ * relaynet core: the mesh envelope scanner and the text splices behind the
+ * relay fast path (lua/relaynet/mesh/calls.lua relay_text, pubsub.lua
+ * relay_text; docs/DESIGN.md "Relaying without decoding").
  *
- * core.mesh_scan(text, t, me, peer, max_depth) -> 0 | 1 | 2
+ * core.mesh_scan(text, t, me, peer, max_depth) -> 0 | 1 | 2 | 3
  *   Reads a mesh envelope without building Lua values for it. It checks the
  *   whole text with the decoder's grammar (csrc/rn_jsondec.c: UTF-8,
  *   strings and their escapes, the number grammar and range, at most
@@ -17,6 +17,17 @@
  *        `peer`), and t[1..8] the byte spans mesh_splice_call rewrites;
  *     2  for a server_response that is not for `me` (reply_to and to names,
  *        data an object); t gets to and reply_to;
+ *     3  for a publish that does not list `me` in data.nodes and has the
+ *        shape mesh/pubsub.lua's valid() checks, its mesh_config bounds
+ *        aside (id, from, data.run names; integer ttl and data.seq; a
+ *        route and a data.nodes of 1..8192 strings without escapes; a
+ *        data.topic string without escapes; exactly one of data.text and
+ *        data.json, a string (escapes allowed: the message is never read);
+ *        data.epoch and data.offset both absent, or a name and an
+ *        integer); t gets from, ttl, nroute, has_me, route_ends,
+ *        topic_len (the topic's bytes), nodes and route (new lists of the
+ *        strings), and t[1..8] the spans mesh_splice_publish rewrites (the
+ *        nodes array in place of timeout_ms);
  *     0  for anything else, and whenever it cannot vouch that the fields
  *        are exactly what relaynet.json.decode would give: text the decoder
  *        refuses, a key with an escape at the top level or in data, a
@@ -33,6 +44,12 @@
  *   replaced, `me` appended to its route and its timestamp value replaced
  *   (or "timestamp":N put first when it had none); every other byte as it
  *   came. Raises when t's spans do not fit the text (a bug, not input).
+ *
+ * core.mesh_splice_publish(text, t, ttl, me, nodes, timestamp) -> text
+ *   The publish scanned into t (result 3) with data.nodes replaced by the
+ *   list `nodes` (strings that need no escape; raises otherwise), its ttl
+ *   replaced, `me` appended to its route and its timestamp replaced or put
+ *   first; every other byte, the message's included, as it came.
  *
  * Neither allocates outside Lua values (except strtod's copy of a number
  * of 64 bytes or more), so a memory error unwinds cleanly.
@@ -279,12 +296,28 @@ static int rn__jsvalue(rn_jscan *d, int depth) {
  * occurrence makes the scan give up: the decoder would keep the last one). */
 enum {
   F_TYPE, F_ID, F_FROM, F_TO, F_REPLY_TO, F_TTL, F_ROUTE, F_TS, F_DATA,
-  F_SERVER, F_METHOD, F_ARGS, F_TMO, F_COUNT
+  F_SERVER, F_METHOD, F_ARGS, F_TMO,
+  F_TOPIC, F_RUN, F_SEQ, F_NODES, F_TEXT, F_JSON, F_EPOCH, F_OFFSET, F_COUNT
 };
 static const char *const rn__jsfield_names[] = {
   "type", "id", "from", "to", "reply_to", "ttl", "route", "timestamp", "data",
   "server", "method", "args", "timeout_ms",
+  "topic", "run", "seq", "nodes", "text", "json", "epoch", "offset",
 };
+
+/* The fields whose value must be a plain string or a plain integer when a
+ * call or response (CALL) or a publish (PUB) is vouched for; text and json
+ * (the message itself) may hold escapes. */
+#define RN_FBIT(x) (1u << (x))
+#define RN_CALL_STRICT (RN_FBIT(F_TMO + 1) - 1u)
+#define RN_PUB_STRICT                                                                                       \
+  (RN_FBIT(F_TYPE) | RN_FBIT(F_ID) | RN_FBIT(F_FROM) | RN_FBIT(F_TTL) | RN_FBIT(F_TS) | RN_FBIT(F_TOPIC) |     \
+   RN_FBIT(F_RUN) | RN_FBIT(F_SEQ) | RN_FBIT(F_EPOCH) | RN_FBIT(F_OFFSET))
+
+/* The most data.nodes entries a publish the scan vouches for may list (the
+ * default mesh_config.max_destinations); a longer list takes the decoding
+ * road. */
+#define RN_PUB_NODES_MAX 8192
 
 typedef struct rn_jsfield {
   const char *s; /* raw string bytes, or the value's first byte */
@@ -294,7 +327,7 @@ typedef struct rn_jsfield {
   const char *vs, *ve; /* the value's bytes [vs, ve) */
 } rn_jsfield;
 
-static const unsigned char rn__jsfield_len[] = {4, 2, 4, 2, 8, 3, 5, 9, 4, 6, 6, 4, 10};
+static const unsigned char rn__jsfield_len[] = {4, 2, 4, 2, 8, 3, 5, 9, 4, 6, 6, 4, 10, 5, 3, 3, 5, 4, 4, 5, 6};
 
 static int rn__jsfield_of(const char *k, size_t kl, int data) {
   int i, lo = data ? F_SERVER : F_TYPE, hi = data ? F_COUNT : F_SERVER;
@@ -384,11 +417,19 @@ static int rn__jsroute(rn_jscan *d, int depth, const char *me, size_t melen, lua
 /* The keys of the scan table, interned once: upvalues of core.mesh_scan in
  * this order (a key pushed from an upvalue costs no hashing per message).
  * The spans go to the table's array part, t[1] .. t[RN_SPAN_N]. */
-enum { K_ID = 1, K_FROM, K_TO, K_REPLY_TO, K_TTL, K_TMO, K_NROUTE, K_HAS_ME, K_ROUTE_ENDS, K_N = K_ROUTE_ENDS };
+enum {
+  K_ID = 1, K_FROM, K_TO, K_REPLY_TO, K_TTL, K_TMO, K_NROUTE, K_HAS_ME, K_ROUTE_ENDS, K_TOPIC_LEN, K_NODES,
+  K_ROUTE, K_N = K_ROUTE
+};
 static const char *const rn__jskeys[K_N] = {
-  "id", "from", "to", "reply_to", "ttl", "timeout_ms", "nroute", "has_me", "route_ends",
+  "id", "from", "to", "reply_to", "ttl", "timeout_ms", "nroute", "has_me", "route_ends", "topic_len", "nodes",
+  "route",
 };
 enum { S_OBJ_OPEN = 1, S_ROUTE_CLOSE, S_TTL_S, S_TTL_E, S_TMO_S, S_TMO_E, S_TS_S, S_TS_E, RN_SPAN_N = S_TS_E };
+/* A publish's data.nodes array, from its `[` to its `]`, takes the place of
+ * timeout_ms in the spans. */
+#define S_NODES_S S_TMO_S
+#define S_NODES_E S_TMO_E
 
 /* t[key] = a string, an integer or a boolean (t is at index 2). */
 static void rn__jsput_str(lua_State *L, int key, const char *s, size_t len) {
@@ -415,6 +456,33 @@ static void rn__jsput_pos(lua_State *L, int i, const rn_jscan *d, const char *at
   lua_rawseti(L, 2, i);
 }
 
+/* t[key] = the list of the n plain strings of the array [open, close] (a
+ * route or a data.nodes the scan read with rn__jsroute). */
+static void rn__jsput_list(lua_State *L, int key, const char *open, const char *close, lua_Integer n) {
+  rn_jscan d;
+  lua_Integer i;
+  d.s = open;
+  d.p = open + 1;
+  d.e = close + 1;
+  d.max_depth = 0;
+  lua_pushvalue(L, lua_upvalueindex(key));
+  lua_createtable(L, n > 64 ? 64 : (int)n, 0);
+  for (i = 1; i <= n; i++) {
+    const char *s;
+    size_t l;
+    int esc;
+    rn__jsws(&d);
+    if (rn__jsstring(&d, &s, &l, &esc) < 0)
+      break; /* not reached: the scan checked the array */
+    lua_pushlstring(L, s, l);
+    lua_rawseti(L, -2, i);
+    rn__jsws(&d);
+    if (d.p < d.e && *d.p == ',')
+      d.p++;
+  }
+  lua_rawset(L, 2);
+}
+
 /* The checks `relaynet.mesh.wire.is_name(s, max)` makes: a plain string of
  * 1..max bytes. */
 static int rn__jsname(const rn_jsfield *f, size_t max) {
@@ -427,11 +495,11 @@ static int rn_mesh_scan(lua_State *L) {
   size_t len, melen, peerlen, i;
   rn_jsfield f[F_COUNT];
   unsigned seen = 0;
-  const char *me, *peer, *obj_open, *route_close = NULL;
-  const char *r1 = NULL, *rn = NULL;
+  const char *me, *peer, *obj_open, *route_open = NULL, *route_close = NULL;
+  const char *r1 = NULL, *rn = NULL, *nodes_open = NULL, *nodes_close = NULL;
   size_t r1l = 0, rnl = 0;
-  lua_Integer nroute = 0;
-  int has_me = 0, route_ok = 0, data_obj = 0;
+  lua_Integer nroute = 0, nnodes = 0;
+  int has_me = 0, route_ok = 0, data_obj = 0, nodes_ok = 0, nodes_me = 0;
   d.s = luaL_checklstring(L, 1, &len);
   luaL_checktype(L, 2, LUA_TTABLE);
   me = luaL_checklstring(L, 3, &melen);
@@ -492,6 +560,7 @@ static int rn_mesh_scan(lua_State *L) {
       rn__jsws(&d);
       if (d.p >= d.e || *d.p != '[')
         goto no;
+      route_open = d.p;
       r = rn__jsroute(&d, 1, me, melen, &nroute, &r1, &r1l, &rn, &rnl, &has_me, &route_close);
       if (r <= 0)
         goto no;
@@ -522,8 +591,18 @@ static int rn_mesh_scan(lua_State *L) {
               if (seen & (1u << j))
                 goto no;
               seen |= 1u << j;
-              if (rn__jsread(&d, &f[j], 2) < 0)
+              rn__jsws(&d);
+              if (j == F_NODES && d.p < d.e && *d.p == '[') {
+                /* a publish's destinations: plain strings, or no scan */
+                const char *a, *b;
+                size_t al, bl;
+                nodes_open = d.p;
+                if (rn__jsroute(&d, 2, me, melen, &nnodes, &a, &al, &b, &bl, &nodes_me, &nodes_close) <= 0)
+                  goto no;
+                nodes_ok = 1;
+              } else if (rn__jsread(&d, &f[j], 2) < 0) {
                 goto no;
+              }
             } else if (rn__jsvalue(&d, 2) < 0) {
               goto no;
             }
@@ -563,18 +642,23 @@ done:
   rn__jsws(&d);
   if (d.p != d.e)
     goto no;
+  if ((seen & (1u << F_ROUTE)) && !route_ok)
+    goto no;
+  if (f[F_TYPE].kind != 1)
+    goto no;
   /* A string field that holds an escape, or a number that is not a plain
    * integer, is not something this scan vouches for: give up. A field of
    * another JSON type is reported as nil (its checks fail as they would on
-   * the decoded value). */
-  for (i = 0; i < F_COUNT; i++) {
-    if (f[i].kind != 3)
-      continue;
-    if (*f[i].vs == '"' || *f[i].vs == '-' || (*f[i].vs >= '0' && *f[i].vs <= '9'))
-      goto no;
+   * the decoded value). Which fields count depends on the type. */
+  {
+    unsigned strict = f[F_TYPE].len == 7 && memcmp(f[F_TYPE].s, "publish", 7) == 0 ? RN_PUB_STRICT : RN_CALL_STRICT;
+    for (i = 0; i < F_COUNT; i++) {
+      if (f[i].kind != 3 || !(strict & (1u << i)))
+        continue;
+      if (*f[i].vs == '"' || *f[i].vs == '-' || (*f[i].vs >= '0' && *f[i].vs <= '9'))
+        goto no;
+    }
   }
-  if ((seen & (1u << F_ROUTE)) && !route_ok)
-    goto no;
   /* from, when present, must be a string: the link refuses anything else
    * before any handler runs (its own counter), on the decoding road. */
   if (f[F_FROM].kind != 0 && f[F_FROM].kind != 1)
@@ -585,8 +669,41 @@ done:
   {
     const rn_jsfield *ty = &f[F_TYPE], *to = &f[F_TO];
     int call;
-    if (ty->kind != 1)
-      goto no;
+    if (ty->len == 7 && memcmp(ty->s, "publish", 7) == 0) {
+      /* A publish this node only relays (it is not in data.nodes) with the
+       * shape mesh/pubsub.lua's valid() checks, the bounds of mesh_config
+       * aside (topic_len and #nodes are reported for those). */
+      const rn_jsfield *tx = &f[F_TEXT], *js = &f[F_JSON];
+      int has_text = tx->kind != 0 && *tx->vs == '"', has_json = js->kind != 0 && *js->vs == '"';
+      if (!data_obj || !rn__jsname(&f[F_ID], 128) || !rn__jsname(&f[F_FROM], 64) || f[F_TTL].kind != 2 ||
+          !route_ok || f[F_TOPIC].kind != 1 || !rn__jsname(&f[F_RUN], 128) || f[F_SEQ].kind != 2 || !nodes_ok ||
+          nnodes < 1 || nnodes > RN_PUB_NODES_MAX || nodes_me)
+        goto no;
+      /* exactly one of text and json, a string */
+      if (has_text == has_json || (tx->kind != 0 && !has_text) || (js->kind != 0 && !has_json))
+        goto no;
+      if ((f[F_EPOCH].kind != 0 || f[F_OFFSET].kind != 0) && !(rn__jsname(&f[F_EPOCH], 64) && f[F_OFFSET].kind == 2))
+        goto no;
+      rn__jsput_str(L, K_FROM, f[F_FROM].s, f[F_FROM].len);
+      rn__jsput_int(L, K_TTL, (lua_Integer)f[F_TTL].ival);
+      rn__jsput_int(L, K_NROUTE, nroute);
+      rn__jsput_bool(L, K_HAS_ME, has_me);
+      rn__jsput_bool(L, K_ROUTE_ENDS, nroute > 0 && r1l == f[F_FROM].len && memcmp(r1, f[F_FROM].s, r1l) == 0 &&
+                     rnl == peerlen && memcmp(rn, peer, rnl) == 0);
+      rn__jsput_int(L, K_TOPIC_LEN, (lua_Integer)f[F_TOPIC].len);
+      rn__jsput_list(L, K_NODES, nodes_open, nodes_close, nnodes);
+      rn__jsput_list(L, K_ROUTE, route_open, route_close, nroute);
+      rn__jsput_pos(L, S_OBJ_OPEN, &d, obj_open);
+      rn__jsput_pos(L, S_ROUTE_CLOSE, &d, route_close);
+      rn__jsput_pos(L, S_TTL_S, &d, f[F_TTL].vs);
+      rn__jsput_pos(L, S_TTL_E, &d, f[F_TTL].ve - 1);
+      rn__jsput_pos(L, S_NODES_S, &d, nodes_open);
+      rn__jsput_pos(L, S_NODES_E, &d, nodes_close);
+      rn__jsput_pos(L, S_TS_S, &d, f[F_TS].kind ? f[F_TS].vs : NULL);
+      rn__jsput_pos(L, S_TS_E, &d, f[F_TS].kind ? f[F_TS].ve - 1 : NULL);
+      lua_pushinteger(L, 3);
+      return 1;
+    }
     if (ty->len == 11 && memcmp(ty->s, "server_call", 11) == 0)
       call = 1;
     else if (ty->len == 15 && memcmp(ty->s, "server_response", 15) == 0)
@@ -647,20 +764,50 @@ static void rn__jsadd_int(luaL_Buffer *b, lua_Integer v) {
   luaL_addlstring(b, q, (size_t)(num + sizeof num - q));
 }
 
-/* core.mesh_splice_call(text, t, ttl, me, timeout_ms, timestamp) -> text
+/* Appends the nodes list at index 5 as a JSON array of strings. Raises on
+ * a string that would need an escape (the scan vouched for none). */
+static void rn__jsadd_nodes(lua_State *L, luaL_Buffer *b) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, 5);
+  luaL_addchar(b, '[');
+  for (i = 1; i <= n; i++) {
+    size_t l, k;
+    const char *v;
+    if (i > 1)
+      luaL_addchar(b, ',');
+    luaL_addchar(b, '"');
+    /* the buffer's stack discipline: the value is pushed right before
+     * luaL_addvalue, which pops it */
+    if (lua_rawgeti(L, 5, i) != LUA_TSTRING)
+      luaL_error(L, "mesh_splice_publish: node %d is not a string", (int)i);
+    v = lua_tolstring(L, -1, &l);
+    for (k = 0; k < l; k++)
+      if (rn__jsstop[(unsigned char)v[k]])
+        luaL_error(L, "mesh_splice_publish: node %d would need an escape", (int)i);
+    luaL_addvalue(b);
+    luaL_addchar(b, '"');
+  }
+  luaL_addchar(b, ']');
+}
+
+/* core.mesh_splice_call(text, t, ttl, me, timeout_ms, timestamp) and
+ * core.mesh_splice_publish(text, t, ttl, me, nodes, timestamp) -> text
  * (see the top). */
-static int rn_mesh_splice_call(lua_State *L) {
+static int rn__jssplice(lua_State *L, int publish) {
   size_t len, melen, pos;
   const char *s = luaL_checklstring(L, 1, &len);
-  lua_Integer sp[RN_SPAN_N + 1], ttl, tmo, ts;
+  lua_Integer sp[RN_SPAN_N + 1], ttl, tmo = 0, ts;
   const char *me;
   luaL_Buffer b;
   int i, comma;
   luaL_checktype(L, 2, LUA_TTABLE);
   ttl = luaL_checkinteger(L, 3);
   me = luaL_checklstring(L, 4, &melen);
-  tmo = luaL_checkinteger(L, 5);
+  if (publish)
+    luaL_checktype(L, 5, LUA_TTABLE);
+  else
+    tmo = luaL_checkinteger(L, 5);
   ts = luaL_checkinteger(L, 6);
+  lua_settop(L, 6);
   for (i = 1; i <= RN_SPAN_N; i++) {
     lua_rawgeti(L, 2, i);
     sp[i] = lua_tointeger(L, -1);
@@ -702,6 +849,8 @@ static int rn_mesh_splice_call(lua_State *L) {
         k--;
       comma = k >= 0 && s[k] != '[';
     }
+    if (publish && (s[sp[S_NODES_S] - 1] != '[' || s[sp[S_NODES_E] - 1] != ']'))
+      return luaL_error(L, "mesh_splice_publish: the scan does not fit the text");
     luaL_buffinit(L, &b);
     pos = 0;
     for (i = 0; i < n; i++) {
@@ -709,7 +858,12 @@ static int rn_mesh_splice_call(lua_State *L) {
       luaL_addlstring(&b, s + pos, a - pos);
       switch (ed[i].what) {
       case 0: rn__jsadd_int(&b, ttl); break;
-      case 1: rn__jsadd_int(&b, tmo); break;
+      case 1:
+        if (publish)
+          rn__jsadd_nodes(L, &b);
+        else
+          rn__jsadd_int(&b, tmo);
+        break;
       case 2:
         if (comma)
           luaL_addchar(&b, ',');
@@ -732,6 +886,14 @@ static int rn_mesh_splice_call(lua_State *L) {
   return 1;
 }
 
+static int rn_mesh_splice_call(lua_State *L) {
+  return rn__jssplice(L, 0);
+}
+
+static int rn_mesh_splice_publish(lua_State *L) {
+  return rn__jssplice(L, 1);
+}
+
 void rn__jsonscan_open_lua(lua_State *L) {
   int i;
   for (i = 0; i < K_N; i++)
@@ -740,4 +902,6 @@ void rn__jsonscan_open_lua(lua_State *L) {
   lua_setfield(L, -2, "mesh_scan");
   lua_pushcfunction(L, rn_mesh_splice_call);
   lua_setfield(L, -2, "mesh_splice_call");
+  lua_pushcfunction(L, rn_mesh_splice_publish);
+  lua_setfield(L, -2, "mesh_splice_publish");
 }

@@ -448,8 +448,10 @@ end
 --- (link.lua's receive): anything for this node, of another type,
 --- malformed or unusual (an escape in a routing field, a field twice, a
 --- ttl written as 16.0), so that road still counts and answers all of that
---- as it always did.
-function C.relay_text(link, text)
+--- as it always did. A publish this node only relays (mesh_scan's 3) goes
+--- to `relay_publish` (pubsub.relay_text, passed by link.lua: pubsub.lua
+--- cannot be required here), whose result is returned.
+function C.relay_text(link, text, relay_publish)
   local sc = scan
   local kind = mesh_scan(text, sc, I.node_id(), link.peer, JSON_DEPTH)
   if kind == 1 then
@@ -469,6 +471,8 @@ function C.relay_text(link, text)
   elseif kind == 2 then
     pass_response(link, sc.to, sc.reply_to, text)
     return true
+  elseif kind == 3 then
+    return relay_publish(link, sc, text)
   end
   return false
 end

@@ -267,9 +267,9 @@ local function receive(link, text, binary)
     stats.bad_messages = stats.bad_messages + 1
     return
   end
-  -- Calls and responses this node only relays go on from their text
-  -- (calls.relay_text); everything else is decoded.
-  if link.state == "up" and C.relay_text(link, text) then return end
+  -- Calls, responses and publishes this node only relays go on from their
+  -- text (calls.relay_text, pubsub.relay_text); everything else is decoded.
+  if link.state == "up" and C.relay_text(link, text, U.relay_text) then return end
   local env = json.decode(text)
   if type(env) ~= "table" or type(env.type) ~= "string" then
     if early then return A.refuse(link, A.MALFORMED, "not a mesh envelope", "auth_malformed") end

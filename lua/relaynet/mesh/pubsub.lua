@@ -372,19 +372,16 @@ end
 --- passed on, grouped by next hop (stats.pubsub_relayed; a node with no
 --- route, or one only back where the message came from: pubsub_no_route),
 --- and when this node is listed the message is delivered here, in order.
-function U.on_publish(link, env)
+-- The destinations `nodes` of a publish that arrived on `link` along
+-- `route`, regrouped by this node's next hop: returns here (this node is
+-- listed) and groups[next hop] = list of node ids, nil when none. With
+-- `ttl` (the hop count left after this node) at 0 or below, every other
+-- destination counts in stats.ttl_expired; one with no route, or one only
+-- back along the route, in pubsub_no_route. Shared by on_publish and
+-- relay_text, so both roads count alike.
+local function regroup(link, nodes, route, ttl, me)
   local stats = S.stats
-  if not valid(env) then
-    stats.bad_messages = stats.bad_messages + 1
-    return
-  end
-  if not W.route_ok(link, env) then return end
-  local me = I.node_id()
-  local route = env.route
-  local data = env.data
-  local nodes = data.nodes
   local here, groups = false, nil
-  local ttl = math.min(env.ttl, cfg.max_ttl) - 1
   local links, best = S.links, S.best
   local seen = {}
   for i = 1, #nodes do
@@ -408,6 +405,21 @@ function U.on_publish(link, env)
       end
     end
   end
+  return here, groups
+end
+
+function U.on_publish(link, env)
+  local stats = S.stats
+  if not valid(env) then
+    stats.bad_messages = stats.bad_messages + 1
+    return
+  end
+  if not W.route_ok(link, env) then return end
+  local me = I.node_id()
+  local route = env.route
+  local data = env.data
+  local ttl = math.min(env.ttl, cfg.max_ttl) - 1
+  local here, groups = regroup(link, data.nodes, route, ttl, me)
   if groups then
     env.ttl = ttl
     route[#route + 1] = me
@@ -424,6 +436,45 @@ function U.on_publish(link, env)
   if not t or not deliver_local(data.topic, t, env.from, data.text, data.json, data.epoch, data.offset, true) then
     stats.pubsub_no_interest = stats.pubsub_no_interest + 1
   end
+end
+
+local mesh_splice_publish = require("relaynet.core").mesh_splice_publish
+
+--- A publish this node only relays, from its text (the relay fast path;
+--- docs/DESIGN.md "Relaying without decoding"): `sc` is core.mesh_scan's
+--- reading of `text` (result 3: the shape valid() checks, this node not in
+--- data.nodes; sc.nodes and sc.route the lists, sc.topic_len the topic's
+--- bytes). It does what on_publish does with such a message, in the same
+--- order and with the same counters, and passes each group on as `text`
+--- with its data.nodes, ttl, route and timestamp spliced in: the message
+--- (data.text or data.json) goes on byte for byte. Returns false, having
+--- done nothing, when a bound of mesh_config fails (the decoding road then
+--- counts the message as malformed), true otherwise.
+function U.relay_text(link, sc, text)
+  local nodes = sc.nodes
+  if sc.topic_len > cfg.max_topic_length or #nodes > cfg.max_destinations then return false end
+  local stats = S.stats
+  -- W.route_ok's checks, in its order
+  if sc.has_me then
+    stats.dropped_loops = stats.dropped_loops + 1
+    return true
+  end
+  if not sc.route_ends then
+    stats.spoofed_messages = stats.spoofed_messages + 1
+    return true
+  end
+  local me = I.node_id()
+  local ttl = math.min(sc.ttl, cfg.max_ttl) - 1
+  local _, groups = regroup(link, nodes, sc.route, ttl, me)
+  if groups then
+    -- one timestamp for all groups, as send_groups stamps the envelope once
+    local n, ts, links = 0, math.floor(W.now() * 1000), S.links
+    for hop, g in pairs(groups) do
+      if W.send_text(links[hop], mesh_splice_publish(text, sc, ttl, me, g, ts)) then n = n + 1 end
+    end
+    stats.pubsub_relayed = stats.pubsub_relayed + n
+  end
+  return true
 end
 
 --- Figures for mesh_status().stats: subscriptions on this node, distinct
