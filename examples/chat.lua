@@ -171,7 +171,7 @@ function M.attach(srv)
   -- This room instance's token, carried in its members' presence info so
   -- that it tells its own members from everyone else's (another process,
   -- or another server in this one).
-  local inst = string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  local inst = rn.random_bytes(8):gsub(".", function(c) return string.format("%02x", c:byte()) end)
   local members = {} -- conn id -> { name =, since = }, for local connections that have joined
   local taken = {}   -- name -> conn id, for those
   local remote = {}  -- "node/id" -> { name =, since =, node =, chat = }: members of other instances

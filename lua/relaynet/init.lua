@@ -42,6 +42,9 @@ M.spawn = sched.spawn
 M.sleep = sched.sleep
 M.after = sched.after
 M.now = sched.now
+-- n (1..1024) bytes from OpenSSL's CSPRNG: ids and tokens that must differ
+-- between processes (math.random's seed can repeat, e.g. under ASan).
+M.random_bytes = require("relaynet.core").random
 -- luv on relaynet's loop (relaynet.uvbridge; README, "Using luv beside relaynet")
 M.luv, M.luv_wait = require("relaynet.uvbridge").luv, require("relaynet.uvbridge").wait
 
