@@ -179,7 +179,7 @@ static const char *rn__send_refused(rn_conn *c, size_t len) {
  * is a pointer comparison rather than a registry look-up by name. A function
  * without upvalues (core.broadcast) gets 0 from lua_rawequal on the missing
  * upvalue and takes the luaL_checkudata path. */
-static rn_conn **rn__conn_box(lua_State *L, int idx) {
+static rn_conn **rn__conn_test(lua_State *L, int idx) {
   void *p = lua_touserdata(L, idx);
   if (p && lua_getmetatable(L, idx)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
@@ -187,7 +187,13 @@ static rn_conn **rn__conn_box(lua_State *L, int idx) {
     if (same)
       return (rn_conn **)p;
   }
-  return (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
+  return (rn_conn **)luaL_testudata(L, idx, RN_CONN_MT);
+}
+
+/* The same, raising (a type error) when the value is not a connection. */
+static rn_conn **rn__conn_box(lua_State *L, int idx) {
+  rn_conn **b = rn__conn_test(L, idx);
+  return b ? b : (rn_conn **)luaL_checkudata(L, idx, RN_CONN_MT);
 }
 
 static rn_conn *rn__conn_check(lua_State *L, int idx) {
@@ -467,8 +473,14 @@ static int rn_conn_send_many(lua_State *L) {
   for (i = 1; i <= n; i++) {
     rn_conn *c;
     int queued;
+    rn_conn **b;
     lua_rawgeti(L, 2, i);
-    c = *rn__conn_box(L, top + 1); /* raises on anything but a connection */
+    b = rn__conn_test(L, top + 1);
+    if (!b) {
+      rn__msg_unref(m); /* the queues that took it hold their own references */
+      return luaL_error(L, "conn_send_many: entry %d of the list is not a connection", (int)i);
+    }
+    c = *b;
     lua_settop(L, top);
     if (!c || !c->wsi || c->state != RN_CS_OPEN)
       continue;

@@ -39,6 +39,15 @@ describe("the runtime", function()
     end)
   end)
 
+  it("conn_send_many raises on a list entry that is not a connection", function()
+    H.run(function()
+      local core = require("relaynet.core")
+      H.listen() -- the core's loop is set up with the first server
+      assert.has_error(function() core.conn_send_many("x", { "nope" }, 1) end,
+        "conn_send_many: entry 1 of the list is not a connection")
+    end)
+  end)
+
   it("gives random bytes from the CSPRNG, and raises on a bad count", function()
     local a, b = rn.random_bytes(16), rn.random_bytes(16)
     assert.equal(16, #a)
