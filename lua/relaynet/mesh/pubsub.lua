@@ -164,6 +164,17 @@ local function frame_of(topic, from, mjs, epoch, offset)
     .. (epoch and (',"epoch":' .. json.encode(epoch) .. ',"offset":' .. offset) or '') .. '}'
 end
 
+-- The value of JSON text `js`: true, value | false when it is not exactly
+-- one JSON value (counted in stats.bad_messages).
+local function decode_message(js)
+  local v, err = json.decode(js)
+  if v == nil and err then
+    S.stats.bad_messages = S.stats.bad_messages + 1
+    return false
+  end
+  return true, v
+end
+
 -- Delivers one message to this node's matching subscriptions. `t` is the
 -- topic's token list; `text` (a string message) or `js` (the JSON text of
 -- another value) is the message; `epoch` and `offset` its position in the
@@ -193,11 +204,8 @@ local function deliver_local(topic, t, from, text, js, epoch, offset, remote)
   local value, frame, pos, mjs
   local stats = S.stats
   if remote and js then
-    local v, err = json.decode(js)
-    if v == nil and err then
-      stats.bad_messages = stats.bad_messages + 1
-      return true
-    end
+    local ok, v = decode_message(js)
+    if not ok then return true end
     value = v
   end
   if sets then
@@ -228,11 +236,8 @@ local function deliver_local(topic, t, from, text, js, epoch, offset, remote)
           if text then
             value = text
           else
-            local v, err = json.decode(js)
-            if v == nil and err then
-              stats.bad_messages = stats.bad_messages + 1
-              return true
-            end
+            local ok, v = decode_message(js)
+            if not ok then return true end
             value = v
           end
         end
