@@ -172,6 +172,11 @@ describe("JSON-RPC pub/sub across the mesh", function()
         { op = "http", url = http2, req = req(30, "subscribe", { "chat.*" }) },
         { op = "http", url = http2, req = req(31, "unsubscribe", { "s1" }) },
         { op = "http", url = http2, req = req(32, "publish", { "a..b", 1 }) },
+        -- long ids and keys are cut for the message by characters, and one
+        -- of few (multi-byte) characters is kept whole
+        { op = "call", ws = "a", req = req(33, "unsubscribe", { ("\u{1F600}"):rep(20) }) },
+        { op = "call", ws = "a", req = req(34, "unsubscribe", { ("x"):rep(70) }) },
+        { op = "call", ws = "a", req = req(35, "subscribe", { topic = "x", [("\u{E9}"):rep(40)] = 1 }) },
         { op = "close", ws = "a" },
       }
       local r = client(steps)
@@ -223,6 +228,9 @@ describe("JSON-RPC pub/sub across the mesh", function()
       assert.equal('{"jsonrpc":"2.0","id":31,"error":{"code":-32601,"message":"Method not found: unsubscribe ' ..
         'is only available on a WebSocket connection to /rpc"}}', r[31])
       assert.equal(einval(32, "topic 'a..b' has an empty token"), r[32])
+      assert.equal(einval(33, "no subscription '" .. ("\u{1F600}"):rep(20) .. "' on this connection"), r[33])
+      assert.equal(einval(34, "no subscription '" .. ("x"):rep(60) .. "...' on this connection"), r[34])
+      assert.equal(einval(35, "unknown param '" .. ("\u{E9}"):rep(40) .. "'"), r[35])
 
       -- closing the connection dropped its subscriptions: nothing leaks
       MH.wait_until(function()

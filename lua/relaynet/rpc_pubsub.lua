@@ -110,6 +110,16 @@ end
 -- Reads `params` (an array in the order of `names`, an object with those
 -- members, or nil) into a table: p | nil, error object. An unknown member,
 -- or more array entries than names, is an error.
+-- `s` (valid UTF-8) for an error message: longer than 64 bytes, it is cut
+-- after its 60th character and "..." added; one of at most 60 characters
+-- (at most 240 bytes) is kept whole.
+local function shorten(s)
+  if #s <= 64 then return s end
+  local at = utf8.offset(s, 61)
+  if not at then return s end
+  return sub(s, 1, at - 1) .. "..."
+end
+
 local function read_params(method, params, names)
   local p = {}
   if params == nil then return p end
@@ -125,9 +135,7 @@ local function read_params(method, params, names)
   for k, v in pairs(params) do
     if not known[k] then
       -- a decoded key is valid UTF-8 already; long keys are cut for the message
-      local key = tostring(k)
-      if #key > 64 then key = sub(key, 1, utf8.offset(key, 61) - 1) .. "..." end
-      return nil, select(2, invalid("unknown param '%s'", key))
+      return nil, select(2, invalid("unknown param '%s'", shorten(tostring(k))))
     end
     p[k] = v
   end
@@ -299,9 +307,7 @@ local function unsubscribe(params, ctx)
   end
   local num = math.tointeger(tonumber(id:match("^s([1-9]%d*)$")))
   if num and num <= (owner.ps_next or 0) then return true, false end
-  local shown = id
-  if #shown > 64 then shown = sub(shown, 1, utf8.offset(shown, 61) - 1) .. "..." end
-  return invalid("no subscription '%s' on this connection", shown)
+  return invalid("no subscription '%s' on this connection", shorten(id))
 end
 
 local function publish(params, ctx)
