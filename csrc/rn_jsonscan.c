@@ -69,6 +69,21 @@ static void rn__jsws(rn_jscan *d) {
   d->p = rn__json_ws(d->p, d->e);
 }
 
+/* After a member or element: skips white space, then a ',' (1: another
+ * follows) or `close` (0: the container ended; d->p is past it), else -1. */
+static int rn__jsafter(rn_jscan *d, char close) {
+  rn__jsws(d);
+  if (d->p < d->e && *d->p == ',') {
+    d->p++;
+    return 1;
+  }
+  if (d->p < d->e && *d->p == close) {
+    d->p++;
+    return 0;
+  }
+  return -1;
+}
+
 /* Bytes that end the plain run of a string: the quote, the backslash and
  * the control characters (which the decoder refuses). */
 static const unsigned char rn__jsstop[256] = {
@@ -236,16 +251,14 @@ static int rn__jscontainer(rn_jscan *d, int depth) {
     }
     if (rn__jsvalue(d, depth + 1) < 0)
       return -1;
-    rn__jsws(d);
-    if (d->p < d->e && *d->p == ',') {
-      d->p++;
+    switch (rn__jsafter(d, is_obj ? '}' : ']')) {
+    case 1:
       continue;
-    }
-    if (d->p < d->e && *d->p == (is_obj ? '}' : ']')) {
-      d->p++;
+    case 0:
       return 0;
+    default:
+      return -1;
     }
-    return -1;
   }
 }
 
@@ -400,17 +413,15 @@ static int rn__jsroute(rn_jscan *d, int depth, const char *me, size_t melen, lua
     *llen = l;
     if (l == melen && memcmp(s, me, l) == 0)
       *has_me = 1;
-    rn__jsws(d);
-    if (d->p < d->e && *d->p == ',') {
-      d->p++;
+    switch (rn__jsafter(d, ']')) {
+    case 1:
       continue;
-    }
-    if (d->p < d->e && *d->p == ']') {
-      *close = d->p;
-      d->p++;
+    case 0:
+      *close = d->p - 1;
       return 1;
+    default:
+      return -1;
     }
-    return -1;
   }
 }
 
@@ -499,7 +510,7 @@ static int rn_mesh_scan(lua_State *L) {
   const char *r1 = NULL, *rn = NULL, *nodes_open = NULL, *nodes_close = NULL;
   size_t r1l = 0, rnl = 0;
   lua_Integer nroute = 0, nnodes = 0;
-  int has_me = 0, route_ok = 0, data_obj = 0, nodes_ok = 0, nodes_me = 0;
+  int has_me = 0, route_ok = 0, data_obj = 0, nodes_ok = 0, nodes_me = 0, k;
   d.s = luaL_checklstring(L, 1, &len);
   luaL_checktype(L, 2, LUA_TTABLE);
   me = luaL_checklstring(L, 3, &melen);
@@ -606,16 +617,11 @@ static int rn_mesh_scan(lua_State *L) {
             } else if (rn__jsvalue(&d, 2) < 0) {
               goto no;
             }
-            rn__jsws(&d);
-            if (d.p < d.e && *d.p == ',') {
-              d.p++;
-              continue;
-            }
-            if (d.p < d.e && *d.p == '}') {
-              d.p++;
+            k = rn__jsafter(&d, '}');
+            if (k < 0)
+              goto no;
+            if (k == 0)
               break;
-            }
-            goto no;
           }
         }
       } else if (rn__jsvalue(&d, 1) < 0) {
@@ -627,16 +633,11 @@ static int rn_mesh_scan(lua_State *L) {
     } else if (rn__jsvalue(&d, 1) < 0) {
       goto no;
     }
-    rn__jsws(&d);
-    if (d.p < d.e && *d.p == ',') {
-      d.p++;
-      continue;
-    }
-    if (d.p < d.e && *d.p == '}') {
-      d.p++;
+    k = rn__jsafter(&d, '}');
+    if (k < 0)
+      goto no;
+    if (k == 0)
       break;
-    }
-    goto no;
   }
 done:
   rn__jsws(&d);
